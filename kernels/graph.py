@@ -1,0 +1,45 @@
+"""OpenVINO graph passes over a `openvino.Model`, applied before compilation.
+
+`slice_last_position`: decoder IRs exported for text generation compute the LM head for every input
+position, so a 2,048-token prefill makes a [1, 2048, vocab] logits tensor that the loop never reads
+but the last row of. Slicing the hidden state to the last position before the LM-head MatMul makes
+prefill's LM head cost one row (openvino-genai applies the same idea,
+`apply_slice_before_matmul_transformation`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+from openvino import opset8
+
+# Ops that may sit between the LM-head MatMul and the logits Result (dtype casts, softcapping).
+_PASS_THROUGH = {"Convert", "Multiply", "Divide", "Tanh", "Add"}
+
+
+def find_lm_head(model: ov.Model, output: str = "logits"):
+    """The MatMul producing `output`, walking back through casts / elementwise ops; None if absent."""
+    node = model.output(output).get_node()
+    for _ in range(8):
+        if node.get_type_name() == "MatMul":
+            return node
+        if node.get_type_name() not in _PASS_THROUGH | {"Result"}:
+            return None
+        node = node.input_value(0).get_node()
+    return None
+
+
+def slice_last_position(model: ov.Model, output: str = "logits") -> bool:
+    """Insert `hidden[:, -1:, :]` before the LM head, in place. Returns False (model unchanged) when
+    no LM-head MatMul over a [batch, seq, hidden] input is found."""
+    matmul = find_lm_head(model, output)
+    if matmul is None or matmul.input(0).get_partial_shape().rank.get_length() != 3:
+        return False
+    hidden = matmul.input_value(0)
+    if hidden.get_node().get_type_name() == "Slice":  # already sliced (idempotent)
+        return False
+    last = opset8.slice(hidden, np.array([-1], np.int64), np.array([np.iinfo(np.int64).max], np.int64),
+                        np.array([1], np.int64), np.array([1], np.int64))
+    matmul.input(0).replace_source_output(last.output(0))
+    model.validate_nodes_and_infer_types()
+    return True

@@ -1,0 +1,101 @@
+"""History-dependent processors: pure functions of `token_ids: [T] int64` and `logits: [vocab] float32`
+(or `[rows, T]` / `[rows, vocab]` for beams), returning new logits. Masked entries become -inf.
+
+Semantics: HF transformers (`generation/logits_process.py`) for repetition penalty, no-repeat-ngram,
+bad words, min-new-tokens and sequence bias; OpenAI for presence and frequency penalties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+NEG_INF = np.float32(-np.inf)
+
+
+def _rows(token_ids: np.ndarray, logits: np.ndarray):
+    """Iterate (ids_row, logits_row) pairs over a 1-D or 2-D batch, writing into a fresh copy."""
+    out = np.array(logits, dtype=np.float32, copy=True)
+    ids2 = np.atleast_2d(token_ids)
+    out2 = out.reshape(-1, out.shape[-1])
+    return out, [(ids2[r], out2[r]) for r in range(out2.shape[0])]
+
+
+def apply_repetition_penalty(token_ids: np.ndarray, logits: np.ndarray, penalty: float) -> np.ndarray:
+    """HF RepetitionPenaltyLogitsProcessor (CTRL paper): for every token id present in `token_ids`
+    (prompt included), a logit < 0 is multiplied by `penalty`, a logit >= 0 divided by it. Each token
+    is penalised once, however often it occurs."""
+    out, rows = _rows(token_ids, logits)
+    for ids, row in rows:
+        seen = np.unique(ids)
+        score = row[seen]
+        row[seen] = np.where(score < 0, score * penalty, score / penalty)
+    return out
+
+
+def apply_presence_frequency_penalty(token_ids: np.ndarray, logits: np.ndarray, presence: float,
+                                     frequency: float) -> np.ndarray:
+    """OpenAI presence/frequency penalties: logit[j] -= count[j] * frequency + (count[j] > 0) * presence,
+    where count[j] is how often j occurs in `token_ids` (pass the generated tokens only, as OpenAI does)."""
+    out, rows = _rows(token_ids, logits)
+    for ids, row in rows:
+        if ids.size:
+            uniq, count = np.unique(ids, return_counts=True)
+            row[uniq] -= (count * frequency + presence).astype(np.float32)
+    return out
+
+
+def banned_ngram_tokens(ids: Sequence[int], n: int) -> list[int]:
+    """HF NoRepeatNGramLogitsProcessor's rule for one sequence: the tokens that would complete an
+    n-gram already present in `ids` (nothing is banned while len(ids) + 1 < n)."""
+    if len(ids) + 1 < n:
+        return []
+    prefix = tuple(ids[len(ids) - n + 1:])
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i:i + n - 1]) == prefix]
+
+
+def apply_no_repeat_ngram(token_ids: np.ndarray, logits: np.ndarray, n: int) -> np.ndarray:
+    """HF NoRepeatNGramLogitsProcessor: ban every token that would repeat an n-gram of `token_ids`."""
+    out, rows = _rows(token_ids, logits)
+    for ids, row in rows:
+        banned = banned_ngram_tokens(ids.tolist(), n)
+        if banned:
+            row[banned] = NEG_INF
+    return out
+
+
+def apply_bad_words(token_ids: np.ndarray, logits: np.ndarray,
+                    bad_words_ids: Iterable[Sequence[int]]) -> np.ndarray:
+    """HF NoBadWordsLogitsProcessor: a one-token sequence is always banned; for a longer one, its
+    last token is banned when the sequence's other tokens end `token_ids`."""
+    out, rows = _rows(token_ids, logits)
+    for ids, row in rows:
+        tail = ids.tolist()
+        for seq in bad_words_ids:
+            prefix = list(seq[:-1])
+            if not prefix or tail[len(tail) - len(prefix):] == prefix:
+                row[seq[-1]] = NEG_INF
+    return out
+
+
+def apply_logit_bias(logits: np.ndarray, bias: Mapping[int, float]) -> np.ndarray:
+    """Add `bias[token]` to that token's logit (OpenAI logit_bias; HF SequenceBias for 1-token keys)."""
+    out = np.array(logits, dtype=np.float32, copy=True)
+    ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+    out[..., ids] += np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+    return out
+
+
+def apply_allowed_tokens(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Mask every token not in `allowed` (int array of token ids)."""
+    out = np.full_like(logits, NEG_INF, dtype=np.float32)
+    out[..., allowed] = logits[..., allowed]
+    return out
+
+
+def apply_banned_tokens(logits: np.ndarray, banned: np.ndarray) -> np.ndarray:
+    """Mask the tokens in `banned` (HF SuppressTokensLogitsProcessor; min-new-tokens uses it on EOS)."""
+    out = np.array(logits, dtype=np.float32, copy=True)
+    out[..., banned] = NEG_INF
+    return out

@@ -1,0 +1,126 @@
+"""Distribution kernels: pure functions over `logits: [..., vocab] float32`, returning new arrays.
+
+Masked entries are set to -inf (HF's `filter_value`). Every warper follows the HF transformers
+warper of the same name (`generation/logits_process.py`); the docstrings state each rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NEG_INF = np.float32(-np.inf)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """softmax over the last axis, in float64 for exact sums; -inf entries get probability 0."""
+    x = logits.astype(np.float64, copy=True)
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis, float64."""
+    x = logits.astype(np.float64, copy=True)
+    x -= x.max(axis=-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return x
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """HF TemperatureLogitsWarper: logits / temperature (temperature > 0)."""
+    return (logits / np.float32(temperature)).astype(np.float32, copy=False)
+
+
+def apply_top_k(logits: np.ndarray, top_k: int, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """HF TopKLogitsWarper: keep every token whose logit is >= the k-th largest (ties at the k-th
+    value are all kept), k = min(max(top_k, min_tokens_to_keep), vocab). A partial sort
+    (np.partition), never a full one."""
+    vocab = logits.shape[-1]
+    k = min(max(int(top_k), min_tokens_to_keep), vocab)
+    if k >= vocab:
+        return logits.copy()
+    kth = np.partition(logits, vocab - k, axis=-1)[..., vocab - k, None]
+    return np.where(logits < kth, NEG_INF, logits).astype(np.float32, copy=False)
+
+
+def _top_p_row(row: np.ndarray, top_p: float, min_keep: int) -> np.ndarray:
+    """Indices kept by top-p for one row [vocab], looking at as few top candidates as possible."""
+    vocab = row.shape[0]
+    m = row.max()
+    total = np.exp(row.astype(np.float64) - m).sum()
+    n = min(vocab, 64)
+    while True:
+        cand = np.argpartition(row, vocab - n)[vocab - n:] if n < vocab else np.arange(vocab)
+        cand = cand[np.argsort(row[cand], kind="stable")[::-1]]  # descending
+        probs = np.exp(row[cand].astype(np.float64) - m) / total
+        above = np.cumsum(probs) - probs  # probability mass strictly above each candidate
+        # HF keeps token i unless cumsum_ascending(i) <= 1 - top_p, i.e. unless above(i) >= top_p.
+        keep = (above < top_p) | (np.arange(n) < min_keep)
+        if n == vocab or not keep[-1]:  # the boundary lies inside the candidates: done
+            return cand[keep]
+        n = min(vocab, n * 4)
+
+
+def apply_top_p(logits: np.ndarray, top_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """HF TopPLogitsWarper (nucleus): sort ascending, drop tokens whose cumulative probability is
+    <= 1 - top_p, always keep the `min_tokens_to_keep` most likely. Equivalently: keep a token iff the
+    probability mass of the tokens ranked above it is < top_p. Sorts only the top candidates
+    (64, then 4x more while the nucleus is not closed)."""
+    if top_p >= 1.0:
+        return logits.copy()
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = np.full_like(flat, NEG_INF)
+    for r in range(flat.shape[0]):
+        idx = _top_p_row(flat[r], top_p, min_tokens_to_keep)
+        out[r, idx] = flat[r, idx]
+    return out.reshape(logits.shape)
+
+
+def apply_min_p(logits: np.ndarray, min_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """HF MinPLogitsWarper: drop tokens with probability < min_p * max probability; keep at least
+    `min_tokens_to_keep` of the highest."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    probs = softmax(flat)
+    remove = probs < min_p * probs.max(axis=-1, keepdims=True)
+    if min_tokens_to_keep > 1:
+        top = np.argpartition(-flat, min_tokens_to_keep - 1, axis=-1)[:, :min_tokens_to_keep]
+        np.put_along_axis(remove, top, False, axis=-1)
+    return np.where(remove, NEG_INF, flat).astype(np.float32, copy=False).reshape(logits.shape)
+
+
+def apply_typical_p(logits: np.ndarray, mass: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """HF TypicalLogitsWarper (locally typical sampling): rank tokens by |-log p - entropy|
+    ascending, keep the smallest prefix whose probability reaches `mass` (HF's rule: the prefix ends
+    at the first index whose cumulative probability is >= mass, tokens tied with it kept too)."""
+    if mass >= 1.0:
+        return logits.copy()
+    flat = logits.reshape(-1, logits.shape[-1])
+    logp = log_softmax(flat)
+    p = np.exp(logp)
+    ent = -np.nansum(np.where(p > 0, logp * p, 0.0), axis=-1, keepdims=True)
+    shifted = np.abs(-logp - ent)
+    order = np.argsort(shifted, axis=-1, kind="stable")
+    sorted_shift = np.take_along_axis(shifted, order, axis=-1)
+    cum = np.cumsum(softmax(np.take_along_axis(flat, order, axis=-1)), axis=-1)
+    last = np.minimum((cum < mass).sum(axis=-1, keepdims=True), flat.shape[-1] - 1)
+    remove_sorted = sorted_shift > np.take_along_axis(sorted_shift, last, axis=-1)
+    remove_sorted[:, :min_tokens_to_keep] = False
+    remove = np.empty_like(remove_sorted)
+    np.put_along_axis(remove, order, remove_sorted, axis=-1)
+    return np.where(remove, NEG_INF, flat).astype(np.float32, copy=False).reshape(logits.shape)
+
+
+def multinomial(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray | int:
+    """Draw one index per row from `probs: [..., vocab]` (rows sum to 1) with one uniform each."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    cdf = np.cumsum(flat, axis=-1)
+    u = rng.random(flat.shape[0]) * cdf[:, -1]
+    idx = np.array([min(int(np.searchsorted(cdf[r], u[r], side="right")), flat.shape[1] - 1)
+                    for r in range(flat.shape[0])])
+    # Never pick a zero-probability token (possible only at float edges of the cdf).
+    for r, i in enumerate(idx):
+        if flat[r, i] == 0:
+            idx[r] = int(np.flatnonzero(flat[r])[-1])
+    return int(idx[0]) if probs.ndim == 1 else idx.reshape(probs.shape[:-1])

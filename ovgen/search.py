@@ -1,0 +1,116 @@
+"""Token choice and the decode loop: greedy and multinomial sampling, driven by a Session.
+
+`decode()` is a generator yielding one `TokenRecord` per token (mlx-lm's `generate_step` shape);
+`generate()`, streaming, the CLI and benchmarks are all consumers of it. Per token it runs:
+
+    logits --chain--> processed --choose--> token --stopping/detok--> record --Session.step--> logits
+
+The last token of a generation is not run through the model (nothing needs its logits), so after
+`decode()` ends the Session holds the prompt and every generated token but the last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+
+import numpy as np
+
+from ovgen.kernels.sampling import multinomial, softmax
+
+from .stopping import StopStrings, Stopping
+
+
+@dataclass(slots=True)
+class TokenRecord:
+    """One generated token: what was chosen, how likely it was, and where the time went."""
+
+    index: int  # position among the generated tokens, from 0
+    token_id: int
+    text: str  # the streamed text delta this token released (may be "")
+    logprob: float  # log-probability under the raw model distribution
+    processed_logprob: float  # log-probability under the processed (sampled-from) distribution
+    finish_reason: str | None = None
+    top_logprobs: list[tuple[int, float]] | None = None  # top-N (token, raw logprob), when asked
+    sequence: int = 0  # which returned sequence (num_return_sequences)
+    model_ns: int = 0  # infer() that produced this token's logits (the prefill, for index 0)
+    process_ns: int = 0  # processor chain
+    choice_ns: int = 0  # token choice + log-probabilities
+    detok_ns: int = 0  # detokenisation + stop-string matching
+    ready_ns: int = 0  # perf_counter_ns() when the record was complete
+    stage_ns: dict[str, int] = field(default_factory=dict)  # per processor
+
+
+def greedy(logits: np.ndarray) -> int:
+    """argmax; ties go to the lowest token id (torch.argmax and np.argmax agree)."""
+    return int(np.argmax(logits))
+
+
+class Sampler:
+    """Multinomial sampling from softmax(logits). Owns its `np.random.Generator`: the same seed
+    gives the same tokens, run after run, independent of any global RNG."""
+
+    def __init__(self, seed: int | None = None, rng: np.random.Generator | None = None):
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        probs = softmax(logits)
+        if not np.isfinite(probs).all():
+            raise ValueError("every token is masked (all logits are -inf); nothing can be sampled")
+        return int(multinomial(probs, self.rng))
+
+
+def logprob(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits)[token], without materialising the whole log-softmax."""
+    m = float(logits.max())
+    if not np.isfinite(m):
+        return float("-inf")
+    lse = m + float(np.log(np.exp(logits - m, dtype=np.float32).sum(dtype=np.float64)))
+    return float(logits[token]) - lse
+
+
+def top_logprobs(logits: np.ndarray, n: int) -> list[tuple[int, float]]:
+    top = np.argpartition(logits, logits.shape[-1] - n)[-n:]
+    top = top[np.argsort(logits[top])[::-1]]
+    return [(int(t), logprob(logits, int(t))) for t in top]
+
+
+def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray], int], stopping: Stopping,
+           detok, stop_strings: StopStrings, top_n: int = 0, sequence: int = 0,
+           t_start_ns: int | None = None) -> Iterator[TokenRecord]:
+    """Yield one TokenRecord per generated token, from the logits of the last prefilled position.
+
+    `chain(token_ids, logits)` processes, `choose(processed)` picks; the session advances by one
+    token per yielded record (except after the last).
+    """
+    t_start_ns = t_start_ns or perf_counter_ns()
+    model_ns = session.infer_ns
+    n = 0
+    while True:
+        t0 = perf_counter_ns()
+        processed = chain(session.tokens[0], logits)
+        t1 = perf_counter_ns()
+        if not np.isfinite(processed.max()):
+            raise ValueError("every token is masked after processing (all logits are -inf)")
+        token = choose(processed)
+        lp = logprob(logits, token)
+        plp = lp if processed is logits else logprob(processed, token)
+        top = top_logprobs(logits, top_n) if top_n else None
+        t2 = perf_counter_ns()
+        n += 1
+        reason = stopping.check(token, n, (t2 - t_start_ns) / 1e9)
+        text, matched = stop_strings.feed(detok.push(token))
+        if matched:
+            reason = "stop_string"
+        elif reason:  # generation ends: release everything held back
+            rest, matched = stop_strings.feed(detok.flush())
+            text += rest if matched else rest + stop_strings.flush()
+            reason = "stop_string" if matched else reason
+        t3 = perf_counter_ns()
+        yield TokenRecord(n - 1, token, text, lp, plp, reason, top, sequence, model_ns, t1 - t0, t2 - t1,
+                          t3 - t2, t3, dict(chain.timings_ns))
+        if reason:
+            return
+        logits = session.step(token)
+        model_ns = session.infer_ns

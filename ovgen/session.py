@@ -1,0 +1,164 @@
+"""Session: one InferRequest, its KV state and the token history - the only owner of state.
+
+The IR is stateful: the KV cache lives inside the InferRequest (`query_state()`), one row per
+batch entry. `tokens: [rows, T] int64` always equals what the KV state holds, so any operation
+(snapshot, rewind, reorder) keeps the two in step.
+
+Input tensors per infer (shapes as the IR declares them):
+    input_ids      [rows, t]        new tokens only
+    attention_mask [rows, past + t] all ones (no padding inside a session)
+    position_ids   [rows, t]        past .. past + t - 1
+    beam_idx       [rows]           which row of the previous state each row continues from
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import perf_counter_ns
+
+import numpy as np
+import openvino as ov
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Copies of the KV state tensors and the token history at one point."""
+
+    states: dict[str, np.ndarray]
+    tokens: np.ndarray
+    beam_idx: np.ndarray | None
+
+
+class Session:
+    """Prefill, step, snapshot/restore, rewind and reorder over one InferRequest.
+
+    `prefill` and `step` return a NumPy view of the last position's logits, valid until the next
+    call that runs the model: `[vocab]` when the session has one row, `[rows, vocab]` otherwise.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.request = model.compiled.create_infer_request()
+        self._has_positions = "position_ids" in model.input_names
+        self._has_beam_idx = "beam_idx" in model.input_names
+        self.tokens = np.zeros((1, 0), dtype=np.int64)
+        self._beam_idx: np.ndarray | None = None  # pending reorder, applied by the next infer
+        self.infer_ns = 0  # wall time of the last infer() call
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def length(self) -> int:
+        """Tokens held in the KV state (per row)."""
+        return self.tokens.shape[1]
+
+    # ---- running the model --------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget everything: empty KV state, empty history."""
+        self.request.reset_state()
+        self.tokens = np.zeros((1, 0), dtype=np.int64)
+        self._beam_idx = None
+
+    def prefill(self, token_ids) -> np.ndarray:
+        """Reset, then run the prompt `token_ids: [T]` (or `[rows, T]`). Returns last-position logits."""
+        self.reset()
+        return self.append(token_ids)
+
+    def append(self, token_ids) -> np.ndarray:
+        """Run `token_ids: [T]` (or `[rows, T]`) after what the session holds (chat turns, forced text)."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        ids = ids[None, :] if ids.ndim == 1 else ids
+        if ids.shape[1] == 0:
+            raise ValueError("token_ids is empty; a prompt needs at least one token")
+        return self._infer(ids)
+
+    def step(self, token_ids) -> np.ndarray:
+        """Run one token per row: `token_ids` is an int (one row) or `[rows]`."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
+        return self._infer(ids)
+
+    def _infer(self, ids: np.ndarray) -> np.ndarray:
+        # ids: [rows, t] int64
+        rows, t = ids.shape
+        vocab = self.model.vocab_size
+        if ids.min() < 0 or ids.max() >= vocab:
+            bad = ids[(ids < 0) | (ids >= vocab)]
+            raise ValueError(f"token ids {bad[:5].tolist()} are outside the vocabulary [0, {vocab})")
+        past = self.length
+        if self._beam_idx is None and rows != self.rows:
+            if self.rows != 1:
+                raise ValueError(f"{rows} rows of token ids for a session of {self.rows} rows; "
+                                 "use reorder() to change the number of rows")
+            self.tokens = np.repeat(self.tokens, rows, axis=0)  # fan out one row: beam_idx = zeros
+            if past:
+                self._beam_idx = np.zeros(rows, dtype=np.int32)
+        inputs = {"input_ids": ids, "attention_mask": np.ones((rows, past + t), dtype=np.int64)}
+        if self._has_positions:
+            inputs["position_ids"] = np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (rows, t))
+        if self._has_beam_idx:
+            inputs["beam_idx"] = self._beam_idx if self._beam_idx is not None else np.arange(rows, dtype=np.int32)
+        t0 = perf_counter_ns()
+        self.request.infer(inputs, share_inputs=True, share_outputs=True)
+        self.infer_ns = perf_counter_ns() - t0
+        self._beam_idx = None
+        self.tokens = np.concatenate([self.tokens, ids], axis=1)
+        logits = self.request.get_tensor("logits").data  # [rows, t or 1, vocab], a view
+        return logits[0, -1] if rows == 1 else logits[:, -1]
+
+    # ---- state management ---------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """Copy the KV state and history (restore() returns to exactly this point)."""
+        states = {s.name: np.array(s.state.data, copy=True) for s in self.request.query_state()}
+        beam = None if self._beam_idx is None else self._beam_idx.copy()
+        return Snapshot(states, self.tokens.copy(), beam)
+
+    def restore(self, snap: Snapshot) -> None:
+        """Put back a snapshot taken from a session over the same compiled model."""
+        for s in self.request.query_state():
+            if s.name not in snap.states:
+                raise ValueError(f"snapshot has no state named {s.name!r}; it is from another model")
+            s.state = ov.Tensor(np.array(snap.states[s.name], copy=True))
+        self.tokens = snap.tokens.copy()
+        self._beam_idx = None if snap.beam_idx is None else snap.beam_idx.copy()
+
+    def rewind(self, n: int) -> None:
+        """Drop the last `n` tokens from the KV state and history (0 <= n <= length)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"rewind n must be in [0, {self.length}], got {n}")
+        if n == 0:
+            return
+        keep = self.length - n
+        if keep == 0:
+            self.reset()
+            return
+        for s in self.request.query_state():
+            data = s.state.data
+            axis = _seq_axis(data.shape, self.length)
+            s.state = ov.Tensor(np.ascontiguousarray(np.take(data, np.arange(keep), axis=axis)))
+        self.tokens = self.tokens[:, :keep].copy()
+
+    def reorder(self, beam_idx) -> None:
+        """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
+        inside the next infer (the IR's beam_idx input); the history is reordered now."""
+        idx = np.asarray(beam_idx, dtype=np.int32).reshape(-1)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= self.rows:
+            raise ValueError(f"beam_idx values must be in [0, {self.rows}), got {idx.tolist()}")
+        if not self._has_beam_idx:
+            raise NotImplementedError("this IR has no beam_idx input; its KV state cannot be reordered")
+        prev = self._beam_idx
+        self._beam_idx = idx if prev is None else prev[idx]  # compose with a pending reorder
+        self.tokens = self.tokens[idx]
+
+
+def _seq_axis(shape, length: int) -> int:
+    """The KV tensor's sequence axis: [batch, kv_heads, seq, head_dim] puts it at 2; fall back to
+    whichever non-batch axis has the session's length."""
+    if len(shape) == 4 and shape[2] == length:
+        return 2
+    for axis in range(1, len(shape)):
+        if shape[axis] == length:
+            return axis
+    raise RuntimeError(f"cannot find the sequence axis of a KV state of shape {shape} (length {length})")

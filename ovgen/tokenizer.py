@@ -1,0 +1,153 @@
+"""Tokenisation, incremental detokenisation and chat templates.
+
+Backends: "hf" reads tokenizer.json with the `tokenizers` library (default); "openvino" runs the
+openvino_tokenizer / openvino_detokenizer IRs. Chat templates come from the model folder
+(chat_template.jinja, else tokenizer_config.json's "chat_template") and render in jinja2's
+ImmutableSandboxedEnvironment, as HF does, so a template cannot reach Python internals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class Tokenizer:
+    """encode / decode / apply_chat_template over a model folder's tokenizer files."""
+
+    def __init__(self, model_dir: str | Path, backend: str = "hf"):
+        self.dir = Path(model_dir)
+        self.backend = backend
+        cfg_path = self.dir / "tokenizer_config.json"
+        self.config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+        if backend == "hf":
+            path = self.dir / "tokenizer.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (needed by the 'hf' tokenizer backend)")
+            from tokenizers import Tokenizer as HFTokenizer
+
+            try:
+                self._tok = HFTokenizer.from_file(str(path))
+            except Exception as e:  # the library raises a bare Exception on bad JSON
+                raise ValueError(f"{path}: cannot be read as a tokenizer ({e})") from None
+            self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+            self.special_ids = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        elif backend == "openvino":
+            self._init_openvino()
+        else:
+            raise ValueError(f"backend must be 'hf' or 'openvino', got {backend!r}")
+
+    def _init_openvino(self) -> None:
+        import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops)
+
+        from .model import core
+
+        for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
+            if not (self.dir / name).is_file():
+                raise FileNotFoundError(f"{self.dir / name} is missing (needed by the 'openvino' backend)")
+        self._ov_tok = core().compile_model(str(self.dir / "openvino_tokenizer.xml"), "CPU")
+        self._ov_detok = core().compile_model(str(self.dir / "openvino_detokenizer.xml"), "CPU")
+        rt = core().read_model(str(self.dir / "openvino_detokenizer.xml")).get_rt_info()
+        self.vocab_size = int(rt["vocab_size"].value) if "vocab_size" in rt else 0
+        self.special_ids = set()
+
+    # ---- encode / decode ----------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`. add_special_tokens=False (the Phi-3 sample's setting) adds no BOS/EOS."""
+        if self.backend == "hf":
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._ov_tok([text])["input_ids"][0].tolist()
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        if self.backend == "hf":
+            return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        if not ids:
+            return ""
+        out = self._ov_detok(np.asarray([ids], dtype=np.int64))
+        return str(out[self._ov_detok.output(0)][0])
+
+    # ---- chat ---------------------------------------------------------------------------------
+    def chat_template(self) -> str | None:
+        path = self.dir / "chat_template.jinja"
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+        return self.config.get("chat_template")
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            template: str | None = None) -> str:
+        """Render `messages` ([{"role": ..., "content": ...}]) with the model's chat template."""
+        template = template if template is not None else self.chat_template()
+        if not template:
+            raise ValueError(f"{self.dir}: no chat template (chat_template.jinja or tokenizer_config.json)")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {m!r}")
+        return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
+                                    bos_token=self.config.get("bos_token") or "",
+                                    eos_token=self.config.get("eos_token") or "")
+
+
+def render_chat_template(template: str, messages: list[dict], **context) -> str:
+    """HF's rendering: ImmutableSandboxedEnvironment(trim_blocks, lstrip_blocks), `raise_exception`,
+    `tojson`. A template that reaches for unsafe attributes raises ValueError("unsafe template")."""
+    from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(messages=messages, **context)
+    except SecurityError as e:
+        raise ValueError(f"unsafe template: {e}") from None
+    except TemplateError as e:
+        raise ValueError(f"chat template error: {e}") from None
+
+
+class IncrementalDecoder:
+    """Turn a stream of token ids into text deltas.
+
+    Never emits a broken UTF-8 character (a delta ending in U+FFFD waits for more tokens), and the
+    deltas join to exactly `decode(all ids)`: `flush()` emits whatever the final decode adds.
+    Decodes only a short window (from `prefix` to the end) per token, as TGI/vLLM do.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
+        self.tok = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # window start
+        self.read = 0  # ids before `read` are already emitted
+        self.emitted: list[str] = []
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        prefix_text = self.tok.decode(self.ids[self.prefix:self.read], self.skip)
+        new_text = self.tok.decode(self.ids[self.prefix:], self.skip)
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            delta = new_text[len(prefix_text):]
+            self.prefix, self.read = self.read, len(self.ids)
+            self.emitted.append(delta)
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        """The rest of the text (a trailing partial character decodes as U+FFFD, as decode() gives)."""
+        full = self.tok.decode(self.ids, self.skip)
+        done = "".join(self.emitted)
+        rest = full[len(done):] if full.startswith(done) else ""
+        if rest:
+            self.emitted.append(rest)
+        self.prefix = self.read = len(self.ids)
+        return rest
+
+    @property
+    def text(self) -> str:
+        return "".join(self.emitted)

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real default model, prepared by `ovgen prepare` (a no-op when present)."""
+
+from __future__ import annotations
+
+import pytest
+
+import ovgen
+from ovgen.prepare import default_model_dir, flavour_dir, is_complete, prepare
+
+
+@pytest.fixture(scope="session")
+def model_dir():
+    return prepare([], progress=False)
+
+
+@pytest.fixture(scope="session")
+def model(model_dir):
+    return ovgen.load(model_dir)
+
+
+def require_flavour(name: str):
+    """A prepared flavour folder; fails (not skips) when missing: the README test command makes it."""
+    path = flavour_dir(name)
+    assert is_complete(path), f"{path} is missing; run `ovgen prepare --flavours hf,optimum,onnx` first"
+    return path
+
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "def fibonacci(n):",
+    "List three prime numbers:",
+    "Explain photosynthesis in one sentence.",
+    "Translate 'good morning' into Spanish.",
+    "The quick brown fox",
+    "1, 2, 3, 4,",
+    "Once upon a time, in a small village,",
+    "Q: Why is the sky blue?\nA:",
+    "import numpy as np\n",
+    "My favourite colour is",
+]
+
+__all__ = ["PROMPTS", "default_model_dir", "require_flavour"]

@@ -1,0 +1,111 @@
+"""The tokenizer.json that `ovgen prepare` builds from the GGUF encodes exactly like the
+openvino tokenizer IR that openvino-genai converts from the same GGUF, and decodes back."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import openvino_tokenizers  # noqa: F401
+import pytest
+
+from ovgen.model import core
+from ovgen.tokenizer import IncrementalDecoder, Tokenizer
+
+POOLS = {
+    "english": ["The quick brown fox jumps over the lazy dog.", "Hello, world!", "It's a test; isn't it?",
+                "Mr. O'Neil's cat", "UPPER lower MiXeD", "e.g. i.e. etc.", "co-operate", "state-of-the-art"],
+    "code": ["def f(x):\n    return x ** 2", "for (int i = 0; i < n; ++i) { a[i] = 0; }", "SELECT * FROM t;",
+             "x = {'a': [1, 2, 3]}", "#include <stdio.h>", "if __name__ == '__main__':", "a->b && c || !d"],
+    "digits": ["1234567890", "3.14159", "1,000,000", "2026-11-21", "0x1F", "v1.2.3", "42", "007", "1e-10"],
+    "whitespace": ["  two", "\tTab", "\n\nnewlines\n", "trailing   ", "   ", " \t \n ", "a  b   c    d"],
+    "cyrillic": ["Привет, мир!", "Съешь же ещё этих мягких французских булок", "Ёлка", "България"],
+    "turkish": ["Türkçe ığüşöç İstanbul", "Şişli'de güzel bir gün", "ĞÜŞİÖÇ"],
+    "finnish": ["Hyvää päivää", "Tämä koodi vie mallin", "äiti ja isä"],
+    "swahili": ["Habari ya asubuhi", "Msimbo huu unasafirisha modeli", "Asante sana"],
+    "cjk": ["日本語のテキスト", "中文测试", "한국어 텍스트", "東京タワー"],
+    "emoji": ["😀", "🎉🎉", "👍🏽", "👨‍👩‍👧", "🇫🇮", "❤️"],
+    "special": ["<|im_start|>user\nHi<|im_end|>", "<|endoftext|>", "<|im_end|><|im_start|>", "<repo_name>x"],
+}
+
+
+def corpus(n: int = 560, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = [s for pool in POOLS.values() for s in pool]
+    kinds = list(POOLS)
+    while len(out) < n:
+        parts = [rng.choice(POOLS[rng.choice(kinds)]) for _ in range(rng.randint(1, 4))]
+        sep = rng.choice(["", " ", "  ", "\n", "\t", "-", "1"])
+        out.append(sep.join(parts))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ov_tokenizer(model_dir):
+    return core().compile_model(str(model_dir / "openvino_tokenizer.xml"), "CPU")
+
+
+def test_encodes_like_openvino_tokenizer(model_dir, ov_tokenizer):
+    tok = Tokenizer(model_dir)
+    strings = corpus()
+    assert len(strings) >= 500
+    mismatches = []
+    for s in strings:
+        ours = tok.encode(s)
+        theirs = ov_tokenizer([s])["input_ids"][0].tolist()
+        if ours != theirs:
+            mismatches.append((s, ours, theirs))
+    assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:3]}"
+
+
+def test_decodes_back(model_dir):
+    tok = Tokenizer(model_dir)
+    for s in corpus():
+        assert tok.decode(tok.encode(s), skip_special_tokens=False) == s
+
+
+def test_openvino_backend_matches_hf_backend(model_dir):
+    hf, ovt = Tokenizer(model_dir, "hf"), Tokenizer(model_dir, "openvino")
+    for s in corpus(60, seed=1):
+        ids = hf.encode(s)
+        assert ovt.encode(s) == ids
+        assert ovt.decode(ids) == hf.decode(ids)
+
+
+def test_special_tokens_are_single_ids(model_dir):
+    tok = Tokenizer(model_dir)
+    assert tok.encode("<|im_start|>") == [1]
+    assert tok.encode("<|im_end|>") == [2]
+    assert tok.decode([1, 2], skip_special_tokens=True) == ""
+
+
+def test_incremental_decoder_joins_to_decode(model_dir):
+    tok = Tokenizer(model_dir)
+    for s in corpus(120, seed=2):
+        ids = tok.encode(s)
+        dec = IncrementalDecoder(tok, skip_special_tokens=False)
+        deltas = [dec.push(t) for t in ids] + [dec.flush()]
+        assert "".join(deltas) == tok.decode(ids, skip_special_tokens=False)
+        assert all("\ufffd" not in d for d in deltas[:-1]), deltas
+
+
+def test_incremental_decoder_holds_partial_utf8(model_dir):
+    tok = Tokenizer(model_dir)
+    ids = tok.encode("😀")
+    assert len(ids) > 1  # byte-level: an emoji spans several tokens
+    dec = IncrementalDecoder(tok)
+    deltas = [dec.push(t) for t in ids]
+    assert deltas[:-1] == [""] * (len(ids) - 1) and deltas[-1] == "😀"
+
+
+def test_chat_template_renders_like_transformers(model_dir):
+    import transformers
+    ref = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    tok = Tokenizer(model_dir)
+    for msgs in ([{"role": "user", "content": "Hi"}],
+                 [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]):
+        expected = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert tok.apply_chat_template(msgs) == expected
+        assert tok.encode(expected) == ref(expected, add_special_tokens=False)["input_ids"]
+    assert np.array_equal(tok.encode("a b"), ref("a b", add_special_tokens=False)["input_ids"])
