@@ -1,0 +1,118 @@
+"""GenerationConfig validation (before any inference) and the CLI's contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ovgen
+from ovgen.config import GenerationConfig
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("top_p", 1.5, r"top_p must be in \(0, 1\], got 1.5"),
+    ("top_p", 0.0, r"top_p must be in \(0, 1\]"),
+    ("temperature", -1.0, r"temperature must be in \[0, inf\)"),
+    ("top_k", -3, r"top_k must be an integer >= 0, got -3"),
+    ("min_p", 2.0, r"min_p must be in \[0, 1\]"),
+    ("typical_p", 0.0, r"typical_p must be in \(0, 1\]"),
+    ("repetition_penalty", 0.0, r"repetition_penalty must be in \(0, inf\)"),
+    ("presence_penalty", float("nan"), r"presence_penalty must be in a finite number"),
+    ("max_new_tokens", -1, r"max_new_tokens must be an integer >= 0"),
+    ("seed", 1.5, r"seed must be a non-negative integer"),
+    ("early_stopping", "sometimes", r"early_stopping must be one of"),
+])
+def test_out_of_range_fields_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationConfig(**{field: value}).validate()
+
+
+def test_unknown_field_names_closest():
+    with pytest.raises(ValueError, match="unknown generation setting 'temprature'; did you mean temperature"):
+        GenerationConfig.from_dict({"temprature": 0.7})
+
+
+def test_greedy_with_sampling_settings_warns():
+    with pytest.warns(UserWarning, match="top_p have no effect with do_sample=False"):
+        GenerationConfig(top_p=0.5).validate()
+
+
+def test_beam_constraints():
+    with pytest.raises(ValueError, match="num_return_sequences must be <= num_beams"):
+        GenerationConfig(num_beams=2, num_return_sequences=3).validate()
+    with pytest.raises(ValueError, match="must be divisible by num_beam_groups"):
+        GenerationConfig(num_beams=4, num_beam_groups=3).validate()
+
+
+def test_bad_input_is_refused_before_inference(model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ovgen.Session, "_infer", lambda self, ids: calls.append(ids))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        ovgen.generate(model, "")
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 49152\)"):
+        ovgen.generate(model, [5, 49152])
+    with pytest.raises(ValueError, match="context"):
+        ovgen.generate(model, [5] * 8192)
+    with pytest.raises(ValueError, match="eos_token_id holds token id"):
+        ovgen.generate(model, "hi", {"eos_token_id": [10**6]})
+    assert calls == []
+
+
+def test_model_folder_errors(tmp_path, model_dir):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ovgen.load(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="openvino_model.xml is missing"):
+        ovgen.load(tmp_path)
+    (tmp_path / "openvino_model.xml").write_text("<net><broken")
+    (tmp_path / "openvino_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot be read as an OpenVINO IR"):
+        ovgen.load(tmp_path)
+    with pytest.raises(ValueError, match=r"device 'NPU.7' is not available; available devices: \['CPU'"):
+        ovgen.load(model_dir, device="NPU.7")
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ovgen.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_cli_generate_json_schema(model_dir):
+    out = run_cli("generate", "--prompt-ids", "1,9690,198", "--max-new-tokens", "6", "--ignore-eos", "--json")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert obj["prompt_token_ids"] == [1, 9690, 198]
+    (seq,) = obj["sequences"]
+    assert len(seq["token_ids"]) == 6 and seq["finish_reason"] == "length" and seq["score"] is None
+    assert isinstance(seq["text"], str)
+    assert {"ttft_ms", "tpot_ms", "tokens_per_s"} <= set(obj["metrics"])
+
+
+def test_cli_plain_output_streams_text_only(model_dir):
+    out = run_cli("generate", "--chat", "What is the capital of France?", "--max-new-tokens", "32")
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout and "TTFT" not in out.stdout
+    assert "TTFT" in out.stderr and "TPOT" in out.stderr and "tokens/s" in out.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
+    (["--temperature", "-2"], "temperature must be in [0, inf), got -2.0"),
+    (["--num-return-sequences", "2"], "num_return_sequences > 1 needs do_sample=True"),
+    (["--prompt-ids", "1,x"], "--prompt-ids must be comma-separated integers"),
+])
+def test_cli_bad_arguments_one_line(model_dir, args, needle):
+    out = run_cli("generate", "hello", *args)
+    assert out.returncode == 2
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_chat_session(model_dir):
+    out = subprocess.run([sys.executable, "-m", "ovgen.cli", "chat", "--max-new-tokens", "12"],
+                         input="Hello!\n/reset\nWho are you?\n/exit\n", capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("TTFT") == 2 and "(history cleared)" in out.stderr

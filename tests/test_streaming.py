@@ -1,0 +1,92 @@
+"""Streaming: deltas join to the final text (Cyrillic, CJK, emoji), stop strings across token
+boundaries, finish reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+import ovgen
+from ovgen.stopping import StopStrings
+
+
+@pytest.mark.parametrize("prompt", [
+    "Переведи на русский: good morning, my friend. Ответ:",
+    "请用中文写一句话：",
+    "日本の首都は",
+    "Reply with three emoji 🎉😀👍 and more emoji:",
+    "Write a sentence in Bulgarian: България е",
+])
+def test_deltas_join_to_final_text(model, prompt):
+    res = ovgen.generate(model, prompt, {"max_new_tokens": 48, "ignore_eos": True, "do_sample": True, "seed": 5,
+                                         "temperature": 1.2})
+    seq = res.sequences[0]
+    deltas = [r.text for r in seq.records]
+    # A split multi-byte character would show as U+FFFD in a delta but not in the final decode, so
+    # equality proves none was split (a U+FFFD in both is an invalid byte sequence the model sampled).
+    assert "".join(deltas) == seq.text == model.tokenizer.decode(seq.token_ids)
+    assert any(ord(c) > 127 for c in seq.text), "the prompt should make the model write non-ASCII text"
+
+
+def test_stop_strings_unit():
+    s = StopStrings(["STOP", "<end>"])
+    out = [s.feed(d) for d in ["hello S", "T", "O", "P world"]]
+    assert "".join(t for t, _ in out) == "hello " and out[-1][1]
+    s = StopStrings(["STOP"])
+    assert s.feed("ST") == ("", False) and s.feed("ay") == ("STay", False)
+    s = StopStrings(["ab"], include_in_output=True)
+    assert s.feed("xxa") == ("xx", False) and s.feed("bzz") == ("ab", True)
+
+
+def test_stop_string_across_token_boundary(model):
+    base = ovgen.generate(model, "Count: 1, 2, 3,", {"max_new_tokens": 24, "ignore_eos": True}).sequences[0]
+    assert " 6," in base.text
+    stop = " 6,"
+    res = ovgen.generate(model, "Count: 1, 2, 3,", {"max_new_tokens": 24, "ignore_eos": True,
+                                                    "stop_strings": [stop]}).sequences[0]
+    assert res.finish_reason == "stop_string"
+    assert res.text == base.text[:base.text.index(stop)]
+    with_stop = ovgen.generate(model, "Count: 1, 2, 3,", {"max_new_tokens": 24, "ignore_eos": True,
+                                                          "stop_strings": [stop],
+                                                          "include_stop_str_in_output": True}).sequences[0]
+    assert with_stop.text == base.text[:base.text.index(stop) + len(stop)]
+
+
+def test_finish_reasons(model):
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    eos = ovgen.generate(model, msgs, {"max_new_tokens": 64}).sequences[0]
+    assert eos.finish_reason == "stop" and eos.token_ids[-1] in model.generation_config.eos_token_id
+    assert "<|im_end|>" not in eos.text
+    length = ovgen.generate(model, msgs, {"max_new_tokens": 3}).sequences[0]
+    assert length.finish_reason == "length" and len(length.token_ids) == 3
+    ignored = ovgen.generate(model, msgs, {"max_new_tokens": len(eos.token_ids) + 5, "ignore_eos": True}).sequences[0]
+    assert ignored.finish_reason == "length" and ignored.token_ids[:len(eos.token_ids)] == eos.token_ids
+
+
+def test_max_time(model):
+    res = ovgen.generate(model, "Tell me everything", {"max_new_tokens": 2000, "ignore_eos": True,
+                                                       "max_time": 0.3}).sequences[0]
+    assert res.finish_reason == "time" and len(res.token_ids) < 2000
+
+
+def test_min_new_tokens_suppresses_eos(model):
+    msgs = [{"role": "user", "content": "Say yes."}]
+    short = ovgen.generate(model, msgs, {"max_new_tokens": 40}).sequences[0]
+    assert short.finish_reason == "stop"
+    n = len(short.token_ids) + 4
+    longer = ovgen.generate(model, msgs, {"max_new_tokens": 60, "min_new_tokens": n}).sequences[0]
+    assert len(longer.token_ids) >= n
+
+
+def test_user_processor_joins_the_chain(model):
+    banned = model.tokenizer.encode(" Paris")[0]
+    seen = []
+
+    def no_paris(token_ids, logits):
+        seen.append(token_ids.shape[-1])
+        out = logits.copy()
+        out[banned] = -float("inf")
+        return out
+
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    res = ovgen.generate(model, msgs, {"max_new_tokens": 16}, processors=[no_paris]).sequences[0]
+    assert banned not in res.token_ids and seen and seen[1] == seen[0] + 1
