@@ -43,3 +43,24 @@ def slice_last_position(model: ov.Model, output: str = "logits") -> bool:
     matmul.input(0).replace_source_output(last.output(0))
     model.validate_nodes_and_infer_types()
     return True
+
+
+def add_logsumexp_output(model: ov.Model, output: str = "logits") -> bool:
+    """Add an output `logsumexp: [batch, seq, 1]` = log(sum(exp(logits), -1)), in place.
+
+    With it, a token's log-probability is `logits[token] - logsumexp`: O(1) in the loop instead of
+    an exp over the whole vocabulary in NumPy. Returns False when the output already exists."""
+    if any("logsumexp" in o.get_names() for o in model.outputs):
+        return False
+    from openvino import opset13
+
+    logits = model.output(output).get_node().input_value(0)  # the Result's source
+    axis = np.array([-1], np.int64)
+    peak = opset13.reduce_max(logits, axis, keep_dims=True)
+    total = opset13.reduce_sum(opset13.exp(opset13.subtract(logits, peak)), axis, keep_dims=True)
+    lse = opset13.add(opset13.log(total), peak)
+    result = opset13.result(lse)
+    result.output(0).get_tensor().set_names({"logsumexp"})
+    model.add_results([result])
+    model.validate_nodes_and_infer_types()
+    return True

@@ -26,6 +26,12 @@ def apply_repetition_penalty(token_ids: np.ndarray, logits: np.ndarray, penalty:
     """HF RepetitionPenaltyLogitsProcessor (CTRL paper): for every token id present in `token_ids`
     (prompt included), a logit < 0 is multiplied by `penalty`, a logit >= 0 divided by it. Each token
     is penalised once, however often it occurs."""
+    if logits.ndim == 1:  # the common single-sequence case, without the per-row machinery
+        out = logits.copy()
+        seen = np.unique(token_ids)
+        score = out[seen]
+        out[seen] = np.where(score < 0, score * np.float32(penalty), score / np.float32(penalty))
+        return out
     out, rows = _rows(token_ids, logits)
     for ids, row in rows:
         seen = np.unique(ids)

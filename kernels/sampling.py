@@ -33,34 +33,63 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return (logits / np.float32(temperature)).astype(np.float32, copy=False)
 
 
+def kth_largest(logits: np.ndarray, k: int) -> np.ndarray:
+    """The k-th largest value per row, `[..., 1]`. Exact; avoids partitioning the whole vocabulary:
+    the k-th largest of a strided subsample is a lower bound, and only entries at or above it (a few
+    times k) are partitioned."""
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    out = np.empty((flat.shape[0], 1), flat.dtype)
+    stride = 16 if vocab >= 64 * k else 1
+    for r, row in enumerate(flat):
+        sub = row[::stride]
+        bound = np.partition(sub, sub.size - k)[sub.size - k] if stride > 1 else -np.inf
+        cand = row[row >= bound] if stride > 1 else row
+        out[r, 0] = np.partition(cand, cand.size - k)[cand.size - k]
+    return out.reshape(logits.shape[:-1] + (1,))
+
+
 def apply_top_k(logits: np.ndarray, top_k: int, min_tokens_to_keep: int = 1) -> np.ndarray:
     """HF TopKLogitsWarper: keep every token whose logit is >= the k-th largest (ties at the k-th
-    value are all kept), k = min(max(top_k, min_tokens_to_keep), vocab). A partial sort
-    (np.partition), never a full one."""
+    value are all kept), k = min(max(top_k, min_tokens_to_keep), vocab). Partial selection only
+    (see `kth_largest`), never a full sort."""
     vocab = logits.shape[-1]
     k = min(max(int(top_k), min_tokens_to_keep), vocab)
     if k >= vocab:
         return logits.copy()
-    kth = np.partition(logits, vocab - k, axis=-1)[..., vocab - k, None]
-    return np.where(logits < kth, NEG_INF, logits).astype(np.float32, copy=False)
+    return np.where(logits < kth_largest(logits, k), NEG_INF, logits).astype(np.float32, copy=False)
 
 
 def _top_p_row(row: np.ndarray, top_p: float, min_keep: int) -> np.ndarray:
     """Indices kept by top-p for one row [vocab], looking at as few top candidates as possible."""
     vocab = row.shape[0]
-    m = row.max()
-    total = np.exp(row.astype(np.float64) - m).sum()
-    n = min(vocab, 64)
+    finite = np.flatnonzero(row != NEG_INF)
+    if finite.size <= 1024:  # already narrowed (e.g. by top-k): sort just the survivors
+        cand = finite[np.argsort(row[finite], kind="stable")[::-1]]
+        return _nucleus(row, cand, top_p, min_keep, full=True)
+    n = 64
     while True:
         cand = np.argpartition(row, vocab - n)[vocab - n:] if n < vocab else np.arange(vocab)
         cand = cand[np.argsort(row[cand], kind="stable")[::-1]]  # descending
-        probs = np.exp(row[cand].astype(np.float64) - m) / total
-        above = np.cumsum(probs) - probs  # probability mass strictly above each candidate
-        # HF keeps token i unless cumsum_ascending(i) <= 1 - top_p, i.e. unless above(i) >= top_p.
-        keep = (above < top_p) | (np.arange(n) < min_keep)
-        if n == vocab or not keep[-1]:  # the boundary lies inside the candidates: done
-            return cand[keep]
+        kept = _nucleus(row, cand, top_p, min_keep, full=n == vocab)
+        if kept is not None:
+            return kept
         n = min(vocab, n * 4)
+
+
+def _nucleus(row, cand, top_p, min_keep, *, full: bool):
+    """Keep candidates (sorted descending) whose mass above is < top_p; None if the nucleus may
+    extend past the candidates (then the caller widens them)."""
+    m = row[cand[0]]
+    total = np.exp(row.astype(np.float64) - m).sum() if not full else None
+    probs = np.exp(row[cand].astype(np.float64) - m)
+    probs /= probs.sum() if full else total
+    above = np.cumsum(probs) - probs  # probability mass strictly above each candidate
+    # HF keeps token i unless cumsum_ascending(i) <= 1 - top_p, i.e. unless above(i) >= top_p.
+    keep = (above < top_p) | (np.arange(cand.size) < min_keep)
+    if not full and keep[-1]:
+        return None
+    return cand[keep]
 
 
 def apply_top_p(logits: np.ndarray, top_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 import openvino as ov
 
-from ovgen.kernels.graph import slice_last_position
+from ovgen.kernels.graph import add_logsumexp_output, slice_last_position
 
 from .config import GenerationConfig
 
@@ -153,6 +153,7 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
         gen_config.eos_token_id = [eos] if isinstance(eos, int) else list(eos)
     ir = read_ir(folder)
     sliced = slice_last_position(ir) if last_logits_only else False
+    add_logsumexp_output(ir)  # the loop reads each token's log-probability in O(1)
     vocab = ir.output("logits").get_partial_shape()[-1]
     if not vocab.is_static:
         raise ValueError(f"{folder / 'openvino_model.xml'}: logits' last dimension (vocab) is not static")

@@ -49,25 +49,35 @@ def greedy(logits: np.ndarray) -> int:
 
 class Sampler:
     """Multinomial sampling from softmax(logits). Owns its `np.random.Generator`: the same seed
-    gives the same tokens, run after run, independent of any global RNG."""
+    gives the same tokens, run after run, independent of any global RNG.
+
+    After each call, `self.logprob` is the drawn token's log-probability under the distribution
+    it was drawn from (the decode loop reports it as `processed_logprob`)."""
 
     def __init__(self, seed: int | None = None, rng: np.random.Generator | None = None):
         self.rng = rng if rng is not None else np.random.default_rng(seed)
+        self.logprob = 0.0
 
     def __call__(self, logits: np.ndarray) -> int:
-        probs = softmax(logits)
-        if not np.isfinite(probs).all():
+        # logits: [vocab] float32. After top-k/top-p most entries are -inf: draw among the rest.
+        support = np.flatnonzero(logits != -np.inf)
+        if support.size == 0:
             raise ValueError("every token is masked (all logits are -inf); nothing can be sampled")
-        return int(multinomial(probs, self.rng))
+        probs = softmax(logits[support])
+        i = int(multinomial(probs, self.rng))
+        self.logprob = float(np.log(probs[i]))
+        return int(support[i])
 
 
-def logprob(logits: np.ndarray, token: int) -> float:
-    """log softmax(logits)[token], without materialising the whole log-softmax."""
-    m = float(logits.max())
+def logprob(logits: np.ndarray, token: int, scratch: np.ndarray | None = None) -> float:
+    """log softmax(logits)[token], without materialising the log-softmax (`scratch`: a float32
+    buffer of the same shape, reused across calls to avoid allocating per token)."""
+    m = logits.max()
     if not np.isfinite(m):
         return float("-inf")
-    lse = m + float(np.log(np.exp(logits - m, dtype=np.float32).sum(dtype=np.float64)))
-    return float(logits[token]) - lse
+    buf = np.subtract(logits, m, out=scratch)
+    np.exp(buf, out=buf)
+    return float(logits[token] - m) - float(np.log(buf.sum(dtype=np.float64)))
 
 
 def top_logprobs(logits: np.ndarray, n: int) -> list[tuple[int, float]]:
@@ -86,6 +96,7 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
     """
     t_start_ns = t_start_ns or perf_counter_ns()
     model_ns = session.infer_ns
+    scratch = np.empty(logits.shape, np.float32)
     n = 0
     while True:
         t0 = perf_counter_ns()
@@ -94,8 +105,11 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
         if not np.isfinite(processed.max()):
             raise ValueError("every token is masked after processing (all logits are -inf)")
         token = choose(processed)
-        lp = logprob(logits, token)
-        plp = lp if processed is logits else logprob(processed, token)
+        lp = float(logits[token] - session.logsumexp)
+        if processed is logits:
+            plp = lp
+        else:
+            plp = choose.logprob if isinstance(choose, Sampler) else logprob(processed, token, scratch)
         top = top_logprobs(logits, top_n) if top_n else None
         t2 = perf_counter_ns()
         n += 1

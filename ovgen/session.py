@@ -44,6 +44,8 @@ class Session:
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx: np.ndarray | None = None  # pending reorder, applied by the next infer
         self.infer_ns = 0  # wall time of the last infer() call
+        # log(sum(exp(logits))) of the last position, per row (a graph output: see kernels.graph)
+        self.logsumexp: np.ndarray | np.floating = np.float32(0)
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -106,6 +108,8 @@ class Session:
         self._beam_idx = None
         self.tokens = np.concatenate([self.tokens, ids], axis=1)
         logits = self.request.get_tensor("logits").data  # [rows, t or 1, vocab], a view
+        lse = self.request.get_tensor("logsumexp").data  # [rows, t or 1, 1]
+        self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
         return logits[0, -1] if rows == 1 else logits[:, -1]
 
     # ---- state management ---------------------------------------------------------------------

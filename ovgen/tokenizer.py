@@ -126,13 +126,14 @@ class IncrementalDecoder:
         self.prefix = 0  # window start
         self.read = 0  # ids before `read` are already emitted
         self.emitted: list[str] = []
+        self._prefix_text = ""  # decode(ids[prefix:read]), kept so each push decodes once
 
     def push(self, token_id: int) -> str:
         self.ids.append(int(token_id))
-        prefix_text = self.tok.decode(self.ids[self.prefix:self.read], self.skip)
         new_text = self.tok.decode(self.ids[self.prefix:], self.skip)
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            delta = new_text[len(prefix_text):]
+        if len(new_text) > len(self._prefix_text) and not new_text.endswith("\ufffd"):
+            delta = new_text[len(self._prefix_text):]
+            self._prefix_text = delta  # = decode(ids[read:]): the window now starts at the old read
             self.prefix, self.read = self.read, len(self.ids)
             self.emitted.append(delta)
             return delta
@@ -146,6 +147,7 @@ class IncrementalDecoder:
         if rest:
             self.emitted.append(rest)
         self.prefix = self.read = len(self.ids)
+        self._prefix_text = ""
         return rest
 
     @property
