@@ -22,21 +22,23 @@ def _rows(token_ids: np.ndarray, logits: np.ndarray):
     return out, [(ids2[r], out2[r]) for r in range(out2.shape[0])]
 
 
+def _repetition_row(ids: np.ndarray, row: np.ndarray, penalty: float) -> None:
+    seen = np.unique(ids)
+    score = row[seen]
+    row[seen] = np.where(score < 0, score * np.float32(penalty), score / np.float32(penalty))
+
+
 def apply_repetition_penalty(token_ids: np.ndarray, logits: np.ndarray, penalty: float) -> np.ndarray:
     """HF RepetitionPenaltyLogitsProcessor (CTRL paper): for every token id present in `token_ids`
     (prompt included), a logit < 0 is multiplied by `penalty`, a logit >= 0 divided by it. Each token
     is penalised once, however often it occurs."""
     if logits.ndim == 1:  # the common single-sequence case, without the per-row machinery
         out = logits.copy()
-        seen = np.unique(token_ids)
-        score = out[seen]
-        out[seen] = np.where(score < 0, score * np.float32(penalty), score / np.float32(penalty))
+        _repetition_row(token_ids, out, penalty)
         return out
     out, rows = _rows(token_ids, logits)
     for ids, row in rows:
-        seen = np.unique(ids)
-        score = row[seen]
-        row[seen] = np.where(score < 0, score * penalty, score / penalty)
+        _repetition_row(ids, row, penalty)
     return out
 
 
