@@ -80,10 +80,11 @@ def logprob(logits: np.ndarray, token: int, scratch: np.ndarray | None = None) -
     return float(logits[token] - m) - float(np.log(buf.sum(dtype=np.float64)))
 
 
-def top_logprobs(logits: np.ndarray, n: int) -> list[tuple[int, float]]:
+def top_logprobs(logits: np.ndarray, n: int, logsumexp: float) -> list[tuple[int, float]]:
+    """The n most likely tokens and their log-probabilities, most likely first."""
     top = np.argpartition(logits, logits.shape[-1] - n)[-n:]
     top = top[np.argsort(logits[top])[::-1]]
-    return [(int(t), logprob(logits, int(t))) for t in top]
+    return [(int(t), float(logits[t] - logsumexp)) for t in top]
 
 
 def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray], int], stopping: Stopping,
@@ -102,7 +103,7 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
         t0 = perf_counter_ns()
         processed = chain(session.tokens[0], logits)
         t1 = perf_counter_ns()
-        if not np.isfinite(processed.max()):
+        if processed is not logits and not np.isfinite(processed.max()):
             raise ValueError("every token is masked after processing (all logits are -inf)")
         token = choose(processed)
         lp = float(logits[token] - session.logsumexp)
@@ -110,7 +111,7 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
             plp = lp
         else:
             plp = choose.logprob if isinstance(choose, Sampler) else logprob(processed, token, scratch)
-        top = top_logprobs(logits, top_n) if top_n else None
+        top = top_logprobs(logits, top_n, session.logsumexp) if top_n else None
         t2 = perf_counter_ns()
         n += 1
         reason = stopping.check(token, n, (t2 - t_start_ns) / 1e9)
