@@ -66,23 +66,25 @@ def _top_p_row(row: np.ndarray, top_p: float, min_keep: int) -> np.ndarray:
     finite = np.flatnonzero(row != NEG_INF)
     if finite.size <= 1024:  # already narrowed (e.g. by top-k): sort just the survivors
         cand = finite[np.argsort(row[finite], kind="stable")[::-1]]
-        return _nucleus(row, cand, top_p, min_keep, full=True)
+        return _nucleus(row, cand, top_p, min_keep, total=None)
+    m = row.max()
+    total = np.exp(row.astype(np.float64) - m).sum()  # the normaliser, once for all widenings
     n = 64
     while True:
         cand = np.argpartition(row, vocab - n)[vocab - n:] if n < vocab else np.arange(vocab)
         cand = cand[np.argsort(row[cand], kind="stable")[::-1]]  # descending
-        kept = _nucleus(row, cand, top_p, min_keep, full=n == vocab)
+        kept = _nucleus(row, cand, top_p, min_keep, total=None if n == vocab else total)
         if kept is not None:
             return kept
         n = min(vocab, n * 4)
 
 
-def _nucleus(row, cand, top_p, min_keep, *, full: bool):
-    """Keep candidates (sorted descending) whose mass above is < top_p; None if the nucleus may
-    extend past the candidates (then the caller widens them)."""
-    m = row[cand[0]]
-    total = np.exp(row.astype(np.float64) - m).sum() if not full else None
-    probs = np.exp(row[cand].astype(np.float64) - m)
+def _nucleus(row, cand, top_p, min_keep, *, total):
+    """Keep candidates (sorted descending) whose mass above is < top_p. `total` is
+    sum(exp(row - row.max())) over the whole row, or None when `cand` holds every unmasked token.
+    Returns None if the nucleus may extend past the candidates (then the caller widens them)."""
+    full = total is None
+    probs = np.exp(row[cand].astype(np.float64) - row[cand[0]])
     probs /= probs.sum() if full else total
     above = np.cumsum(probs) - probs  # probability mass strictly above each candidate
     # HF keeps token i unless cumsum_ascending(i) <= 1 - top_p, i.e. unless above(i) >= top_p.
