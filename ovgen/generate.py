@@ -13,6 +13,7 @@ from time import perf_counter_ns
 
 import numpy as np
 
+from .beam import beam_search, check_beam_config
 from .config import GenerationConfig
 from .processors import Processor, build_chain
 from .profiling import summarize
@@ -112,11 +113,13 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
 def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *, logits=None):
     """The loop over a validated config and checked ids. `logits`: the caller has already run the
     prompt through `session` (chat prefix reuse) and passes its last-position logits."""
-    if cfg.num_beams > 1:
-        raise NotImplementedError("beam search (num_beams > 1) is not implemented yet")
     max_new = cfg.max_new_tokens
     if model.max_context:
         max_new = min(max_new, model.max_context - len(ids))
+    if cfg.num_beams > 1:
+        check_beam_config(cfg)
+        yield from _beam_records(model, session, ids, cfg, processors, max_new, logits)
+        return
     if max_new == 0:
         return
     t_start = perf_counter_ns()
@@ -136,6 +139,22 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
                           stopping=stopping, detok=IncrementalDecoder(model.tokenizer),
                           stop_strings=StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output),
                           top_n=cfg.top_logprobs, sequence=seq, t_start_ns=t_start)
+
+
+def _beam_records(model, session, ids, cfg, processors, max_new, logits) -> Iterator[TokenRecord]:
+    """Beam search, then one TokenRecord per token of each returned sequence, best first. The best
+    sequence is only known at the end, so records come after the search; each token's timings are
+    those of the search step that chose it (`beam.BeamSearch.steps()` shows the search live)."""
+    hyps, steps = beam_search(session, ids, cfg, max_new_tokens=max_new, processors=processors, logits=logits)
+    for seq, h in enumerate(hyps):
+        detok = IncrementalDecoder(model.tokenizer)
+        last = len(h.token_ids) - 1
+        for i, tok in enumerate(h.token_ids):
+            text = detok.push(tok) + (detok.flush() if i == last else "")
+            st = steps[i]
+            yield TokenRecord(i, tok, text, h.logprobs[i], h.processed_logprobs[i],
+                              h.finish_reason if i == last else None, None, seq, st.model_ns, st.process_ns,
+                              st.choice_ns, 0, st.ready_ns, st.stage_ns, score=h.score)
 
 
 def generate(model, prompt: Prompt, config: GenerationConfig | dict | None = None, *, session=None,
@@ -160,7 +179,8 @@ def collect(ids: list[int], records: list[TokenRecord], n_sequences: int, t_star
     for s in range(n_sequences):
         recs = [r for r in records if r.sequence == s]
         seqs.append(SequenceResult([r.token_id for r in recs], "".join(r.text for r in recs),
-                                   recs[-1].finish_reason if recs else "length", None, recs))
+                                   recs[-1].finish_reason if recs else "length", recs[-1].score if recs else None,
+                                   recs))
     first = seqs[0].records if seqs else []
     return GenerationResult(list(ids), seqs, summarize(first, t_start_ns, prompt_tokens=len(ids)))
 

@@ -40,6 +40,7 @@ class TokenRecord:
     detok_ns: int = 0  # detokenisation + stop-string matching
     ready_ns: int = 0  # perf_counter_ns() when the record was complete
     stage_ns: dict[str, int] = field(default_factory=dict)  # per processor
+    score: float | None = None  # beam search: the sequence's final score (None otherwise)
 
 
 def greedy(logits: np.ndarray) -> int:

@@ -1,0 +1,151 @@
+"""Beam search parity: ovgen against transformers' `generate()` running the same IR through
+optimum-intel's `OVModelForCausalLM` (the OpenVINO Phi-3 sample's path), with the same prompt ids.
+
+Sequences must be token-identical and scores (`sequences_scores`) within 1e-4. Diverse beam search
+left transformers for the Hub in 4.56 (not reachable here), so its reference is the 4.55 group
+beam search loop driven by the parts transformers still ships: `BeamSearchScorer` and
+`HammingDiversityLogitsProcessor` (`hf_group_beam_search` below).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from optimum.intel import OVModelForCausalLM
+from transformers.generation.beam_search import BeamSearchScorer
+from transformers.generation.logits_process import HammingDiversityLogitsProcessor, LogitsProcessorList
+
+import ovgen
+from conftest import PROMPTS
+from ovgen.generate import prompt_ids
+
+EOS = 2  # <|im_end|>; also the pad token, so HF pads finished beams with it
+MAX_NEW = 32
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    return OVModelForCausalLM.from_pretrained(model_dir, compile=True)
+
+
+@pytest.fixture(scope="module")
+def prompts(model):
+    """8 prompts: 4 chat turns (the instruct model ends them with eos, so finished hypotheses,
+    length penalty and early stopping all act) and 4 raw continuations (beams run to the length limit)."""
+    chat = [prompt_ids(model, [{"role": "user", "content": p}]) for p in PROMPTS[:4]]
+    raw = [model.tokenizer.encode(p) for p in PROMPTS[6:10]]
+    return chat + raw
+
+
+def trim(seq: list[int]) -> list[int]:
+    """HF pads shorter returned beams with pad (= eos here): cut after the first eos."""
+    return seq[:seq.index(EOS) + 1] if EOS in seq else seq
+
+
+def hf_beam(hf, ids, **kw):
+    t = torch.tensor([ids])
+    out = hf.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=MAX_NEW, do_sample=False,
+                      output_scores=True, return_dict_in_generate=True, **kw)
+    seqs = [trim(row[len(ids):].tolist()) for row in out.sequences]
+    scores = out.sequences_scores.tolist() if kw.get("num_beams", 1) > 1 else None
+    return seqs, scores
+
+
+def ours(model, ids, **kw):
+    res = ovgen.generate(model, ids, {"max_new_tokens": MAX_NEW, "do_sample": False, **kw})
+    return res
+
+
+def assert_same(res, ref_seqs, ref_scores):
+    assert [s.token_ids for s in res.sequences] == ref_seqs
+    if ref_scores is not None:
+        np.testing.assert_allclose([s.score for s in res.sequences], ref_scores, rtol=0, atol=1e-4)
+
+
+def test_greedy_matches_transformers(model, hf, prompts):
+    for ids in prompts:
+        ref, _ = hf_beam(hf, ids)
+        assert_same(ours(model, ids), ref, None)
+
+
+GRID = list(itertools.product([2, 4], [0.5, 1.0, 2.0], [True, False, "never"]))
+
+
+@pytest.mark.parametrize("num_beams,length_penalty,early_stopping", GRID)
+def test_beam_grid_matches_transformers(model, hf, prompts, num_beams, length_penalty, early_stopping):
+    kw = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+              num_return_sequences=2)
+    for ids in (prompts[0], prompts[6]):  # one that finishes with eos, one that runs to the limit
+        ref, scores = hf_beam(hf, ids, **kw)
+        assert_same(ours(model, ids, **kw), ref, scores)
+
+
+@pytest.mark.parametrize("extra", [{}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 3},
+                                   {"repetition_penalty": 1.2, "no_repeat_ngram_size": 2}],
+                         ids=["plain", "repetition", "ngram", "both"])
+def test_beam_search_on_eight_prompts(model, hf, prompts, extra):
+    kw = dict(num_beams=4, num_return_sequences=2, **extra)
+    reasons = []
+    for ids in prompts:
+        ref, scores = hf_beam(hf, ids, **kw)
+        res = ours(model, ids, **kw)
+        assert_same(res, ref, scores)
+        reasons += [s.finish_reason for s in res.sequences]
+    assert "stop" in reasons and "length" in reasons  # both ways of finishing were compared
+
+
+def hf_group_beam_search(hf, ids, *, num_beams, groups, penalty, length_penalty=1.0, early_stopping=False,
+                         num_return_sequences=2):
+    """transformers 4.55 `_group_beam_search` (batch 1, diversity processor only), on the OV model."""
+    gs, plen = num_beams // groups, len(ids)
+    scorer = BeamSearchScorer(batch_size=1, num_beams=num_beams, device="cpu", length_penalty=length_penalty,
+                              do_early_stopping=early_stopping, num_beam_hyps_to_keep=num_return_sequences,
+                              num_beam_groups=groups, max_length=plen + MAX_NEW)
+    procs = LogitsProcessorList([HammingDiversityLogitsProcessor(penalty, num_beams, groups)])
+    input_ids = torch.tensor([ids] * num_beams)
+    beam_scores = torch.full((num_beams,), -1e9)
+    beam_scores[::gs] = 0
+    hf._first_iter_beam_search = True  # what OVModelForCausalLM.generate sets: one-row prefill
+    past = None
+    while True:
+        out = hf(input_ids=input_ids if past is None else input_ids[:, -1:],
+                 attention_mask=torch.ones_like(input_ids), past_key_values=past)
+        past = out.past_key_values
+        vocab = out.logits.shape[-1]
+        current = torch.zeros(num_beams, dtype=torch.long)
+        reorder = torch.zeros(num_beams, dtype=torch.long)
+        for g in range(groups):
+            rows = list(range(g * gs, (g + 1) * gs))
+            group_ids = input_ids[rows]
+            lp = torch.log_softmax(out.logits[rows, -1, :].float(), dim=-1)
+            lp = procs(group_ids, lp, current_tokens=current, beam_group_idx=g)
+            nxt = (lp + beam_scores[rows].unsqueeze(-1)).view(1, gs * vocab)
+            nxt, tok = torch.topk(nxt, 2 * gs, dim=1, largest=True, sorted=True)
+            o = scorer.process(group_ids, nxt, tok % vocab, tok // vocab, pad_token_id=EOS, eos_token_id=[EOS],
+                               group_index=g, decoder_prompt_len=plen)
+            beam_scores[rows] = o["next_beam_scores"].view(-1)
+            idx = o["next_beam_indices"].view(-1)
+            input_ids[rows] = group_ids[idx]
+            current[rows] = o["next_beam_tokens"].view(-1)
+            reorder[rows] = g * gs + idx % gs
+        input_ids = torch.cat([input_ids, current.unsqueeze(-1)], dim=-1)
+        hf._reorder_cache(past, reorder)
+        if scorer.is_done or input_ids.shape[-1] >= plen + MAX_NEW:
+            break
+    fin = scorer.finalize(input_ids, beam_scores, None, None, pad_token_id=EOS, eos_token_id=[EOS],
+                          max_length=plen + MAX_NEW, decoder_prompt_len=plen)
+    return [trim(r[plen:].tolist()) for r in fin["sequences"]], fin["sequence_scores"].tolist()
+
+
+@pytest.mark.parametrize("num_beams,groups,penalty,early_stopping",
+                         [(4, 2, 1.0, False), (6, 3, 0.5, True), (4, 4, 2.0, "never")])
+def test_diverse_beam_search_matches_transformers(model, hf, prompts, num_beams, groups, penalty, early_stopping):
+    for ids in prompts:
+        ref, scores = hf_group_beam_search(hf, ids, num_beams=num_beams, groups=groups, penalty=penalty,
+                                           early_stopping=early_stopping)
+        res = ours(model, ids, num_beams=num_beams, num_beam_groups=groups, diversity_penalty=penalty,
+                   early_stopping=early_stopping, num_return_sequences=2)
+        assert_same(res, ref, scores)
