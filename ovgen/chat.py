@@ -53,6 +53,7 @@ class Chat:
         logits = self.session.append(ids[keep:])
         reply = []
         for rec in run(self.model, self.session, ids, self.config, logits=logits):
-            reply.append(rec.text)
+            if rec.sequence == 0:  # the history keeps the first (best, for beam search) sequence
+                reply.append(rec.text)
             yield rec
         self.messages = messages + [{"role": "assistant", "content": "".join(reply)}]

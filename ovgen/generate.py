@@ -70,6 +70,8 @@ def resolve_config(model, config: GenerationConfig | dict | None) -> GenerationC
         raise TypeError(f"config must be a GenerationConfig, a dict or None, got {type(config).__name__}")
     cfg.validate()
     cfg.check_token_ids(model.vocab_size)
+    if cfg.num_beams > 1:
+        check_beam_config(cfg)
     return cfg
 
 
@@ -100,6 +102,7 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
            processors: Sequence[Processor] = (), chat_template: str | None = None) -> Iterator[TokenRecord]:
     """Generate, yielding one TokenRecord per token as soon as it is chosen (its `.text` is the
     streamed delta). With num_return_sequences > 1, sequences follow one another (`.sequence`).
+    With num_beams > 1 the records come once the search has ended (see `_beam_records`).
 
     `session`: reuse a Session (its KV state is replaced; see `chat.Chat` for prefix reuse).
     `processors`: user callables `(token_ids, logits) -> logits`, run after the built-in penalties and

@@ -1,0 +1,94 @@
+"""Beam search beyond the parity suites: beam sampling, the per-step view, the results' invariants
+and the errors raised before any inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import ovgen
+from ovgen.beam import BeamSearch, _sample_without_replacement
+from ovgen.config import GenerationConfig
+
+
+def test_sampling_without_replacement_has_the_law_of_successive_draws():
+    """Ordered pairs (first, second) over 20,000 draws against p_i * p_j / (1 - p_i)."""
+    logits = np.log(np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04], np.float32))
+    rng = np.random.default_rng(1)
+    n, v = 20_000, logits.size
+    counts = np.zeros((v, v))
+    for _ in range(n):
+        a, b = _sample_without_replacement(logits, 2, rng)
+        counts[a, b] += 1
+    p = np.exp(logits.astype(np.float64))
+    p /= p.sum()
+    expected = p[:, None] * p[None, :] / (1 - p[:, None])
+    np.fill_diagonal(expected, 0)
+    mask = expected > 0
+    assert counts[~mask].sum() == 0  # never the same index twice
+    _, pvalue = stats.chisquare(counts[mask], expected[mask] * n)
+    assert pvalue > 1e-3
+
+
+def test_sampling_refuses_when_too_few_candidates_remain():
+    logits = np.array([0.0, -np.inf, -np.inf, 1.0], np.float32)
+    with pytest.raises(ValueError, match="non-zero probability"):
+        _sample_without_replacement(logits, 3, np.random.default_rng(0))
+
+
+def test_beam_sample_is_reproducible_by_seed(model):
+    cfg = {"num_beams": 4, "do_sample": True, "top_k": 50, "seed": 7, "max_new_tokens": 24, "num_return_sequences": 2}
+    a = ovgen.generate(model, "Once upon a time", cfg)
+    b = ovgen.generate(model, "Once upon a time", cfg)
+    assert [s.token_ids for s in a.sequences] == [s.token_ids for s in b.sequences]
+    others = {tuple(ovgen.generate(model, "Once upon a time", {**cfg, "seed": s}).sequences[0].token_ids)
+              for s in range(8, 12)}
+    assert len(others | {tuple(a.sequences[0].token_ids)}) > 1
+    greedy_beam = ovgen.generate(model, "Once upon a time", {**cfg, "do_sample": False, "seed": None})
+    assert a.sequences[0].score <= greedy_beam.sequences[0].score + 1e-4  # beam search is the optimum it finds
+
+
+@pytest.mark.parametrize("length_penalty", [0.5, 1.0, 2.0])
+def test_scores_are_normalised_sums_of_the_processed_logprobs(model, length_penalty):
+    res = ovgen.generate(model, [{"role": "user", "content": "Name a fruit."}],
+                         {"num_beams": 4, "num_return_sequences": 3, "max_new_tokens": 40,
+                          "length_penalty": length_penalty, "repetition_penalty": 1.2})
+    scores = [s.score for s in res.sequences]
+    assert scores == sorted(scores, reverse=True)
+    for s in res.sequences:
+        plp = [r.processed_logprob for r in s.records]
+        assert s.score == pytest.approx(sum(plp) / len(plp) ** length_penalty, abs=1e-4)
+        assert all(r.logprob <= 0 for r in s.records)
+        assert "".join(r.text for r in s.records) == s.text == model.tokenizer.decode(s.token_ids)
+
+
+def test_steps_show_every_beam_and_reorder(model):
+    cfg = GenerationConfig(num_beams=3, max_new_tokens=12, eos_token_id=[2])
+    session = model.session()
+    search = BeamSearch(session, model.tokenizer.encode("The sky is"), cfg, max_new_tokens=12)
+    steps = list(search.steps())
+    assert len(steps) == 12 and [s.index for s in steps] == list(range(12))
+    assert all(s.tokens.shape == (3,) and s.beam_idx.shape == (3,) for s in steps)
+    assert (steps[0].beam_idx == 0).all()  # every beam starts from the one prefilled row
+    assert session.rows == 3
+    best = search.result()[0]
+    # the session's rows hold the running beams: the best finished one is among them minus its last token
+    assert best.token_ids[:-1] in [row[-11:] for row in session.tokens.tolist()]
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"num_beams": 2, "stop_strings": ["x"]}, "stop_strings"),
+    ({"num_beams": 4, "num_beam_groups": 2}, "diversity_penalty > 0"),
+    ({"num_beams": 4, "diversity_penalty": 1.0}, "num_beam_groups > 1"),
+    ({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0, "do_sample": True}, "do_sample"),
+    ({"num_beams": 2, "top_logprobs": 3}, "top_logprobs"),
+    ({"num_beams": 2, "num_return_sequences": 3}, "num_return_sequences must be <= num_beams"),
+    ({"num_beams": 4, "num_beam_groups": 3, "diversity_penalty": 1.0}, "divisible"),
+    ({"num_beams": 2, "early_stopping": "sometimes"}, "early_stopping"),
+])
+def test_bad_beam_settings_fail_before_inference(model, changes, message):
+    session = model.session()
+    with pytest.raises(ValueError, match=message):
+        list(ovgen.stream(model, "hello", changes, session=session))
+    assert session.length == 0  # nothing ran
