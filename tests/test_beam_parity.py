@@ -74,13 +74,15 @@ def test_greedy_matches_transformers(model, hf, prompts):
 GRID = list(itertools.product([2, 4], [0.5, 1.0, 2.0], [True, False, "never"]))
 
 
-@pytest.mark.parametrize("num_beams,length_penalty,early_stopping", GRID)
-def test_beam_grid_matches_transformers(model, hf, prompts, num_beams, length_penalty, early_stopping):
+@pytest.mark.parametrize("cell", range(len(GRID)), ids=[f"beams{b}-lp{lp}-es{es}" for b, lp, es in GRID])
+def test_beam_grid_matches_transformers(model, hf, prompts, cell):
+    """Each cell on 4 of the 8 prompts (2 chat, 2 raw, rotating), so every prompt meets the grid."""
+    num_beams, length_penalty, early_stopping = GRID[cell]
     kw = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
               num_return_sequences=2)
-    for ids in (prompts[0], prompts[6]):  # one that finishes with eos, one that runs to the limit
-        ref, scores = hf_beam(hf, ids, **kw)
-        assert_same(ours(model, ids, **kw), ref, scores)
+    for i in (cell % 4, (cell + 1) % 4, 4 + cell % 4, 4 + (cell + 1) % 4):
+        ref, scores = hf_beam(hf, prompts[i], **kw)
+        assert_same(ours(model, prompts[i], **kw), ref, scores)
 
 
 @pytest.mark.parametrize("extra", [{}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 3},
