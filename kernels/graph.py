@@ -64,3 +64,22 @@ def add_logsumexp_output(model: ov.Model, output: str = "logits") -> bool:
     model.add_results([result])
     model.validate_nodes_and_infer_types()
     return True
+
+
+def add_argmax_output(model: ov.Model, output: str = "logits") -> bool:
+    """Add an output `argmax: [batch, seq, 1]` int64, the index of the largest logit, lowest index
+    on ties (np.argmax / torch.argmax's rule: TopK-11 with stable=True), in place.
+
+    Greedy search with no processors reads the chosen token from it instead of scanning the
+    vocabulary in NumPy. Returns False when the output already exists."""
+    if any("argmax" in o.get_names() for o in model.outputs):
+        return False
+    from openvino import opset11
+
+    logits = model.output(output).get_node().input_value(0)
+    top = opset11.topk(logits, np.array(1, np.int64), -1, "max", "value", "i64", stable=True)
+    result = opset11.result(top.output(1))
+    result.output(0).get_tensor().set_names({"argmax"})
+    model.add_results([result])
+    model.validate_nodes_and_infer_types()
+    return True

@@ -106,7 +106,10 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
         t1 = perf_counter_ns()
         if processed is not logits and not np.isfinite(processed.max()):
             raise ValueError("every token is masked after processing (all logits are -inf)")
-        token = choose(processed)
+        if processed is logits and choose is greedy and session.argmax is not None:
+            token = session.argmax  # the graph's argmax output: same rule, no scan in NumPy
+        else:
+            token = choose(processed)
         lp = float(logits[token] - session.logsumexp)
         if processed is logits:
             plp = lp

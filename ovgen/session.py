@@ -22,11 +22,14 @@ import openvino as ov
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Copies of the KV state tensors and the token history at one point."""
+    """Copies of the KV state tensors and the token history at one point, with the last logits'
+    logsumexp and argmax (so a restored session reports them for the logits of that point)."""
 
     states: dict[str, np.ndarray]
     tokens: np.ndarray
     beam_idx: np.ndarray | None
+    logsumexp: np.ndarray | np.floating = np.float32(0)
+    argmax: int | None = None
 
 
 class Session:
@@ -41,21 +44,48 @@ class Session:
         self.request = model.compiled.create_infer_request()
         self._has_positions = "position_ids" in model.input_names
         self._has_beam_idx = "beam_idx" in model.input_names
-        self.tokens = np.zeros((1, 0), dtype=np.int64)
+        self._hist = np.zeros((1, 256), dtype=np.int64)  # token history buffer; `tokens` views it
+        self._len = 0
         self._beam_idx: np.ndarray | None = None  # pending reorder, applied by the next infer
         self.infer_ns = 0  # wall time of the last infer() call
         # log(sum(exp(logits))) of the last position, per row (a graph output: see kernels.graph)
         self.logsumexp: np.ndarray | np.floating = np.float32(0)
+        # argmax of the last logits (one row only; None otherwise): a graph output, see kernels.graph
+        self.argmax: int | None = None
+        self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
+        self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, argmax)
 
     # ---- properties ---------------------------------------------------------------------------
     @property
+    def tokens(self) -> np.ndarray:
+        """[rows, length] int64: what the KV state holds (a view, valid until the session changes)."""
+        return self._hist[:, :self._len]
+
+    @tokens.setter
+    def tokens(self, value) -> None:
+        value = np.asarray(value, dtype=np.int64)
+        self._hist = np.zeros((value.shape[0], max(256, 2 * value.shape[1])), dtype=np.int64)
+        self._hist[:, :value.shape[1]] = value
+        self._len = value.shape[1]
+
+    @property
     def rows(self) -> int:
-        return self.tokens.shape[0]
+        return self._hist.shape[0]
 
     @property
     def length(self) -> int:
         """Tokens held in the KV state (per row)."""
-        return self.tokens.shape[1]
+        return self._len
+
+    def _push(self, ids: np.ndarray) -> None:
+        """Append `ids: [rows, t]` to the history (amortised O(t))."""
+        n, t = self._len, ids.shape[1]
+        if n + t > self._hist.shape[1]:
+            grown = np.zeros((self._hist.shape[0], 2 * (n + t)), dtype=np.int64)
+            grown[:, :n] = self._hist[:, :n]
+            self._hist = grown
+        self._hist[:, n:n + t] = ids
+        self._len = n + t
 
     # ---- running the model --------------------------------------------------------------------
     def reset(self) -> None:
@@ -63,6 +93,7 @@ class Session:
         self.request.reset_state()
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx = None
+        self.argmax = None
 
     def prefill(self, token_ids) -> np.ndarray:
         """Reset, then run the prompt `token_ids: [T]` (or `[rows, T]`). Returns last-position logits."""
@@ -79,8 +110,61 @@ class Session:
 
     def step(self, token_ids) -> np.ndarray:
         """Run one token per row: `token_ids` is an int (one row) or `[rows]`."""
+        if isinstance(token_ids, (int, np.integer)) and self._fast_ok():
+            return self._step_one(int(token_ids))
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
         return self._infer(ids)
+
+    # ---- the one-token fast path ----------------------------------------------------------------
+    # Right after infer() the weights streamed through the caches have evicted Python's working set,
+    # so every tensor created or set per token costs tens of microseconds. The common decode step
+    # (one row, one token, no pending reorder) therefore writes two scalars into input tensors set
+    # on the request once, shrinks/grows a preset all-ones attention mask with set_shape, and reads
+    # the logits from output buffers set once (see _outputs).
+    def _fast_ok(self) -> bool:
+        return (self.rows == 1 and self._beam_idx is None and self._len > 0 and self._has_positions
+                and self._has_beam_idx and self.model.sliced)
+
+    def _step_one(self, token: int) -> np.ndarray:
+        vocab = self.model.vocab_size
+        if not 0 <= token < vocab:
+            raise ValueError(f"token ids [{token}] are outside the vocabulary [0, {vocab})")
+        past = self._len
+        f = self._fast
+        if f is None or past + 1 > f.capacity:
+            f = self._fast = _FastStep(max(1024, 2 * (past + 1)))
+        if not f.installed:
+            for name, tensor in f.inputs.items():
+                self.request.set_tensor(name, tensor)
+            f.installed = True
+        f.ids[0, 0] = token
+        f.pos[0, 0] = past
+        f.mask.set_shape([1, past + 1])
+        _, logits, lse, top = self._outputs(1)
+        t0 = perf_counter_ns()
+        self.request.infer()
+        self.infer_ns = perf_counter_ns() - t0
+        self.argmax = int(top[0, 0, 0])
+        if self._len + 1 > self._hist.shape[1]:
+            self._push(np.array([[token]], dtype=np.int64))
+        else:
+            self._hist[0, self._len] = token
+            self._len += 1
+        self.logsumexp = lse[0, 0, 0]
+        return logits[0, 0]
+
+    def _outputs(self, rows: int):
+        """Output buffers of `rows` rows set on the request once (logits are [rows, 1, vocab] since
+        the graph is sliced to the last position), so reading them costs no get_tensor()."""
+        if self._out is None or self._out[0] != rows:
+            logits = np.empty((rows, 1, self.model.vocab_size), dtype=np.float32)
+            lse = np.empty((rows, 1, 1), dtype=np.float32)
+            top = np.empty((rows, 1, 1), dtype=np.int64)
+            self.request.set_tensor("logits", ov.Tensor(logits, shared_memory=True))
+            self.request.set_tensor("logsumexp", ov.Tensor(lse, shared_memory=True))
+            self.request.set_tensor("argmax", ov.Tensor(top, shared_memory=True))
+            self._out = (rows, logits, lse, top)
+        return self._out
 
     def _infer(self, ids: np.ndarray) -> np.ndarray:
         # ids: [rows, t] int64
@@ -102,14 +186,23 @@ class Session:
             inputs["position_ids"] = np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (rows, t))
         if self._has_beam_idx:
             inputs["beam_idx"] = self._beam_idx if self._beam_idx is not None else np.arange(rows, dtype=np.int32)
+        if self.model.sliced:
+            self._outputs(rows)
+        if self._fast is not None:
+            self._fast.installed = False  # infer(inputs) replaces the request's input tensors
         t0 = perf_counter_ns()
         self.request.infer(inputs, share_inputs=True, share_outputs=True)
         self.infer_ns = perf_counter_ns() - t0
         self._beam_idx = None
-        self.tokens = np.concatenate([self.tokens, ids], axis=1)
-        logits = self.request.get_tensor("logits").data  # [rows, t or 1, vocab], a view
-        lse = self.request.get_tensor("logsumexp").data  # [rows, t or 1, 1]
+        self._push(ids)
+        if self.model.sliced:
+            _, logits, lse, top = self._out
+        else:
+            logits = self.request.get_tensor("logits").data  # [rows, t, vocab], a view
+            lse = self.request.get_tensor("logsumexp").data  # [rows, t, 1]
+            top = self.request.get_tensor("argmax").data
         self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
+        self.argmax = int(top[0, -1, 0]) if rows == 1 else None
         return logits[0, -1] if rows == 1 else logits[:, -1]
 
     # ---- state management ---------------------------------------------------------------------
@@ -117,7 +210,7 @@ class Session:
         """Copy the KV state and history (restore() returns to exactly this point)."""
         states = {s.name: np.array(s.state.data, copy=True) for s in self.request.query_state()}
         beam = None if self._beam_idx is None else self._beam_idx.copy()
-        return Snapshot(states, self.tokens.copy(), beam)
+        return Snapshot(states, self.tokens.copy(), beam, np.copy(self.logsumexp), self.argmax)
 
     def restore(self, snap: Snapshot) -> None:
         """Put back a snapshot taken from a session over the same compiled model."""
@@ -127,6 +220,7 @@ class Session:
             s.state = ov.Tensor(np.array(snap.states[s.name], copy=True))
         self.tokens = snap.tokens.copy()
         self._beam_idx = None if snap.beam_idx is None else snap.beam_idx.copy()
+        self.logsumexp, self.argmax = np.copy(snap.logsumexp), snap.argmax
 
     def rewind(self, n: int) -> None:
         """Drop the last `n` tokens from the KV state and history (0 <= n <= length)."""
@@ -143,6 +237,7 @@ class Session:
             axis = _seq_axis(data.shape, self.length)
             s.state = ov.Tensor(np.ascontiguousarray(np.take(data, np.arange(keep), axis=axis)))
         self.tokens = self.tokens[:, :keep].copy()
+        self.argmax = None  # the logits of the new last position are not known until the next run
 
     def reorder(self, beam_idx) -> None:
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
@@ -155,6 +250,7 @@ class Session:
         prev = self._beam_idx
         self._beam_idx = idx if prev is None else prev[idx]  # compose with a pending reorder
         self.tokens = self.tokens[idx]
+        self.argmax = None
 
 
 def _seq_axis(shape, length: int) -> int:
@@ -166,3 +262,20 @@ def _seq_axis(shape, length: int) -> int:
         if shape[axis] == length:
             return axis
     raise RuntimeError(f"cannot find the sequence axis of a KV state of shape {shape} (length {length})")
+
+
+class _FastStep:
+    """Input tensors for one-token steps: ids and positions [1, 1], beam_idx [1], and an all-ones
+    attention mask allocated for `capacity` positions whose shape is set per step."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.ids = np.zeros((1, 1), dtype=np.int64)
+        self.pos = np.zeros((1, 1), dtype=np.int64)
+        self.beam = np.zeros(1, dtype=np.int32)
+        self.mask = ov.Tensor(ov.Type.i64, ov.Shape([1, capacity]))
+        self.mask.data[:] = 1
+        self.inputs = {"input_ids": ov.Tensor(self.ids, shared_memory=True),
+                       "position_ids": ov.Tensor(self.pos, shared_memory=True),
+                       "beam_idx": ov.Tensor(self.beam, shared_memory=True), "attention_mask": self.mask}
+        self.installed = False

@@ -126,3 +126,47 @@ def test_interrupted_stream_leaves_session_usable(model):
     gen.close()
     again = ovgen.generate(model, "Tell me a story", {"max_new_tokens": 12}, session=s)
     assert again.sequences[0].token_ids == ref
+
+
+def test_graph_argmax_and_logsumexp_follow_the_logits(model, prompt):
+    """The one-token fast path reads argmax / logsumexp from graph outputs: they must describe the
+    logits returned, step after step, and after snapshot/restore and rewind."""
+    s = model.session()
+    logits = s.prefill(prompt)
+    snap = s.snapshot()
+    first = logits.copy()
+    for _ in range(40):
+        assert s.argmax == int(np.argmax(logits))
+        assert float(s.logsumexp) == pytest.approx(float(np.log(np.exp(logits.astype(np.float64)).sum())), abs=1e-4)
+        logits = s.step(int(np.argmax(logits)))
+    s.restore(snap)
+    assert s.argmax == int(np.argmax(first))
+    s.rewind(1)
+    assert s.argmax is None
+
+
+def test_sequences_after_the_first_report_their_first_tokens_logprob(model):
+    res = ovgen.generate(model, "Once upon a time", {"do_sample": True, "seed": 3, "num_return_sequences": 3,
+                                                     "max_new_tokens": 4})
+    first = model.session().prefill(model.tokenizer.encode("Once upon a time")).astype(np.float64)
+    log_z = np.log(np.exp(first - first.max()).sum()) + first.max()
+    for seq in res.sequences:
+        tok = seq.token_ids[0]
+        assert seq.records[0].logprob == pytest.approx(first[tok] - log_z, abs=1e-3)
+
+
+def test_argmax_output_breaks_ties_to_the_lowest_index():
+    import openvino as ov
+    from openvino import opset13
+
+    from ovgen.kernels.graph import add_argmax_output
+
+    x = opset13.parameter([1, 1, 6], ov.Type.f32, name="x")
+    out = opset13.result(opset13.multiply(x, np.float32(1)))
+    out.output(0).get_tensor().set_names({"logits"})
+    m = ov.Model([out], [x])
+    assert add_argmax_output(m) and not add_argmax_output(m)
+    compiled = ov.Core().compile_model(m, "CPU")
+    for row in ([1, 3, 3, 0, 3, 2], [5, 5, 5, 5, 5, 5], [0, 0, 0, 0, 1, 1], [-np.inf, -1, -1, -2, -1, -3]):
+        got = compiled(np.array([[row]], np.float32))[compiled.output("argmax")]
+        assert int(got.reshape(-1)[0]) == int(np.argmax(row))
