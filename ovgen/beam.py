@@ -333,7 +333,7 @@ class BeamSearch:
             if done[g]:
                 continue
             for r in range(g * gs, (g + 1) * gs):
-                hyps[g].add(beams.take([r]), float(scores[r]), length, length=length)
+                hyps[g].add(beams.take([r]), float(scores[r]), length)
         pool = [h for group in hyps for h in group.beams]
         pool.sort(key=lambda h: h[0])
         best = [pool.pop() for _ in range(min(cfg.num_return_sequences, len(pool)))]
@@ -358,10 +358,10 @@ class _Hypotheses:
     def __len__(self) -> int:
         return len(self.beams)
 
-    def add(self, beam: _Beams, sum_logprobs: float, generated_len: int, *, length: int | None = None) -> None:
+    def add(self, beam: _Beams, sum_logprobs: float, generated_len: int) -> None:
         score = sum_logprobs / (generated_len ** self.lp)
         if len(self.beams) < self.n or score > self.worst:
-            self.beams.append((score, beam, length or generated_len))
+            self.beams.append((score, beam, generated_len))
             if len(self.beams) > self.n:
                 ranked = sorted((s, i) for i, (s, _, _) in enumerate(self.beams))
                 del self.beams[ranked[0][1]]

@@ -119,8 +119,7 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
     max_new = cfg.max_new_tokens
     if model.max_context:
         max_new = min(max_new, model.max_context - len(ids))
-    if cfg.num_beams > 1:
-        check_beam_config(cfg)
+    if cfg.num_beams > 1:  # BeamSearch checks the beam settings before it runs anything
         yield from _beam_records(model, session, ids, cfg, processors, max_new, logits)
         return
     if max_new == 0:
