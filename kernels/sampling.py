@@ -38,9 +38,11 @@ def kth_largest(logits: np.ndarray, k: int) -> np.ndarray:
     the k-th largest of a strided subsample is a lower bound, and only entries at or above it (a few
     times k) are partitioned."""
     vocab = logits.shape[-1]
+    stride = 16 if vocab >= 64 * k else 1
+    if logits.ndim == 1 and stride == 1:  # a short row (e.g. the top candidates): one partition
+        return np.partition(logits, vocab - k)[vocab - k:vocab - k + 1]
     flat = logits.reshape(-1, vocab)
     out = np.empty((flat.shape[0], 1), flat.dtype)
-    stride = 16 if vocab >= 64 * k else 1
     for r, row in enumerate(flat):
         sub = row[::stride]
         bound = np.partition(sub, sub.size - k)[sub.size - k] if stride > 1 else -np.inf
@@ -88,7 +90,9 @@ def _nucleus(row, cand, top_p, min_keep, *, total):
     probs /= probs.sum() if full else total
     above = np.cumsum(probs) - probs  # probability mass strictly above each candidate
     # HF keeps token i unless cumsum_ascending(i) <= 1 - top_p, i.e. unless above(i) >= top_p.
-    keep = (above < top_p) | (np.arange(cand.size) < min_keep)
+    keep = above < top_p  # above[0] == 0: the most likely token is always kept
+    if min_keep > 1:
+        keep |= np.arange(cand.size) < min_keep
     if not full and keep[-1]:
         return None
     return cand[keep]
@@ -101,8 +105,13 @@ def apply_top_p(logits: np.ndarray, top_p: float, min_tokens_to_keep: int = 1) -
     (64, then 4x more while the nucleus is not closed)."""
     if top_p >= 1.0:
         return logits.copy()
+    out = np.full_like(logits, NEG_INF)
+    if logits.ndim == 1:
+        idx = _top_p_row(logits, top_p, min_tokens_to_keep)
+        out[idx] = logits[idx]
+        return out
     flat = logits.reshape(-1, logits.shape[-1])
-    out = np.full_like(flat, NEG_INF)
+    out = out.reshape(flat.shape)
     for r in range(flat.shape[0]):
         idx = _top_p_row(flat[r], top_p, min_tokens_to_keep)
         out[r, idx] = flat[r, idx]
@@ -144,7 +153,12 @@ def apply_typical_p(logits: np.ndarray, mass: float, min_tokens_to_keep: int = 1
 
 
 def multinomial(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray | int:
-    """Draw one index per row from `probs: [..., vocab]` (rows sum to 1) with one uniform each."""
+    """Draw one index per row from `probs: [..., vocab]` (rows sum to 1) with one uniform each:
+    the first index whose cumulative probability exceeds u * total, u ~ U[0, 1)."""
+    if probs.ndim == 1:  # the same arithmetic as the batched path below, in fewer calls
+        cdf = np.cumsum(probs)
+        i = min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")), probs.shape[0] - 1)
+        return i if probs[i] != 0 else int(np.flatnonzero(probs)[-1])
     flat = probs.reshape(-1, probs.shape[-1])
     cdf = np.cumsum(flat, axis=-1)
     u = rng.random(flat.shape[0]) * cdf[:, -1]

@@ -14,11 +14,12 @@ from typing import Any
 
 import openvino as ov
 
-from ovgen.kernels.graph import add_argmax_output, add_logsumexp_output, slice_last_position
+from ovgen.kernels.graph import add_argmax_output, add_logsumexp_output, add_topk_output, slice_last_position
 
 from .config import GenerationConfig
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
+TOP_CANDIDATES = 64  # width of the graph's top-k candidate output (see kernels.graph.add_topk_output)
 _CORE: ov.Core | None = None
 
 
@@ -42,6 +43,7 @@ class Model:
     input_names: frozenset[str]
     vocab_size: int
     sliced: bool
+    top_candidates: int = 0  # k of the topk_values/topk_ids outputs (0: none)
     ov_config: dict[str, Any] = field(default_factory=dict)
     _tokenizer: Any = None
     tokenizer_backend: str = "hf"
@@ -158,8 +160,11 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     vocab = ir.output("logits").get_partial_shape()[-1]
     if not vocab.is_static:
         raise ValueError(f"{folder / 'openvino_model.xml'}: logits' last dimension (vocab) is not static")
+    top = TOP_CANDIDATES if vocab.get_length() > 4 * TOP_CANDIDATES else 0
+    if top:
+        add_topk_output(ir, top)  # sampling with top-k runs on these candidates (processors.Chain)
     props = dict(ov_config or {})
     compiled = core().compile_model(ir, device, props)
     return Model(path=folder, device=device, compiled=compiled, config=config, generation_config=gen_config,
                  input_names=frozenset(n for p in ir.inputs for n in p.get_names()),
-                 vocab_size=vocab.get_length(), sliced=sliced, ov_config=props, tokenizer_backend=tokenizer)
+                 vocab_size=vocab.get_length(), sliced=sliced, top_candidates=top, ov_config=props, tokenizer_backend=tokenizer)

@@ -31,11 +31,17 @@ Processor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 @dataclass
 class Chain:
-    """An ordered list of named processors. `__call__` runs them and records each one's time."""
+    """An ordered list of named processors. `__call__` runs them and records each one's time.
+
+    `top_k > 0` means the chain may also run on the model's top candidates only
+    (`run_on_candidates`); `build_chain` sets it for the chains where that is exact."""
 
     processors: list[tuple[str, Processor]] = field(default_factory=list)
     check_output: bool = False
     timings_ns: dict[str, int] = field(default_factory=dict)
+    top_k: int = 0
+    _plan: list[tuple[str, Processor]] | None = None  # the processors top_k was set for
+    _on_candidates: dict[str, Callable] = field(default_factory=dict)  # candidate versions, by name
 
     def __call__(self, token_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         for name, fn in self.processors:
@@ -45,6 +51,35 @@ class Chain:
             if self.check_output:
                 _check(name, logits)
         return logits
+
+
+    def run_on_candidates(self, token_ids: np.ndarray, values: np.ndarray,
+                          ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The chain on candidates only: `values[i]` is the logit of token `ids[i]` (ids ascending),
+        and every other token's logit is <= values.min() (the graph's topk output, see Session.top).
+
+        Returns `(processed, ids)`, masked entries -inf, equal to what `__call__`
+        gives those tokens on the whole vocabulary while every other token ends masked - or None
+        when that is not guaranteed (then run `__call__`). Set up only for chains of
+        repetition_penalty (> 1: it only lowers logits) -> temperature -> top_k -> top_p; the
+        guarantee is checked per call: the k-th largest value before top_k must exceed the bound
+        that every non-candidate still satisfies."""
+        if not self.top_k or values.size < self.top_k or self.processors != self._plan:
+            return None
+        x = values
+        bound = np.array([values.min()], np.float32)  # non-candidates are <= bound, processed alike
+        for name, fn in self.processors:
+            t0 = perf_counter_ns()
+            if name == "top_k" and S.kth_largest(x, self.top_k)[0] <= bound[0]:
+                return None
+            if name in self._on_candidates:
+                x = self._on_candidates[name](token_ids, x, ids)
+            else:
+                x = fn(token_ids, x)
+                if name == "temperature":
+                    bound = fn(token_ids, bound)
+            self.timings_ns[name] = perf_counter_ns() - t0
+        return x, ids
 
 
 def _check(name: str, out) -> None:
@@ -90,7 +125,12 @@ def build_chain(config: GenerationConfig, *, prompt_len: int, user: Sequence[Pro
     procs += [(_name(fn), fn) for fn in user]
     if c.do_sample and c.temperature > 0:
         procs += warpers(c, min_tokens_to_keep)
-    return Chain(procs, check_output=bool(user))
+    chain = Chain(procs, check_output=bool(user))
+    if (c.do_sample and c.top_k and c.repetition_penalty >= 1.0 and min_tokens_to_keep <= c.top_k
+            and {n for n, _ in procs} <= {"repetition_penalty", "temperature", "top_k", "top_p"}):
+        chain.top_k, chain._plan = c.top_k, list(procs)
+        chain._on_candidates["repetition_penalty"] = _RepetitionOn(c.repetition_penalty)
+    return chain
 
 
 def warpers(c: GenerationConfig, min_tokens_to_keep: int = 1) -> list[tuple[str, Processor]]:
@@ -112,6 +152,24 @@ def warpers(c: GenerationConfig, min_tokens_to_keep: int = 1) -> list[tuple[str,
 
 def _by_keyword(kernel, token_ids, logits, **kw):
     return kernel(token_ids, logits, **kw)
+
+
+class _RepetitionOn:
+    """The repetition penalty on candidates, keeping set(token_ids) across the steps of a decode
+    (token_ids only grows there; anything else rebuilds the set)."""
+
+    def __init__(self, penalty: float):
+        self.penalty = penalty
+        self.n, self.last, self.history = 0, None, set()
+
+    def __call__(self, token_ids, values, ids):
+        n = token_ids.shape[0]
+        if n < self.n or (self.n and int(token_ids[self.n - 1]) != self.last):
+            self.n, self.history = 0, set()
+        if n > self.n:
+            self.history.update(token_ids[self.n:].tolist())
+            self.n, self.last = n, int(token_ids[n - 1])
+        return P.apply_repetition_penalty_on(token_ids, values, ids, self.penalty, self.history)
 
 
 def _generated_only(prompt_len: int, kernel, token_ids, logits, **kw):

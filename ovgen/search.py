@@ -102,16 +102,23 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
     n = 0
     while True:
         t0 = perf_counter_ns()
-        processed = chain(session.tokens[0], logits)
+        # Sampling with top-k: the chain runs on the graph's top candidates when that is exact.
+        small = (chain.run_on_candidates(session.tokens[0], *session.top)
+                 if chain.top_k and session.top is not None and isinstance(choose, Sampler) else None)
+        processed = chain(session.tokens[0], logits) if small is None else None
         t1 = perf_counter_ns()
-        if processed is not logits and not np.isfinite(processed.max()):
+        if processed is not None and processed is not logits and not np.isfinite(processed.max()):
             raise ValueError("every token is masked after processing (all logits are -inf)")
-        if processed is logits and choose is greedy and session.argmax is not None:
+        if small is not None:
+            token = int(small[1][choose(small[0])])
+        elif processed is logits and choose is greedy and session.argmax is not None:
             token = session.argmax  # the graph's argmax output: same rule, no scan in NumPy
         else:
             token = choose(processed)
         lp = float(logits[token] - session.logsumexp)
-        if processed is logits:
+        if small is not None:
+            plp = choose.logprob
+        elif processed is logits:
             plp = lp
         else:
             plp = choose.logprob if isinstance(choose, Sampler) else logprob(processed, token, scratch)

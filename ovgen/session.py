@@ -23,13 +23,15 @@ import openvino as ov
 @dataclass(frozen=True)
 class Snapshot:
     """Copies of the KV state tensors and the token history at one point, with the last logits'
-    logsumexp and argmax (so a restored session reports them for the logits of that point)."""
+    logsumexp, argmax and top candidates (so a restored session reports them for the logits of that
+    point)."""
 
     states: dict[str, np.ndarray]
     tokens: np.ndarray
     beam_idx: np.ndarray | None
     logsumexp: np.ndarray | np.floating = np.float32(0)
     argmax: int | None = None
+    top: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Session:
@@ -52,8 +54,11 @@ class Session:
         self.logsumexp: np.ndarray | np.floating = np.float32(0)
         # argmax of the last logits (one row only; None otherwise): a graph output, see kernels.graph
         self.argmax: int | None = None
+        # (values, ids) of the model.top_candidates largest last logits, ids ascending, one row only,
+        # None otherwise (every other logit is <= values.min()): a graph output, see kernels.graph
+        self.top: tuple[np.ndarray, np.ndarray] | None = None
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
-        self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, argmax)
+        self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, argmax, top)
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -93,7 +98,7 @@ class Session:
         self.request.reset_state()
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx = None
-        self.argmax = None
+        self.argmax = self.top = None
 
     def prefill(self, token_ids) -> np.ndarray:
         """Reset, then run the prompt `token_ids: [T]` (or `[rows, T]`). Returns last-position logits."""
@@ -140,11 +145,12 @@ class Session:
         f.ids[0, 0] = token
         f.pos[0, 0] = past
         f.mask.set_shape([1, past + 1])
-        _, logits, lse, top = self._outputs(1)
+        _, logits, lse, top, cand = self._outputs(1)
         t0 = perf_counter_ns()
         self.request.infer()
         self.infer_ns = perf_counter_ns() - t0
         self.argmax = int(top[0, 0, 0])
+        self.top = cand
         if self._len + 1 > self._hist.shape[1]:
             self._push(np.array([[token]], dtype=np.int64))
         else:
@@ -163,7 +169,14 @@ class Session:
             self.request.set_tensor("logits", ov.Tensor(logits, shared_memory=True))
             self.request.set_tensor("logsumexp", ov.Tensor(lse, shared_memory=True))
             self.request.set_tensor("argmax", ov.Tensor(top, shared_memory=True))
-            self._out = (rows, logits, lse, top)
+            cand = None
+            if self.model.top_candidates:
+                k = self.model.top_candidates
+                values, ids = np.empty((rows, 1, k), np.float32), np.empty((rows, 1, k), np.int64)
+                self.request.set_tensor("topk_values", ov.Tensor(values, shared_memory=True))
+                self.request.set_tensor("topk_ids", ov.Tensor(ids, shared_memory=True))
+                cand = (values[0, 0], ids[0, 0])
+            self._out = (rows, logits, lse, top, cand)
         return self._out
 
     def _infer(self, ids: np.ndarray) -> np.ndarray:
@@ -196,13 +209,17 @@ class Session:
         self._beam_idx = None
         self._push(ids)
         if self.model.sliced:
-            _, logits, lse, top = self._out
+            _, logits, lse, top, cand = self._out
         else:
             logits = self.request.get_tensor("logits").data  # [rows, t, vocab], a view
             lse = self.request.get_tensor("logsumexp").data  # [rows, t, 1]
             top = self.request.get_tensor("argmax").data
+            cand = None
+            if self.model.top_candidates:
+                cand = tuple(self.request.get_tensor(n).data[0, -1] for n in ("topk_values", "topk_ids"))
         self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
         self.argmax = int(top[0, -1, 0]) if rows == 1 else None
+        self.top = cand if rows == 1 else None
         return logits[0, -1] if rows == 1 else logits[:, -1]
 
     # ---- state management ---------------------------------------------------------------------
@@ -210,7 +227,8 @@ class Session:
         """Copy the KV state and history (restore() returns to exactly this point)."""
         states = {s.name: np.array(s.state.data, copy=True) for s in self.request.query_state()}
         beam = None if self._beam_idx is None else self._beam_idx.copy()
-        return Snapshot(states, self.tokens.copy(), beam, np.copy(self.logsumexp), self.argmax)
+        top = None if self.top is None else (self.top[0].copy(), self.top[1].copy())
+        return Snapshot(states, self.tokens.copy(), beam, np.copy(self.logsumexp), self.argmax, top)
 
     def restore(self, snap: Snapshot) -> None:
         """Put back a snapshot taken from a session over the same compiled model."""
@@ -221,6 +239,7 @@ class Session:
         self.tokens = snap.tokens.copy()
         self._beam_idx = None if snap.beam_idx is None else snap.beam_idx.copy()
         self.logsumexp, self.argmax = np.copy(snap.logsumexp), snap.argmax
+        self.top = None if snap.top is None else (snap.top[0].copy(), snap.top[1].copy())
 
     def rewind(self, n: int) -> None:
         """Drop the last `n` tokens from the KV state and history (0 <= n <= length)."""
@@ -237,7 +256,7 @@ class Session:
             axis = _seq_axis(data.shape, self.length)
             s.state = ov.Tensor(np.ascontiguousarray(np.take(data, np.arange(keep), axis=axis)))
         self.tokens = self.tokens[:, :keep].copy()
-        self.argmax = None  # the logits of the new last position are not known until the next run
+        self.argmax = self.top = None  # the logits of the new last position are not known until the next run
 
     def reorder(self, beam_idx) -> None:
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
@@ -250,7 +269,7 @@ class Session:
         prev = self._beam_idx
         self._beam_idx = idx if prev is None else prev[idx]  # compose with a pending reorder
         self.tokens = self.tokens[idx]
-        self.argmax = None
+        self.argmax = self.top = None
 
 
 def _seq_axis(shape, length: int) -> int:
