@@ -66,6 +66,8 @@ def _top_p_row(row: np.ndarray, top_p: float, min_keep: int) -> np.ndarray:
     """Indices kept by top-p for one row [vocab], looking at as few top candidates as possible."""
     vocab = row.shape[0]
     finite = np.flatnonzero(row != NEG_INF)
+    if finite.size == 0:  # everything masked already: nothing to keep (the loop reports it)
+        return finite
     if finite.size <= 1024:  # already narrowed (e.g. by top-k): sort just the survivors
         cand = finite[np.argsort(row[finite], kind="stable")[::-1]]
         return _nucleus(row, cand, top_p, min_keep, total=None)
@@ -157,6 +159,8 @@ def multinomial(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray | int
     the first index whose cumulative probability exceeds u * total, u ~ U[0, 1)."""
     if probs.ndim == 1:  # the same arithmetic as the batched path below, in fewer calls
         cdf = np.cumsum(probs)
+        if not 0 < cdf[-1] < np.inf:  # one scalar test: NaN / inf logits make NaN probabilities
+            raise ValueError(f"probabilities are not finite (the logits hold NaN or +inf): total {cdf[-1]}")
         i = min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")), probs.shape[0] - 1)
         return i if probs[i] != 0 else int(np.flatnonzero(probs)[-1])
     flat = probs.reshape(-1, probs.shape[-1])

@@ -44,7 +44,7 @@ class Chat:
         if not text:
             raise ValueError("message is empty")
         messages = self.messages + [{"role": "user", "content": text}]
-        ids = prompt_ids(self.model, messages, chat_template=self.chat_template)
+        ids = prompt_ids(self.model, messages, chat_template=self.chat_template, config=self.config)
         if self.session.rows != 1:
             self.session.reset()
         keep = min(common_prefix(self.session.tokens[0].tolist(), ids), len(ids) - 1)  # run >= 1 token

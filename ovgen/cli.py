@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="beam search: stop when num_beams hypotheses are done (true), by HF's heuristic "
                             "(false) or only when no beam can improve (never)")
         g.add_argument("--ignore-eos", action="store_true")
+        g.add_argument("--truncate-prompt", action="store_true",
+                       help="keep the last tokens of a prompt too long for the model's context (else refused)")
         g.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings")
         if name == "generate":
             g.add_argument("prompt", nargs="?", help="prompt text (use --chat to wrap it in the chat template)")
@@ -79,6 +81,8 @@ def _config_overrides(args) -> dict:
         over["early_stopping"] = _EARLY_STOPPING[args.early_stopping]
     if args.ignore_eos:
         over["ignore_eos"] = True
+    if args.truncate_prompt:
+        over["truncate_prompt"] = True
     if args.stop:
         over["stop_strings"] = args.stop
     return over
@@ -126,7 +130,7 @@ def cmd_generate(args) -> int:
     prompt = _prompt(args, template)
     model = _load(args)
     cfg = resolve_config(model, _config_overrides(args))  # validates before any inference
-    prompt_ids(model, prompt, chat_template=template)
+    prompt_ids(model, prompt, chat_template=template, config=cfg)
     n_seq = cfg.num_return_sequences
 
     def show(rec):

@@ -61,6 +61,7 @@ class GenerationConfig:
     max_time: float | None = None
     seed: int | None = None
     top_logprobs: int = 0
+    truncate_prompt: bool = False  # a prompt too long for the context keeps its last tokens (else refused)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -127,6 +128,8 @@ class GenerationConfig:
             _check_range(self, "max_time", 0.0, math.inf, low_open=True, rng="(0, inf) seconds")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.truncate_prompt, bool):
+            raise ValueError(f"truncate_prompt must be True or False, got {self.truncate_prompt!r}")
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be one of True, False, 'never', got {self.early_stopping!r}")
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:

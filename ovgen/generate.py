@@ -75,8 +75,11 @@ def resolve_config(model, config: GenerationConfig | dict | None) -> GenerationC
     return cfg
 
 
-def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None) -> list[int]:
-    """Token ids of a prompt (text, chat messages or ids), checked against vocab and context."""
+def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
+               config: GenerationConfig | None = None) -> list[int]:
+    """Token ids of a prompt (text, chat messages or ids), checked against vocab and context. A
+    prompt that leaves no room for `config.max_new_tokens` in the model's context is refused, or -
+    with `config.truncate_prompt` - cut to its last tokens that do leave room."""
     if isinstance(prompt, str):
         if not prompt:
             raise ValueError("prompt is empty")
@@ -94,7 +97,12 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None) -> li
         raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {model.vocab_size})")
     limit = model.max_context
     if limit and len(ids) >= limit:
-        raise ValueError(f"prompt has {len(ids)} tokens; the model's context (max_position_embeddings) is {limit}")
+        new = config.max_new_tokens if config is not None else 0
+        keep = max(1, limit - max(new, 1))
+        if config is None or not config.truncate_prompt:
+            raise ValueError(f"prompt has {len(ids)} tokens; the model's context (max_position_embeddings) is "
+                             f"{limit}; set truncate_prompt=True (CLI --truncate-prompt) to keep its last {keep}")
+        ids = ids[len(ids) - keep:]
     return ids
 
 
@@ -108,7 +116,7 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     `processors`: user callables `(token_ids, logits) -> logits`, run after the built-in penalties and
     before the sampling warpers (see `processors.build_chain` for the whole order)."""
     cfg = resolve_config(model, config)
-    ids = prompt_ids(model, prompt, chat_template=chat_template)
+    ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
     session = session or model.session()
     yield from run(model, session, ids, cfg, processors)
 
@@ -165,7 +173,7 @@ def generate(model, prompt: Prompt, config: GenerationConfig | dict | None = Non
     """Generate to the end and return ids, text, finish reasons and metrics. `on_token(record)` is
     called for every token as it is chosen (streaming)."""
     cfg = resolve_config(model, config)
-    ids = prompt_ids(model, prompt, chat_template=chat_template)
+    ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
     t_start = perf_counter_ns()
     records: list[TokenRecord] = []
     for rec in run(model, session or model.session(), ids, cfg, processors):

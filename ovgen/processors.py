@@ -44,12 +44,13 @@ class Chain:
     _on_candidates: dict[str, Callable] = field(default_factory=dict)  # candidate versions, by name
 
     def __call__(self, token_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        shape = logits.shape
         for name, fn in self.processors:
             t0 = perf_counter_ns()
             logits = fn(token_ids, logits)
             self.timings_ns[name] = perf_counter_ns() - t0
             if self.check_output:
-                _check(name, logits)
+                _check(name, logits, shape)
         return logits
 
 
@@ -82,9 +83,13 @@ class Chain:
         return x, ids
 
 
-def _check(name: str, out) -> None:
+def _check(name: str, out, shape: tuple) -> None:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"processor {name!r} returned {type(out).__name__}, expected a numpy array")
+    if out.shape != shape:
+        raise ValueError(f"processor {name!r} returned logits of shape {out.shape}, expected {shape}")
+    if not np.issubdtype(out.dtype, np.floating):
+        raise TypeError(f"processor {name!r} returned {out.dtype} logits, expected floating point")
     if np.isnan(out).any():
         raise ValueError(f"processor {name!r} returned NaN logits")
 

@@ -25,6 +25,7 @@ from ovgen.config import GenerationConfig
     ("max_new_tokens", -1, r"max_new_tokens must be an integer >= 0"),
     ("seed", 1.5, r"seed must be a non-negative integer"),
     ("early_stopping", "sometimes", r"early_stopping must be one of"),
+    ("truncate_prompt", "yes", r"truncate_prompt must be True or False, got 'yes'"),
 ])
 def test_out_of_range_fields_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,204 @@
+"""Bad input and faults: clear errors raised before inference, sessions that survive them, nothing
+executed by a template, and property tests over random logits and configs."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import openvino as ov
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ovgen
+from ovgen.beam import beam_search
+from ovgen.config import GenerationConfig
+from ovgen.kernels.sampling import softmax
+from ovgen.processors import build_chain
+from ovgen.search import Sampler
+from ovgen.tokenizer import render_chat_template
+
+PROMPT = "Tell me a story about a cat"
+CFG = {"do_sample": False, "max_new_tokens": 12, "ignore_eos": True}
+
+
+def _fresh(model):
+    return ovgen.generate(model, PROMPT, CFG).sequences[0].token_ids
+
+
+@pytest.mark.parametrize("bad,error,message", [
+    (lambda ids, x: np.full_like(x, np.nan), ValueError, "processor 'bad' returned NaN logits"),
+    (lambda ids, x: x[:-1], ValueError, r"processor 'bad' returned logits of shape \(49151,\), expected \(49152,\)"),
+    (lambda ids, x: x.tolist(), TypeError, "processor 'bad' returned list"),
+    (lambda ids, x: (x > 0), TypeError, "processor 'bad' returned bool logits"),
+    (lambda ids, x: np.full_like(x, -np.inf), ValueError, "every token is masked"),
+])
+def test_a_bad_user_processor_is_named_and_the_session_survives(model, bad, error, message):
+    bad.__name__ = "bad"
+    s = model.session()
+    with pytest.raises(error, match=message):
+        ovgen.generate(model, PROMPT, CFG, session=s, processors=[bad])
+    assert ovgen.generate(model, PROMPT, CFG, session=s).sequences[0].token_ids == _fresh(model)
+
+
+def test_keyboard_interrupt_mid_generation_leaves_the_session_usable(model):
+    s = model.session()
+
+    def interrupt(rec):
+        if rec.index == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ovgen.generate(model, PROMPT, CFG, session=s, on_token=interrupt)
+    assert ovgen.generate(model, PROMPT, CFG, session=s).sequences[0].token_ids == _fresh(model)
+
+
+def test_too_long_prompt_is_refused_unless_truncation_is_asked(model, monkeypatch):
+    limit = model.max_context
+    ids = (np.arange(limit + 10) % 5000 + 100).tolist()
+    calls = []
+    real = ovgen.Session._infer
+    monkeypatch.setattr(ovgen.Session, "_infer", lambda self, x: calls.append(x) or real(self, x))
+    with pytest.raises(ValueError, match=rf"prompt has {limit + 10} tokens; .* is {limit}; set truncate_prompt=True"):
+        ovgen.generate(model, ids, {"max_new_tokens": 4})
+    assert calls == []
+    # truncation keeps the last tokens that leave room for max_new_tokens: here 64 of them
+    stream = ovgen.stream(model, ids, {"max_new_tokens": limit - 64, "truncate_prompt": True, "do_sample": False})
+    first = next(stream)
+    stream.close()
+    assert calls[0].shape == (1, 64) and calls[0][0].tolist() == ids[-64:]
+    assert first.index == 0
+
+
+def test_ir_without_the_expected_inputs(tmp_path):
+    from openvino import opset13
+
+    x = opset13.parameter([1, -1], ov.Type.i64, name="tokens")
+    out = opset13.result(opset13.convert(x, ov.Type.f32))
+    out.output(0).get_tensor().set_names({"logits"})
+    ov.save_model(ov.Model([out], [x]), str(tmp_path / "openvino_model.xml"))
+    with pytest.raises(ValueError, match=r"not a text-generation IR: inputs \['tokens'\] \(need \['input_ids', 'attention_mask'\]\)"):
+        ovgen.load(tmp_path)
+
+
+def test_tokenizer_wider_than_the_logits_is_refused(tmp_path, model_dir):
+    from conftest import require_flavour
+
+    phi3 = require_flavour("phi3-tiny")
+    for f in phi3.iterdir():
+        (tmp_path / f.name).symlink_to(f)
+    (tmp_path / "tokenizer.json").unlink()
+    shutil.copy(model_dir / "tokenizer.json", tmp_path / "tokenizer.json")  # SmolLM2's: 49152 tokens
+    m = ovgen.load(tmp_path)
+    with pytest.raises(ValueError, match=r"tokenizer has 49152 tokens but the model's logits are 32064 wide"):
+        ovgen.generate(m, "hello")
+
+
+@pytest.mark.parametrize("template", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ raise_exception.__globals__ }}",
+    "{{ cycler.__init__.__globals__.os.system('touch {marker}') }}",
+    "{{ messages.append('x') }}",
+])
+def test_unsafe_templates_fail_and_execute_nothing(tmp_path, template):
+    marker = tmp_path / "pwned"
+    with pytest.raises(ValueError, match="unsafe template"):
+        render_chat_template(template.replace("{marker}", str(marker)), [{"role": "user", "content": "hi"}])
+    assert not marker.exists()
+
+
+# ---- property tests ---------------------------------------------------------------------------
+_logit = st.one_of(st.floats(-1e4, 1e4, width=32), st.sampled_from([np.inf, -np.inf, 3.4e38, -3.4e38, 1e-38, 0.0]))
+
+
+@st.composite
+def _configs(draw):
+    return GenerationConfig(
+        do_sample=True,
+        temperature=draw(st.sampled_from([0.3, 0.7, 1.0, 1.5])),
+        top_k=draw(st.sampled_from([0, 1, 5, 50])),
+        top_p=draw(st.sampled_from([0.1, 0.5, 0.9, 1.0])),
+        min_p=draw(st.sampled_from([None, 0.05, 0.5])),
+        typical_p=draw(st.sampled_from([0.5, 1.0])),
+        repetition_penalty=draw(st.sampled_from([1.0, 1.3, 0.8])),
+        presence_penalty=draw(st.sampled_from([0.0, 0.5])),
+        no_repeat_ngram_size=draw(st.sampled_from([0, 2])),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(logits=st.lists(_logit, min_size=2, max_size=64), history=st.lists(st.integers(0, 63), max_size=20),
+       cfg=_configs())
+def test_chain_gives_a_distribution_or_a_clear_error(logits, history, cfg):
+    x = np.array(logits, np.float32)
+    ids = np.array([t % x.size for t in history] or [0], np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # inf - inf inside softmax: handled below
+        out = build_chain(cfg, prompt_len=1)(ids, x)
+        assert out.shape == x.shape and out.dtype == np.float32
+        if (out == -np.inf).all():  # not a distribution: the sampler must refuse it, not draw garbage
+            with pytest.raises(ValueError, match="every token is masked"):
+                Sampler(seed=0)(out)
+            return
+        if not (np.isfinite(out) | (out == -np.inf)).all():  # NaN or +inf
+            with pytest.raises(ValueError, match="not finite"):
+                Sampler(seed=0)(out)
+            return
+        p = softmax(out)
+    assert np.isfinite(p).all() and abs(p.sum() - 1) < 1e-6 and (p > 0).sum() >= 1
+
+
+class _TinyLM:
+    """A NumPy language model behind the Session interface beam search uses: the next-token
+    logits are a fixed random function of the whole row's history."""
+
+    def __init__(self, vocab: int, seed: int):
+        self.vocab, self.seed = vocab, seed
+        self.tokens = np.zeros((1, 0), np.int64)
+        self.infer_ns = 0
+
+    @property
+    def rows(self):
+        return self.tokens.shape[0]
+
+    def _logits(self):
+        out = np.stack([np.random.default_rng([self.seed, *row.tolist()]).standard_normal(self.vocab) * 3
+                        for row in self.tokens]).astype(np.float32)
+        self.logsumexp = np.log(np.exp(out.astype(np.float64)).sum(-1)).astype(np.float32)
+        if self.rows == 1:
+            self.logsumexp = self.logsumexp[0]
+            return out[0]
+        return out
+
+    def prefill(self, ids):
+        self.tokens = np.asarray(ids, np.int64).reshape(1, -1)
+        return self._logits()
+
+    def reorder(self, idx):
+        self.tokens = self.tokens[np.asarray(idx)]
+
+    def step(self, ids):
+        self.tokens = np.concatenate([self.tokens, np.asarray(ids, np.int64).reshape(-1, 1)], axis=1)
+        return self._logits()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), beams=st.integers(2, 5), lp=st.sampled_from([0.5, 1.0, 2.0]),
+       early=st.sampled_from([True, False, "never"]), max_new=st.integers(1, 8), eos=st.integers(0, 7))
+def test_beam_search_invariants_on_a_tiny_lm(seed, beams, lp, early, max_new, eos):
+    cfg = GenerationConfig(num_beams=beams, num_return_sequences=2,
+                           length_penalty=lp, early_stopping=early, eos_token_id=[eos])
+    hyps, _ = beam_search(_TinyLM(8, seed), [1, 2, 3], cfg, max_new_tokens=max_new)
+    assert len(hyps) == cfg.num_return_sequences
+    scores = [h.score for h in hyps]
+    assert scores == sorted(scores, reverse=True)
+    assert len({tuple(h.token_ids) for h in hyps}) == len(hyps)
+    for h in hyps:
+        n = len(h.token_ids)
+        assert 1 <= n <= max_new and all(t != eos for t in h.token_ids[:-1])
+        assert h.finish_reason == ("stop" if h.token_ids[-1] == eos else "length")
+        # the score is the sum of the chosen tokens' log-probabilities over length ** length_penalty
+        assert h.score == pytest.approx(sum(h.processed_logprobs) / n ** lp, abs=1e-5)
+        assert np.isfinite(h.score) and h.score <= 0
