@@ -10,17 +10,14 @@ ovgen's time / genai's time (goal <= 1.0). The outputs are checked to be the sam
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import openvino as ov
 import openvino_genai as og
 
 import ovgen
+from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
@@ -31,7 +28,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=7)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--beams", type=int, default=4)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "beam_vs_genai.json"))
+    ap.add_argument("--out", default=default_path("beam_vs_genai"))
     args = ap.parse_args()
 
     model = ovgen.load(args.model)
@@ -69,14 +66,8 @@ def main() -> None:
     print(f"  genai  median {np.median(theirs) * 1e3:8.1f} ms")
     print(f"  ovgen / genai = {ratio:.3f} (median of per-pair ratios; goal <= 1.0); same tokens: {same}; "
           f"sequence lengths {sorted(lengths)}")
-    out = {"benchmark": "beam_vs_genai", "date": time.strftime("%Y-%m-%d %H:%M"), "pairs": args.pairs,
-           "beams": args.beams, "new_tokens": args.new_tokens, "ratio_median": ratio,
-           "ratios": ratios.tolist(), "ovgen_s": ours, "genai_s": theirs, "same_tokens": bool(same),
-           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                       "processor": platform.processor()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    save_result(args.out, "beam_vs_genai", pairs=args.pairs, beams=args.beams, new_tokens=args.new_tokens,
+                ratio_median=ratio, ratios=ratios.tolist(), ovgen_s=ours, genai_s=theirs, same_tokens=bool(same))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ would) except every fifth, which reuses the previous Session.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
 import ovgen
+from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
 
 PROMPTS = ["Write a long story about a lighthouse keeper.", "Explain how a compiler works, step by step.",
            "List the countries of Europe and their capitals.", "Describe a day in the life of a bee."]
@@ -39,7 +36,7 @@ def main() -> None:
     ap.add_argument("-m", "--model")
     ap.add_argument("--tokens", type=int, default=20_000)
     ap.add_argument("--per-generation", type=int, default=250)  # 4 per 1,000: 2 greedy + 2 sampling in each window
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "long_run.json"))
+    ap.add_argument("--out", default=default_path("long_run"))
     args = ap.parse_args()
     model = ovgen.load(args.model)
     modes = [{"do_sample": False}, {"do_sample": True, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 0}]
@@ -60,18 +57,14 @@ def main() -> None:
         rss.append(rss_mb())
     first, last = np.median(itl[:1000]), np.median(itl[-1000:])
     growth = rss[-1] - rss[0]
-    res = {"benchmark": "long_run", "date": time.strftime("%Y-%m-%d %H:%M"), "tokens": done, "generations": gen,
-           "wall_s": time.perf_counter() - t_start, "rss_mb_after_first": rss[0], "rss_mb_end": rss[-1],
-           "rss_growth_mb": growth, "rss_goal_mb": 50, "tpot_first_1000_ms": float(first),
-           "tpot_last_1000_ms": float(last), "tpot_last_over_first": float(last / first), "tpot_goal": 1.05,
-           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
-    print(f"{done} tokens in {gen} generations, {res['wall_s']:.0f} s")
+    wall = time.perf_counter() - t_start
+    print(f"{done} tokens in {gen} generations, {wall:.0f} s")
     print(f"RSS {rss[0]:.1f} MB after the first generation -> {rss[-1]:.1f} MB at the end: "
           f"growth {growth:+.1f} MB (goal < 50)")
     print(f"TPOT median first 1000 {first:.2f} ms, last 1000 {last:.2f} ms: ratio {last / first:.3f} (goal <= 1.05)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
+    save_result(args.out, "long_run", tokens=done, generations=gen, wall_s=wall, rss_mb_after_first=rss[0],
+                rss_mb_end=rss[-1], rss_growth_mb=growth, rss_goal_mb=50, tpot_first_1000_ms=float(first),
+                tpot_last_1000_ms=float(last), tpot_last_over_first=float(last / first), tpot_goal=1.05)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,11 @@ the generator itself. Modes run interleaved (A B A B ...); medians over all toke
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
-from pathlib import Path
 
 import numpy as np
 
 import ovgen
+from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
 
 MODES = {
     "greedy": {"do_sample": False},
@@ -41,7 +38,7 @@ def main() -> None:
     ap.add_argument("-m", "--model")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "loop_overhead.json"))
+    ap.add_argument("--out", default=default_path("loop_overhead"))
     args = ap.parse_args()
     model = ovgen.load(args.model)
     for cfg in MODES.values():  # warm-up, excluded
@@ -66,13 +63,7 @@ def main() -> None:
                       "overhead_ratio_per_run": per_run, "goal": GOALS[mode]}
         print(f"{mode:<24} {np.median(tpot):8.3f} {np.median(inf):9.3f} {np.median(over):12.4f} "
               f"{100 * ratio:10.2f}% {100 * GOALS[mode]:5.0f}%")
-    out = {"benchmark": "loop_overhead", "date": time.strftime("%Y-%m-%d %H:%M"), "runs": args.runs,
-           "new_tokens": args.new_tokens, "machine": {"cpu_count": __import__("os").cpu_count(),
-                                                      "platform": platform.platform(), "processor": platform.processor()},
-           "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    save_result(args.out, "loop_overhead", runs=args.runs, new_tokens=args.new_tokens, results=rows)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,6 @@ are checked to agree.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import shutil
 import time
@@ -25,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import ovgen
+from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
 from ovgen import phi3
 from ovgen.hf_files import read_gguf_metadata
 from ovgen.prepare import GGUF_NAME, model_root, ovgen_home, prepare
@@ -54,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "phi3_seed_scale.json"))
+    ap.add_argument("--out", default=default_path("phi3_seed_scale"))
     args = ap.parse_args()
     ir = build(ovgen_home() / "models" / "phi3-mini-random")
     n = args.new_tokens
@@ -138,15 +136,9 @@ def main() -> None:
                        "same_tokens_as_ovgen": all(r["tokens"] == rows["ovgen"][0]["tokens"] for r in rs)}
         print(f"{name:<24} {ttft:9.1f} {tpot:9.1f} {base['ttft_ms'] / ttft:13.3f} {base['tpot_ms'] / tpot:13.3f}"
               f"  same tokens: {table[name]['same_tokens_as_ovgen']}")
-    out = {"benchmark": "phi3_seed_scale", "date": time.strftime("%Y-%m-%d %H:%M"), "runs": args.runs,
-           "new_tokens": n, "prompt_tokens": len(ids), "shape": phi3.MINI, "export_flags": phi3.EXPORT_FLAGS,
-           "ov_config": phi3.SEED_OV_CONFIG, "ir_bytes": (ir / "openvino_model.bin").stat().st_size,
-           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                       "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)},
-           "results": table}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    save_result(args.out, "phi3_seed_scale", runs=args.runs, new_tokens=n, prompt_tokens=len(ids), shape=phi3.MINI,
+                export_flags=phi3.EXPORT_FLAGS, ov_config=phi3.SEED_OV_CONFIG,
+                ir_bytes=(ir / "openvino_model.bin").stat().st_size, results=table)
 
 
 if __name__ == "__main__":
