@@ -16,7 +16,6 @@ has Phi-3 built in, and ovgen never runs a checkpoint's code).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 # Phi-3-mini-4k-instruct's added tokens (tokenizer.json) and the ids its generation_config stops on.
@@ -61,8 +60,7 @@ def build_tokenizer(meta: dict):
     tokens = list(meta["tokenizer.ggml.tokens"][:BASE_VOCAB])
     tokens[:3] = ["<unk>", "<s>", "</s>"]
     keep = set(tokens)
-    merges = [m for m in meta["tokenizer.ggml.merges"]
-              if (lambda a, b: a in keep and b in keep and a + b in keep)(*m.split(" ", 1))]
+    merges = [m for m in meta["tokenizer.ggml.merges"] if _merge_inside(m, keep)]
     types = [3 if i < 3 else 1 for i in range(BASE_VOCAB)]  # 3 = CONTROL: matched whole, never split
     tok = smollm_tokenizer({**meta, "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
                             "tokenizer.ggml.token_type": types})
@@ -70,6 +68,12 @@ def build_tokenizer(meta: dict):
         tok.add_special_tokens([AddedToken(text, special=True, normalized=False)])
         assert tok.token_to_id(text) == i, (text, tok.token_to_id(text))
     return tok
+
+
+def _merge_inside(merge: str, vocab: set[str]) -> bool:
+    """A BPE merge "a b" whose parts and result are all in `vocab`."""
+    a, b = merge.split(" ", 1)
+    return a in vocab and b in vocab and a + b in vocab
 
 
 def build_checkpoint(meta: dict, out: Path, shape: dict = TINY, *, seed: int = 0) -> None:
@@ -104,9 +108,9 @@ def build_checkpoint(meta: dict, out: Path, shape: dict = TINY, *, seed: int = 0
 
 def export_command(checkpoint: Path, out: Path) -> list[str]:
     """The sample's optimum-cli command (an argument list, never a shell string)."""
-    cli = Path(sys.executable).with_name("optimum-cli")
-    return [str(cli) if cli.exists() else "optimum-cli", "export", "openvino", "--model", str(checkpoint),
-            *EXPORT_FLAGS, str(out)]
+    from .prepare import optimum_cli
+
+    return [optimum_cli(), "export", "openvino", "--model", str(checkpoint), *EXPORT_FLAGS, str(out)]
 
 
 def export(checkpoint: Path, out: Path, log: Path) -> None:

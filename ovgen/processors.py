@@ -53,7 +53,6 @@ class Chain:
                 _check(name, logits, shape)
         return logits
 
-
     def run_on_candidates(self, token_ids: np.ndarray, values: np.ndarray,
                           ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The chain on candidates only: `values[i]` is the logit of token `ids[i]` (ids ascending),

@@ -116,11 +116,9 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
         else:
             token = choose(processed)
         lp = float(logits[token] - session.logsumexp)
-        if small is not None:
-            plp = choose.logprob
-        elif processed is logits:
+        if processed is logits:
             plp = lp
-        else:
+        else:  # a Sampler knows the drawn token's logprob (the candidate path always has one)
             plp = choose.logprob if isinstance(choose, Sampler) else logprob(processed, token, scratch)
         top = top_logprobs(logits, top_n, session.logsumexp) if top_n else None
         t2 = perf_counter_ns()
