@@ -1,4 +1,4 @@
-"""`ovgen prepare | generate | chat | inspect`.
+"""`ovgen prepare | generate | chat | compare | bench | inspect`.
 
 Generated text goes to stdout (streamed); progress and summaries go to stderr. Bad arguments exit
 with status 2 and one line naming the option, the value and the allowed range (no traceback).
@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
             g.add_argument("--prompt-ids", help="comma-separated token ids instead of a prompt")
             g.add_argument("--chat", action="store_true", help="apply the model's chat template")
             g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    cmp = sub.add_parser("compare", help="greedy on four runtimes side by side: token agreement, TTFT, TPOT")
+    cmp.add_argument("-m", "--model", help="OpenVINO IR folder (default: the prepared default model)")
+    cmp.add_argument("--onnx", help="onnxruntime-genai folder (default: the prepared onnx-int4 flavour)")
+    cmp.add_argument("--prompts", help="file with one prompt per line, or a .json list of strings")
+    cmp.add_argument("--new-tokens", type=int, default=64, metavar="N")
+    cmp.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    cmp.add_argument("--plot", metavar="PNG", help="write TTFT/TPOT bars and divergence positions")
 
     ins = sub.add_parser("inspect", help="show an IR folder's inputs, outputs, state and config")
     ins.add_argument("-m", "--model")
@@ -183,6 +191,31 @@ def cmd_chat(args) -> int:
         print(f"[{summary_line(m)}; {chat.reused_tokens} prompt tokens reused from the KV cache]", file=sys.stderr)
 
 
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ovgen.compare import compare, plot, read_prompts, table
+    from ovgen.model import resolve_model_dir
+    from ovgen.prepare import flavour_dir
+
+    if args.new_tokens < 1:
+        raise UsageError(f"--new-tokens must be >= 1, got {args.new_tokens}")
+    prompts = read_prompts(args.prompts)
+    ir = resolve_model_dir(args.model)
+    onnx = Path(args.onnx) if args.onnx else flavour_dir("onnx")
+    if not (onnx / "genai_config.json").is_file():
+        raise FileNotFoundError(f"{onnx / 'genai_config.json'} is missing; give --onnx DIR or run "
+                                "`ovgen prepare --flavours onnx`")
+    with tqdm(total=len(prompts), desc="compare", unit="prompt", file=sys.stderr) as bar:
+        result = compare(prompts, ir, onnx, args.new_tokens, progress=lambda p: bar.update())
+    if args.plot:
+        plot(result, args.plot)
+    print(json.dumps(result, ensure_ascii=False) if args.json else table(result))
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from pathlib import Path
 
@@ -211,7 +244,8 @@ def cmd_inspect(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"generate": cmd_generate, "chat": cmd_chat, "prepare": cmd_prepare, "inspect": cmd_inspect}
+    handler = {"generate": cmd_generate, "chat": cmd_chat, "prepare": cmd_prepare, "inspect": cmd_inspect,
+               "compare": cmd_compare}
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"ovgen: warning: {msg}\n"

@@ -127,11 +127,16 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
     max_new = cfg.max_new_tokens
     if model.max_context:
         max_new = min(max_new, model.max_context - len(ids))
+    if cfg.num_beams > 1 and hasattr(session, "beam_records"):  # a runtime with its own beam search
+        yield from session.beam_records(ids, cfg, max_new, processors)
+        return
     if cfg.num_beams > 1:  # BeamSearch checks the beam settings before it runs anything
         yield from _beam_records(model, session, ids, cfg, processors, max_new, logits)
         return
     if max_new == 0:
         return
+    if hasattr(session, "reserve"):  # a runtime whose KV buffer is allocated whole (ort.OrtSession)
+        session.reserve(len(ids) + max_new)
     t_start = perf_counter_ns()
     logits = session.prefill(ids) if logits is None else logits
     first = np.array(logits, copy=True)

@@ -112,7 +112,8 @@ def read_ir(folder: Path) -> ov.Model:
     xml, bin_ = folder / "openvino_model.xml", folder / "openvino_model.bin"
     for f in (xml, bin_):
         if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing (expected an OpenVINO IR: openvino_model.xml + .bin)")
+            raise FileNotFoundError(f"{f} is missing (expected an OpenVINO IR: openvino_model.xml + .bin, or an "
+                                    "onnxruntime-genai folder: genai_config.json + model.onnx)")
     try:
         model = core().read_model(str(xml))
     except RuntimeError as e:
@@ -135,7 +136,7 @@ def read_ir(folder: Path) -> ov.Model:
 
 
 def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[str, Any] | None = None, *,
-         tokenizer: str = "hf", last_logits_only: bool = True) -> Model:
+         tokenizer: str = "hf", last_logits_only: bool = True, max_length: int | None = None):
     """Load and compile a decoder IR folder (default: the prepared SmolLM2-135M-Instruct).
 
     `ov_config` holds OpenVINO properties passed to `compile_model` as they are (PERFORMANCE_HINT,
@@ -143,10 +144,22 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     (tokenizer.json through `tokenizers`) or "openvino" (the openvino_tokenizer IRs).
     `last_logits_only` slices the hidden state to the last position before the LM head, so the
     logits output is [batch, 1, vocab] whatever the prompt length.
+
+    A folder with genai_config.json and no IR is an onnxruntime-genai model: it loads as an
+    `ort.OrtModel` (same loop, same results schema; `max_length` sizes its KV buffer, default the
+    context length; see ovgen/ort.py for what that runtime cannot do).
     """
     if tokenizer not in ("hf", "openvino"):
         raise ValueError(f"tokenizer must be 'hf' or 'openvino', got {tokenizer!r}")
     folder = resolve_model_dir(path)
+    from . import ort
+
+    if ort.is_ort_folder(folder):
+        if ov_config:
+            raise ValueError("ov_config applies to OpenVINO IRs; this folder is an onnxruntime-genai model")
+        return ort.load(folder, device, max_length=max_length)
+    if max_length is not None:
+        raise ValueError("max_length applies to onnxruntime-genai folders; an OpenVINO IR's KV cache grows as needed")
     check_device(device)
     config = _read_json(folder / "config.json")
     gen_config = GenerationConfig.from_model_dir(folder)

@@ -1,0 +1,222 @@
+"""`ovgen compare`: the same prompts, greedy, through four runtimes side by side.
+
+    ovgen-ov     ovgen's loop on the OpenVINO IR
+    ovgen-onnx   ovgen's loop on the onnxruntime-genai model (ovgen/ort.py)
+    ort-genai    onnxruntime-genai's own generation loop on that model
+    ov-genai     openvino-genai's LLMPipeline (SDPA) on the IR
+
+Every runner gets the same prompt token ids (tokenised once, add_special_tokens=False) and stops at
+the model's eos or after `new_tokens`. A disagreement between ovgen-ov and ov-genai (same IR) or
+between ovgen-onnx and ort-genai (same ONNX model) is a loop bug; one between the IR and the ONNX
+model comes from their different weights (int8/fp16 IR vs int4 ONNX) and kernels.
+
+Timings: TTFT from the call to the first token, TPOT = (last - first) / (n - 1), per prompt; the
+table shows medians over prompts, each runner's ratio to ovgen-ov. Runners run interleaved per
+prompt, after one warm-up each.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter_ns
+
+import numpy as np
+
+RUNNERS = ("ovgen-ov", "ovgen-onnx", "ort-genai", "ov-genai")
+PAIRS = (("ovgen-ov", "ov-genai"), ("ovgen-onnx", "ort-genai"), ("ovgen-ov", "ovgen-onnx"))
+DEFAULT_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "def fibonacci(n):",
+    "List three prime numbers:",
+    "Explain photosynthesis in one sentence.",
+    "The quick brown fox",
+    "Once upon a time, in a small village,",
+    "Q: Why is the sky blue?\nA:",
+]
+
+
+@dataclass
+class Run:
+    tokens: list[int]
+    ttft_ms: float
+    tpot_ms: float
+
+
+def _timed(start_ns: int, stamps: Sequence[int], tokens: list[int]) -> Run:
+    ttft = (stamps[0] - start_ns) / 1e6 if stamps else float("nan")
+    tpot = (stamps[-1] - stamps[0]) / 1e6 / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+    return Run(tokens, ttft, tpot)
+
+
+def read_prompts(path: str | None) -> list[str]:
+    """One prompt per line (blank lines skipped), or a JSON list of strings (file ending in .json)."""
+    if path is None:
+        return list(DEFAULT_PROMPTS)
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompts file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".json":
+        prompts = json.loads(text)
+        if not isinstance(prompts, list) or not all(isinstance(x, str) and x for x in prompts):
+            raise ValueError(f"{p}: expected a JSON list of non-empty strings")
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{p}: no prompts")
+    return prompts
+
+
+def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int) -> dict[str, Callable[[list[int]], Run]]:
+    """name -> run(ids) for the four runtimes (each loads its model once, here)."""
+    import onnxruntime_genai  # noqa: F401 - fail early with ImportError naming the package
+    import openvino as ov
+    import openvino_genai
+
+    import ovgen
+
+    ov_model, onnx_model = ovgen.load(ir_dir), ovgen.load(onnx_dir)
+    if not hasattr(onnx_model, "new_generator"):
+        raise ValueError(f"{onnx_dir} is not an onnxruntime-genai model folder (no genai_config.json)")
+    pipe = openvino_genai.LLMPipeline(str(ir_dir), "CPU", ATTENTION_BACKEND="SDPA")
+    eos = set(ov_model.generation_config.eos_token_id)
+
+    def ovgen_on(model):
+        def run(ids):
+            stamps = []
+            start = perf_counter_ns()
+            res = ovgen.generate(model, ids, {"max_new_tokens": new_tokens, "do_sample": False},
+                                 on_token=lambda r: stamps.append(perf_counter_ns()))
+            return _timed(start, stamps, res.sequences[0].token_ids)
+        return run
+
+    def ort_own(ids):
+        start = perf_counter_ns()
+        gen = onnx_model.new_generator(len(ids) + new_tokens, do_sample=False)
+        gen.append_tokens(np.asarray(ids, np.int32))
+        tokens, stamps = [], []
+        while not gen.is_done():
+            gen.generate_next_token()
+            tokens.append(int(gen.get_next_tokens()[0]))
+            stamps.append(perf_counter_ns())
+        return _timed(start, stamps, tokens)
+
+    def ov_genai(ids):
+        cfg = openvino_genai.GenerationConfig()
+        cfg.max_new_tokens, cfg.do_sample = new_tokens, False
+        cfg.eos_token_id = min(eos)
+        cfg.stop_token_ids = eos
+        inputs = openvino_genai.TokenizedInputs(ov.Tensor(np.array([ids], np.int64)),
+                                                ov.Tensor(np.ones((1, len(ids)), np.int64)))
+        stamps = []
+
+        start = perf_counter_ns()
+        out = pipe.generate(inputs, cfg, streamer=_TokenStreamer(lambda t: stamps.append(perf_counter_ns())))
+        return _timed(start, stamps, [int(t) for t in out.tokens[0]])
+
+    return {"ovgen-ov": ovgen_on(ov_model), "ovgen-onnx": ovgen_on(onnx_model), "ort-genai": ort_own,
+            "ov-genai": ov_genai}
+
+
+def _TokenStreamer(fn):
+    """An openvino-genai streamer calling fn(token_id) once per generated token."""
+    import openvino_genai
+
+    class TokenStreamer(openvino_genai.StreamerBase):
+        def write(self, token):
+            for t in token if isinstance(token, list) else [token]:
+                fn(t)
+            return openvino_genai.StreamingStatus.RUNNING
+
+        def end(self):
+            pass
+
+    return TokenStreamer()
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first differing token, None when one is a prefix of the other (or equal)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None
+
+
+def compare(prompts: list[str], ir_dir: Path, onnx_dir: Path, new_tokens: int, *,
+            progress: Callable[[str], None] | None = None) -> dict:
+    """Run every prompt through every runner; the results dict `ovgen compare --json` prints."""
+    import ovgen
+
+    run = runners(ir_dir, onnx_dir, new_tokens)
+    tok = ovgen.load(ir_dir).tokenizer
+    all_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
+    for name in RUNNERS:  # warm-up: first inferences allocate and compile kernels
+        run[name](all_ids[0])
+    per_prompt = []
+    for prompt, ids in zip(prompts, all_ids):
+        runs = {name: run[name](ids) for name in RUNNERS}
+        per_prompt.append({
+            "prompt": prompt, "prompt_tokens": len(ids),
+            "runs": {n: {"tokens": r.tokens, "ttft_ms": r.ttft_ms, "tpot_ms": r.tpot_ms} for n, r in runs.items()},
+            "divergence": {f"{a} vs {b}": first_divergence(runs[a].tokens, runs[b].tokens) for a, b in PAIRS},
+        })
+        if progress:
+            progress(prompt)
+    summary = {}
+    for name in RUNNERS:
+        ttft = float(np.median([p["runs"][name]["ttft_ms"] for p in per_prompt]))
+        tpot = float(np.nanmedian([p["runs"][name]["tpot_ms"] for p in per_prompt]))
+        summary[name] = {"ttft_ms": ttft, "tpot_ms": tpot}
+    base = summary["ovgen-ov"]
+    for s in summary.values():
+        s["ttft_ratio"], s["tpot_ratio"] = s["ttft_ms"] / base["ttft_ms"], s["tpot_ms"] / base["tpot_ms"]
+    agreement = {}
+    for a, b in PAIRS:
+        key = f"{a} vs {b}"
+        same = [p for p in per_prompt if p["runs"][a]["tokens"] == p["runs"][b]["tokens"]]
+        agreement[key] = {"identical": len(same), "prompts": len(per_prompt),
+                          "first_divergence": [p["divergence"][key] for p in per_prompt]}
+    return {"new_tokens": new_tokens, "ir": str(ir_dir), "onnx": str(onnx_dir), "summary": summary,
+            "agreement": agreement, "prompts": per_prompt}
+
+
+def table(result: dict) -> str:
+    lines = [f"{'runner':<12} {'TTFT ms':>9} {'TPOT ms':>9} {'TTFT/ovgen-ov':>14} {'TPOT/ovgen-ov':>14}"]
+    for name, s in result["summary"].items():
+        lines.append(f"{name:<12} {s['ttft_ms']:>9.1f} {s['tpot_ms']:>9.2f} {s['ttft_ratio']:>14.2f} "
+                     f"{s['tpot_ratio']:>14.2f}")
+    lines.append("")
+    lines.append(f"{'greedy agreement':<26} identical  first divergence per prompt (- = none)")
+    for key, a in result["agreement"].items():
+        divs = " ".join("-" if d is None else str(d) for d in a["first_divergence"])
+        lines.append(f"{key:<26} {a['identical']:>3}/{a['prompts']:<5}  {divs}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["summary"])
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, label in ((axes[0], "ttft_ms", "TTFT (ms, median)"), (axes[1], "tpot_ms", "TPOT (ms, median)")):
+        ax.bar(names, [result["summary"][n][key] for n in names], color=["C0", "C1", "C2", "C3"])
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=20)
+    ax = axes[2]
+    n_new = result["new_tokens"]
+    for i, (key, a) in enumerate(result["agreement"].items()):
+        divs = [n_new if d is None else d for d in a["first_divergence"]]
+        ax.scatter(np.arange(len(divs)) + 0.1 * i, divs, label=key)
+    ax.set_title(f"first divergence (token index; {n_new} = none)")
+    ax.set_xlabel("prompt")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,263 @@
+"""The onnxruntime-genai path: ovgen's loop on an ONNX model folder (genai_config.json + model.onnx),
+as `onnxruntime_genai`'s model builder writes it (`ovgen prepare --flavours onnx`).
+
+`OrtSession` keeps the Session interface the loop uses. The runtime owns the KV cache inside its
+`Generator`; ovgen drives it like this:
+
+    Session                   onnxruntime-genai
+    prefill(ids) / append()   Generator.append_tokens(ids), then get_logits()   (runs the model)
+    step(token)               Generator.append_tokens([token]), then get_logits()
+    rewind(n)                 Generator.rewind_to(length - n)
+    snapshot() / restore()    the token history + last logits; restore rewinds to the snapshot's
+                              length (so it only goes back to a prefix of what the session holds)
+    reorder(beam_idx)         NotImplementedError: the Generator has no public KV gather
+
+ovgen's processors, samplers and stopping run unchanged on the logits. Beam search on this path is
+the runtime's own (`beam_records`): ovgen's processors cannot run inside it, so a beam search with
+processors other than the ones the runtime itself has (repetition_penalty, no_repeat_ngram_size,
+length_penalty, diversity_penalty) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Any
+
+import numpy as np
+
+from .config import GenerationConfig
+from .search import TokenRecord
+from .tokenizer import IncrementalDecoder
+
+RUNTIME = "onnxruntime-genai"
+
+
+def is_ort_folder(path: Path) -> bool:
+    return (path / "genai_config.json").is_file() and not (path / "openvino_model.xml").is_file()
+
+
+@dataclass
+class OrtModel:
+    """An onnxruntime-genai model plus what the loop needs to know about it (Model's interface)."""
+
+    path: Path
+    device: str
+    og_model: Any
+    config: dict[str, Any]  # genai_config.json's "model" section
+    generation_config: GenerationConfig
+    vocab_size: int
+    max_length: int  # the Generator's KV buffer length (tokens)
+    runtime: str = RUNTIME
+    sliced: bool = True
+    top_candidates: int = 0
+    _tokenizer: Any = field(default=None, repr=False)
+
+    @property
+    def max_context(self) -> int | None:
+        return self.max_length
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer(self.path)
+        return self._tokenizer
+
+    def session(self) -> "OrtSession":
+        return OrtSession(self)
+
+    def new_generator(self, max_length: int | None = None, **search):
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.og_model)
+        params.set_search_options(max_length=max_length or self.max_length, **search)
+        return og.Generator(self.og_model, params)
+
+
+def load(folder: Path, device: str = "CPU", *, max_length: int | None = None) -> OrtModel:
+    """Load an onnxruntime-genai folder. Every file is checked (and named) before the runtime reads it."""
+    if device != "CPU":
+        raise ValueError(f"device {device!r}: the onnxruntime-genai path runs on CPU only here")
+    cfg_path = folder / "genai_config.json"
+    try:
+        genai = json.loads(cfg_path.read_text(encoding="utf-8"))
+        model_cfg = genai["model"]
+        decoder = model_cfg["decoder"]
+        vocab, context = int(model_cfg["vocab_size"]), int(model_cfg["context_length"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: not an onnxruntime-genai config (missing {e})") from None
+    onnx = folder / decoder.get("filename", "model.onnx")
+    for f in (onnx, folder / "tokenizer.json"):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing (an onnxruntime-genai folder needs genai_config.json, "
+                                    f"{onnx.name} and tokenizer.json)")
+    if max_length is not None and not 0 < max_length <= context:
+        raise ValueError(f"max_length must be in [1, {context}] (context_length), got {max_length}")
+    import onnxruntime_genai as og
+
+    try:
+        og_model = og.Model(str(folder))
+    except Exception as e:  # the runtime raises RuntimeError/OrtException with a multi-line text
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{folder}: onnxruntime-genai cannot load this model ({first})") from None
+    gen = GenerationConfig.from_model_dir(folder)
+    if not gen.eos_token_id and model_cfg.get("eos_token_id") is not None:
+        eos = model_cfg["eos_token_id"]
+        gen.eos_token_id = [eos] if isinstance(eos, int) else list(eos)
+    return OrtModel(folder, device, og_model, model_cfg, gen, vocab, max_length or context)
+
+
+@dataclass(frozen=True)
+class OrtSnapshot:
+    tokens: np.ndarray
+    logits: np.ndarray | None
+    logsumexp: np.floating
+
+
+class OrtSession:
+    """Session's interface over an onnxruntime-genai Generator (one row)."""
+
+    rows = 1
+    argmax = None  # no graph outputs on this path: the loop scans the logits in NumPy
+    top = None
+
+    def __init__(self, model: OrtModel):
+        self.model = model
+        self.generator = None
+        self.capacity = 0  # the generator's max_length
+        self._hist = np.zeros((1, 256), np.int64)
+        self._len = 0
+        self._logits: np.ndarray | None = None
+        self.infer_ns = 0
+        self.logsumexp = np.float32(0)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self._hist[:, :self._len]
+
+    @property
+    def length(self) -> int:
+        return self._len
+
+    def reset(self) -> None:
+        if self.generator is not None and self._len:
+            self.generator.rewind_to(0)
+        self._len, self._logits = 0, None
+
+    def reserve(self, n: int) -> None:
+        """Make room for `n` tokens in all. The Generator's KV buffer is allocated whole (a full
+        context of 8,192 tokens costs ~30 ms and ~380 MB), so it is sized to what is asked for;
+        growing it later re-runs the held tokens through a bigger Generator (one prefill)."""
+        if n > self.model.max_length:
+            raise ValueError(f"{n} tokens exceed the generator's max_length {self.model.max_length}")
+        if n <= self.capacity:
+            return
+        held = self.tokens[0].copy()
+        self.capacity = n
+        self.generator = self.model.new_generator(n)
+        self._len, self._logits = 0, None
+        if held.size:
+            self.append(held)
+
+    def prefill(self, token_ids) -> np.ndarray:
+        self.reset()
+        return self.append(token_ids)
+
+    def append(self, token_ids) -> np.ndarray:
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("token_ids is empty; a prompt needs at least one token")
+        vocab = self.model.vocab_size
+        if ids.min() < 0 or ids.max() >= vocab:
+            bad = ids[(ids < 0) | (ids >= vocab)]
+            raise ValueError(f"token ids {bad[:5].tolist()} are outside the vocabulary [0, {vocab})")
+        need = self._len + ids.size
+        if need > self.capacity:
+            self.reserve(min(self.model.max_length, max(need, 2 * self.capacity, 256)))
+        t0 = perf_counter_ns()
+        self.generator.append_tokens(ids.astype(np.int32))
+        logits = self.generator.get_logits()
+        self.infer_ns = perf_counter_ns() - t0
+        if self._len + ids.size > self._hist.shape[1]:
+            grown = np.zeros((1, 2 * (self._len + ids.size)), np.int64)
+            grown[:, :self._len] = self._hist[:, :self._len]
+            self._hist = grown
+        self._hist[0, self._len:self._len + ids.size] = ids
+        self._len += ids.size
+        self._logits = logits.reshape(-1)
+        m = self._logits.max()
+        self.logsumexp = np.float32(m + np.log(np.exp(self._logits - m).sum(dtype=np.float64)))
+        return self._logits
+
+    def step(self, token_ids) -> np.ndarray:
+        ids = np.asarray(token_ids).reshape(-1)
+        if ids.size != 1:
+            raise NotImplementedError(f"{RUNTIME} sessions hold one row; got {ids.size} tokens for one step")
+        return self.append(ids)
+
+    def rewind(self, n: int) -> None:
+        if not 0 <= n <= self._len:
+            raise ValueError(f"rewind n must be in [0, {self._len}], got {n}")
+        if n == 0:
+            return
+        if n == self._len:
+            self.reset()
+            return
+        self.generator.rewind_to(self._len - n)
+        self._len -= n
+        self._logits = None
+
+    def snapshot(self) -> OrtSnapshot:
+        logits = None if self._logits is None else self._logits.copy()
+        return OrtSnapshot(self.tokens.copy(), logits, np.float32(self.logsumexp))
+
+    def restore(self, snap: OrtSnapshot) -> None:
+        """Go back to a snapshot of this session whose tokens are a prefix of what it holds now."""
+        n = snap.tokens.shape[1]
+        if n > self._len or not np.array_equal(self.tokens[:, :n], snap.tokens):
+            raise NotImplementedError(f"{RUNTIME} sessions restore only to an earlier point of the same "
+                                      "sequence (the Generator's KV cache cannot be copied)")
+        self.rewind(self._len - n)
+        self._logits, self.logsumexp = snap.logits, snap.logsumexp
+
+    def reorder(self, beam_idx) -> None:
+        raise NotImplementedError(f"{RUNTIME} has no way to reorder its Generator's KV cache rows "
+                                  "(no beam_idx input); beam search on this path is the runtime's own")
+
+    def beam_records(self, ids: list[int], cfg: GenerationConfig, max_new: int, processors=()):
+        """The runtime's own beam search; one TokenRecord per token of each returned sequence, best
+        first. The runtime reports no per-token log-probabilities or scores: those fields are NaN/None."""
+        unsupported = [n for n in ("logit_bias", "presence_penalty", "frequency_penalty", "bad_words_ids",
+                                   "allowed_token_ids", "min_new_tokens") if getattr(cfg, n)]
+        if processors or unsupported or cfg.do_sample or cfg.num_beam_groups > 1:
+            what = ", ".join(unsupported + ["processors"] * bool(processors) + ["do_sample"] * cfg.do_sample
+                             + ["num_beam_groups"] * (cfg.num_beam_groups > 1))
+            raise NotImplementedError(f"beam search on the {RUNTIME} path is the runtime's own; it cannot run "
+                                      f"ovgen's {what}")
+        t0 = perf_counter_ns()
+        gen = self.model.new_generator(
+            len(ids) + max_new, num_beams=cfg.num_beams, num_return_sequences=cfg.num_return_sequences,
+            length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping is True,
+            repetition_penalty=cfg.repetition_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+            do_sample=False)
+        gen.append_tokens(np.asarray(ids, np.int32))
+        while not gen.is_done():
+            gen.generate_next_token()
+        ready = perf_counter_ns()
+        self.generator, self._len, self._logits = None, 0, None  # the search's generator is not kept
+        eos = set(cfg.eos_token_id)
+        for seq in range(cfg.num_return_sequences):
+            out = [int(t) for t in gen.get_sequence(seq)[len(ids):]]
+            detok = IncrementalDecoder(self.model.tokenizer)
+            for i, tok in enumerate(out):
+                last = i == len(out) - 1
+                reason = ("stop" if tok in eos else "length") if last else None
+                text = detok.push(tok) + (detok.flush() if last else "")
+                yield TokenRecord(i, tok, text, float("nan"), float("nan"), reason, None, seq,
+                                  ready_ns=ready, model_ns=ready - t0 if i == 0 else 0)

@@ -1,0 +1,220 @@
+"""The onnxruntime-genai path: ovgen's loop on the onnx-int4 flavour against the runtime's own
+generation, the Session operations it supports, the ones it refuses, broken folders, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime_genai as og
+import pytest
+
+import ovgen
+from conftest import PROMPTS, require_flavour
+from ovgen.chat import Chat
+
+
+@pytest.fixture(scope="module")
+def onnx_dir():
+    return require_flavour("onnx")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(onnx_dir):
+    return ovgen.load(onnx_dir)
+
+
+def ort_greedy(onnx_dir, ids, n, **search):
+    """onnxruntime-genai's own generation loop, written as its examples do, on its own og.Model."""
+    model = og.Model(str(onnx_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + n, **search)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(ids, np.int32))
+    streamed = []  # each step's token as its examples stream them (get_sequence drops a final eos)
+    while not gen.is_done():
+        gen.generate_next_token()
+        streamed.append(int(gen.get_next_tokens()[0]))
+    return gen, streamed
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:10])
+def test_greedy_matches_onnxruntime_genai(onnx_dir, onnx_model, prompt):
+    ids = onnx_model.tokenizer.encode(prompt, add_special_tokens=False)
+    ref = ort_greedy(onnx_dir, ids, 48, do_sample=False)[1]
+    ours = ovgen.generate(onnx_model, ids, {"max_new_tokens": 48, "do_sample": False})
+    assert ours.sequences[0].token_ids == ref
+    assert ours.sequences[0].text == onnx_model.tokenizer.decode(ref)
+    lp = ours.sequences[0].logprobs
+    assert all(np.isfinite(lp)) and all(x <= 0 for x in lp)
+
+
+def test_loads_as_ort_model(onnx_model):
+    assert type(onnx_model).__name__ == "OrtModel" and onnx_model.runtime == "onnxruntime-genai"
+    assert onnx_model.vocab_size == 49152 and onnx_model.generation_config.eos_token_id == [2]
+
+
+def test_processors_and_sampling_drive_the_runtime(onnx_model):
+    """ovgen's processors run on the runtime's logits: a user processor banning the greedy tokens
+    changes the output and none of them appear; seeded sampling repeats."""
+    ids = onnx_model.tokenizer.encode("The capital of France is", add_special_tokens=False)
+    plain = ovgen.generate(onnx_model, ids, {"max_new_tokens": 16, "ignore_eos": True}).sequences[0].token_ids
+    banned = np.array(sorted(set(plain)))
+
+    def ban(token_ids, logits):
+        out = logits.copy()
+        out[banned] = -np.inf
+        return out
+
+    other = ovgen.generate(onnx_model, ids, {"max_new_tokens": 16, "ignore_eos": True}, processors=[ban])
+    assert not set(other.sequences[0].token_ids) & set(plain)
+    cfg = {"max_new_tokens": 16, "do_sample": True, "top_k": 40, "top_p": 0.9, "temperature": 0.8, "seed": 7,
+           "num_return_sequences": 2, "ignore_eos": True}
+    a, b = ovgen.generate(onnx_model, ids, cfg), ovgen.generate(onnx_model, ids, cfg)
+    assert [s.token_ids for s in a.sequences] == [s.token_ids for s in b.sequences]
+    assert a.sequences[0].token_ids != a.sequences[1].token_ids
+
+
+def test_rewind_and_restore_continue_like_a_fresh_run(onnx_model):
+    ids = onnx_model.tokenizer.encode("Once upon a time, in a small village,", add_special_tokens=False)
+    s = onnx_model.session()
+    first = s.prefill(ids).copy()
+    snap = s.snapshot()
+    for t in (11, 12, 13, 14):
+        s.step(t)
+    s.rewind(3)
+    assert s.length == len(ids) + 1 and s.tokens[0, -1] == 11
+    after = s.step(12).copy()
+    fresh = onnx_model.session()
+    fresh.prefill(ids)
+    fresh.step(11)
+    np.testing.assert_allclose(after, fresh.step(12), rtol=1e-5, atol=1e-5)
+    s.restore(snap)
+    assert s.length == len(ids)
+    np.testing.assert_array_equal(first, snap.logits)
+
+
+def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):
+    s = onnx_model.session()
+    s.prefill([1, 2, 3])
+    with pytest.raises(NotImplementedError, match="onnxruntime-genai.*reorder"):
+        s.reorder([0, 0])
+    other = s.snapshot()
+    s.rewind(2)
+    s.append([9, 9])
+    with pytest.raises(NotImplementedError, match="earlier point of the same sequence"):
+        s.restore(other)
+    with pytest.raises(NotImplementedError, match="one row"):
+        s.step([1, 2])
+    with pytest.raises(NotImplementedError, match="runtime's own.*processors"):
+        ovgen.generate(onnx_model, [1, 2, 3], {"num_beams": 2}, processors=[lambda i, x: x])
+    with pytest.raises(NotImplementedError, match="runtime's own.*logit_bias"):
+        ovgen.generate(onnx_model, [1, 2, 3], {"num_beams": 2, "logit_bias": {5: 1.0}})
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        s.append([49152])
+    assert s.length == 3  # the refused calls left the session as it was
+
+
+def test_beam_search_is_the_runtimes_own(onnx_dir, onnx_model):
+    ids = onnx_model.tokenizer.encode("Write a haiku about the sea.", add_special_tokens=False)
+    ours = ovgen.generate(onnx_model, ids, {"num_beams": 4, "num_return_sequences": 3, "max_new_tokens": 20})
+    gen, _ = ort_greedy(onnx_dir, ids, 20, num_beams=4, num_return_sequences=3, do_sample=False,
+                     early_stopping=False)
+    ref = [[int(t) for t in gen.get_sequence(i)[len(ids):]] for i in range(3)]
+    assert [s.token_ids for s in ours.sequences] == ref
+    assert len({tuple(r) for r in ref}) == 3
+
+
+def test_chat_reuses_the_generator_kv(onnx_model):
+    chat = Chat(onnx_model, {"max_new_tokens": 12})
+    "".join(r.text for r in chat.send("Hi! Who are you?"))
+    second = [r.token_id for r in chat.send("What can you do?")]
+    assert chat.reused_tokens > 20
+    fresh = ovgen.generate(onnx_model, chat.messages[:-1], {"max_new_tokens": 12, "top_logprobs": 2})
+    ref = fresh.sequences[0].token_ids
+    # The reused KV rows were computed one token at a time; a fresh run computes them in one prefill,
+    # and the runtime's int4 MatMulNBits accumulates those two differently (OpenVINO's CPU plugin
+    # does not here: tests/test_session.py asserts equality). So: equal, or equal up to a near tie
+    # that the chat resolved to the fresh run's runner-up.
+    i = next((k for k, (a, b) in enumerate(zip(second, ref)) if a != b), None)
+    if i is not None:
+        (best, lp1), (runner_up, lp2) = fresh.sequences[0].records[i].top_logprobs
+        assert second[i] == runner_up and lp1 - lp2 < 0.1, (i, second, ref)
+    assert second[:i] == ref[:i]
+
+
+def _folder_like(src, dst, skip=()):
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name not in skip:
+            (dst / f.name).symlink_to(f)
+    return dst
+
+
+def test_broken_folders_give_named_errors(onnx_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ovgen.load(tmp_path / "nothing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="genai_config.json"):
+        ovgen.load(empty)
+    no_onnx = _folder_like(onnx_dir, tmp_path / "no_onnx", skip={"model.onnx"})
+    with pytest.raises(FileNotFoundError, match="model.onnx is missing"):
+        ovgen.load(no_onnx)
+    no_data = _folder_like(onnx_dir, tmp_path / "no_data", skip={"model.onnx.data"})
+    with pytest.raises(ValueError, match="onnxruntime-genai cannot load"):
+        ovgen.load(no_data)
+    corrupt = _folder_like(onnx_dir, tmp_path / "corrupt", skip={"model.onnx"})
+    (corrupt / "model.onnx").write_bytes(b"not a protobuf" * 10)
+    with pytest.raises(ValueError, match="onnxruntime-genai cannot load"):
+        ovgen.load(corrupt)
+    bad_json = _folder_like(onnx_dir, tmp_path / "bad_json", skip={"genai_config.json"})
+    (bad_json / "genai_config.json").write_text("{ nope")
+    with pytest.raises(ValueError, match="genai_config.json: not valid JSON"):
+        ovgen.load(bad_json)
+    no_model = _folder_like(onnx_dir, tmp_path / "no_model", skip={"genai_config.json"})
+    (no_model / "genai_config.json").write_text(json.dumps({"search": {}}))
+    with pytest.raises(ValueError, match="not an onnxruntime-genai config"):
+        ovgen.load(no_model)
+    with pytest.raises(ValueError, match="max_length must be in"):
+        ovgen.load(onnx_dir, max_length=10**6)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ovgen.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_generate_on_an_onnx_folder_keeps_the_json_schema(onnx_dir, model_dir):
+    outs = [_cli("generate", "-m", str(d), "--json", "--max-new-tokens", "8", "--ignore-eos", "Hello")
+            for d in (onnx_dir, model_dir)]
+    assert all(o.returncode == 0 for o in outs), [o.stderr for o in outs]
+    onnx, ov = (json.loads(o.stdout) for o in outs)
+    assert onnx.keys() == ov.keys() and onnx["metrics"].keys() == ov["metrics"].keys()
+    assert onnx["sequences"][0].keys() == ov["sequences"][0].keys()
+    assert len(onnx["sequences"][0]["token_ids"]) == 8
+    bad = _cli("generate", "-m", str(onnx_dir / "missing"), "Hello")
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_cli_compare(onnx_dir, model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
+    png = tmp_path / "compare.png"
+    out = _cli("compare", "--prompts", str(prompts), "--new-tokens", "16", "--json", "--plot", str(png))
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert set(res["summary"]) == {"ovgen-ov", "ovgen-onnx", "ort-genai", "ov-genai"}
+    # same model, same greedy rule: the loops must agree; across the two models it is only reported
+    assert res["agreement"]["ovgen-ov vs ov-genai"]["identical"] == 3
+    assert res["agreement"]["ovgen-onnx vs ort-genai"]["identical"] == 3
+    assert len(res["agreement"]["ovgen-ov vs ovgen-onnx"]["first_divergence"]) == 3
+    for p in res["prompts"]:
+        for run in p["runs"].values():
+            assert 1 <= len(run["tokens"]) <= 16 and run["ttft_ms"] > 0
+    assert png.stat().st_size > 10_000
+    text = _cli("compare", "--prompts", str(prompts), "--new-tokens", "4")
+    assert text.returncode == 0 and "TPOT/ovgen-ov" in text.stdout and "ovgen-onnx vs ort-genai" in text.stdout
+    missing = _cli("compare", "--onnx", str(tmp_path), "--new-tokens", "4")
+    assert missing.returncode == 2 and "genai_config.json is missing" in missing.stderr
