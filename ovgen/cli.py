@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
             g.add_argument("--chat", action="store_true", help="apply the model's chat template")
             g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
+    b = sub.add_parser("bench", help="per-token latency at several prompt lengths: table, PNG, Chrome trace")
+    b.add_argument("-m", "--model", help="model folder (default: the prepared default model)")
+    b.add_argument("--device", default="CPU")
+    b.add_argument("--prompt-tokens", default="32,512,2048", metavar="N,N,..")
+    b.add_argument("--new-tokens", type=int, default=128, metavar="N")
+    b.add_argument("--runs", type=int, default=5, metavar="N")
+    b.add_argument("--no-overlap", action="store_true", help="run each infer synchronously (no overlap)")
+    b.add_argument("--plot", metavar="PNG", help="latency over token position + histogram")
+    b.add_argument("--trace", metavar="JSON", help="Chrome trace (Perfetto, chrome://tracing) of every run")
+    b.add_argument("--csv", metavar="CSV", help="every token of every run, one row each")
+    b.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
     cmp = sub.add_parser("compare", help="greedy on four runtimes side by side: token agreement, TTFT, TPOT")
     cmp.add_argument("-m", "--model", help="OpenVINO IR folder (default: the prepared default model)")
     cmp.add_argument("--onnx", help="onnxruntime-genai folder (default: the prepared onnx-int4 flavour)")
@@ -191,6 +203,36 @@ def cmd_chat(args) -> int:
         print(f"[{summary_line(m)}; {chat.reused_tokens} prompt tokens reused from the KV cache]", file=sys.stderr)
 
 
+def cmd_bench(args) -> int:
+    import csv
+
+    from tqdm import tqdm
+
+    from ovgen.bench import bench, chrome_trace, parse_lengths, plot, table
+
+    for opt in ("new_tokens", "runs"):
+        if getattr(args, opt) < 1:
+            raise UsageError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+    model = _load(args)
+    lengths = parse_lengths(args.prompt_tokens, model.max_context, args.new_tokens)
+    with tqdm(total=len(lengths) * args.runs, desc="bench", unit="run", file=sys.stderr) as bar:
+        result, profiles = bench(model, lengths, args.new_tokens, args.runs, overlap=not args.no_overlap,
+                                 progress=bar.update)
+    if args.plot:
+        plot(profiles, args.plot)
+    if args.trace:
+        chrome_trace(profiles, args.trace)
+    if args.csv:
+        rows = [dict(prompt_tokens=n, run=i + 1, **row) for n, profs in profiles.items()
+                for i, p in enumerate(profs) for row in p.rows()]
+        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    print(json.dumps(result) if args.json else table(result))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from pathlib import Path
 
@@ -245,7 +287,7 @@ def cmd_inspect(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handler = {"generate": cmd_generate, "chat": cmd_chat, "prepare": cmd_prepare, "inspect": cmd_inspect,
-               "compare": cmd_compare}
+               "compare": cmd_compare, "bench": cmd_bench}
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"ovgen: warning: {msg}\n"

@@ -16,7 +16,7 @@ import numpy as np
 from .beam import beam_search, check_beam_config
 from .config import GenerationConfig
 from .processors import Processor, build_chain
-from .profiling import summarize
+from .profiling import Profile, summarize
 from .search import Sampler, TokenRecord, decode, greedy
 from .stopping import StopStrings, Stopping
 from .tokenizer import IncrementalDecoder
@@ -42,6 +42,13 @@ class GenerationResult:
     prompt_token_ids: list[int]
     sequences: list[SequenceResult]
     metrics: dict[str, float]
+    t_start_ns: int = 0  # perf_counter_ns() when generate started (the records' time origin)
+
+    @property
+    def profile(self) -> Profile:
+        """Every token's timestamps and stage split, with stats and JSON / CSV / Chrome-trace exports."""
+        return Profile([r for s in self.sequences for r in s.records], self.t_start_ns,
+                       len(self.prompt_token_ids))
 
     @property
     def text(self) -> str:
@@ -107,21 +114,24 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
 
 
 def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None, *, session=None,
-           processors: Sequence[Processor] = (), chat_template: str | None = None) -> Iterator[TokenRecord]:
+           processors: Sequence[Processor] = (), chat_template: str | None = None,
+           overlap: bool = True) -> Iterator[TokenRecord]:
     """Generate, yielding one TokenRecord per token as soon as it is chosen (its `.text` is the
     streamed delta). With num_return_sequences > 1, sequences follow one another (`.sequence`).
     With num_beams > 1 the records come once the search has ended (see `_beam_records`).
 
     `session`: reuse a Session (its KV state is replaced; see `chat.Chat` for prefix reuse).
     `processors`: user callables `(token_ids, logits) -> logits`, run after the built-in penalties and
-    before the sampling warpers (see `processors.build_chain` for the whole order)."""
+    before the sampling warpers (see `processors.build_chain` for the whole order).
+    `overlap`: the next token's infer runs while the consumer handles a record (search.decode); the
+    consumer must then not call the session itself before asking for the next record."""
     cfg = resolve_config(model, config)
     ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
     session = session or model.session()
-    yield from run(model, session, ids, cfg, processors)
+    yield from run(model, session, ids, cfg, processors, overlap=overlap)
 
 
-def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *, logits=None):
+def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *, logits=None, overlap=True):
     """The loop over a validated config and checked ids. `logits`: the caller has already run the
     prompt through `session` (chat prefix reuse) and passes its last-position logits."""
     max_new = cfg.max_new_tokens
@@ -153,7 +163,7 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
         yield from decode(session, first if seq else logits, chain=chain, choose=sampler or greedy,
                           stopping=stopping, detok=IncrementalDecoder(model.tokenizer),
                           stop_strings=StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output),
-                          top_n=cfg.top_logprobs, sequence=seq, t_start_ns=t_start)
+                          top_n=cfg.top_logprobs, sequence=seq, t_start_ns=t_start, overlap=overlap)
 
 
 def _beam_records(model, session, ids, cfg, processors, max_new, logits) -> Iterator[TokenRecord]:
@@ -174,14 +184,15 @@ def _beam_records(model, session, ids, cfg, processors, max_new, logits) -> Iter
 
 def generate(model, prompt: Prompt, config: GenerationConfig | dict | None = None, *, session=None,
              processors: Sequence[Processor] = (), on_token: Callable[[TokenRecord], None] | None = None,
-             chat_template: str | None = None) -> GenerationResult:
+             chat_template: str | None = None, overlap: bool = True) -> GenerationResult:
     """Generate to the end and return ids, text, finish reasons and metrics. `on_token(record)` is
-    called for every token as it is chosen (streaming)."""
+    called for every token as it is chosen (streaming), while the next token's infer runs
+    (`overlap`, see `stream`). `result.profile` has every token's timings and the exports."""
     cfg = resolve_config(model, config)
     ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
     t_start = perf_counter_ns()
     records: list[TokenRecord] = []
-    for rec in run(model, session or model.session(), ids, cfg, processors):
+    for rec in run(model, session or model.session(), ids, cfg, processors, overlap=overlap):
         records.append(rec)
         if on_token is not None:
             on_token(rec)
@@ -197,5 +208,5 @@ def collect(ids: list[int], records: list[TokenRecord], n_sequences: int, t_star
                                    recs[-1].finish_reason if recs else "length", recs[-1].score if recs else None,
                                    recs))
     first = seqs[0].records if seqs else []
-    return GenerationResult(list(ids), seqs, summarize(first, t_start_ns, prompt_tokens=len(ids)))
+    return GenerationResult(list(ids), seqs, summarize(first, t_start_ns, prompt_tokens=len(ids)), t_start_ns)
 

@@ -134,7 +134,7 @@ class OrtSession:
         self._hist = np.zeros((1, 256), np.int64)
         self._len = 0
         self._logits: np.ndarray | None = None
-        self.infer_ns = 0
+        self.infer_ns = self.infer_start_ns = 0
         self.logsumexp = np.float32(0)
 
     @property
@@ -180,7 +180,7 @@ class OrtSession:
         need = self._len + ids.size
         if need > self.capacity:
             self.reserve(min(self.model.max_length, max(need, 2 * self.capacity, 256)))
-        t0 = perf_counter_ns()
+        self.infer_start_ns = t0 = perf_counter_ns()
         self.generator.append_tokens(ids.astype(np.int32))
         logits = self.generator.get_logits()
         self.infer_ns = perf_counter_ns() - t0

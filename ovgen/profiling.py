@@ -1,14 +1,36 @@
-"""Per-token timing statistics from TokenRecords.
+"""Per-token timing: statistics, and exports as JSON, CSV and a Chrome trace.
+
+Every TokenRecord carries raw perf_counter_ns() timestamps and its stage split:
+
+    model        the infer() that produced the token's logits (the prefill, for token 0)
+    read_logits  from the end of that infer to the start of processing (outputs, bookkeeping, and
+                 with overlap the wait for the infer)
+    process      the processor chain (each processor separately in `stage_ns`)
+    choice       token choice + log-probabilities
+    detok        detokenisation + stop strings
+    callback     the consumer's time with the record (on_token, streaming, the caller's loop)
 
 TTFT: from the start of generate (before prefill) to the first token's record being complete.
-TPOT: mean time between consecutive token records after the first (inter-token latency).
+TPOT: mean time between consecutive token records after the first (inter-token latency, ITL).
+With overlap (search.decode) the next token's infer runs during detok and callback, so stages of
+consecutive tokens overlap in time; the Chrome trace shows the model on its own track.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+STAGES = ("model", "read_logits", "process", "choice", "detok", "callback")
+
+
+def _stage_ns(rec, stage: str) -> int:
+    return rec.read_ns if stage == "read_logits" else getattr(rec, f"{stage}_ns")
 
 
 def summarize(records: Sequence, t_start_ns: int, *, prompt_tokens: int = 0) -> dict[str, float]:
@@ -30,6 +52,100 @@ def summarize(records: Sequence, t_start_ns: int, *, prompt_tokens: int = 0) -> 
         "tokens_per_s": float(len(records) / total_s) if total_s > 0 else 0.0,
         "decode_tokens_per_s": float(itl.size / (itl.sum() / 1e3)) if itl.size and itl.sum() > 0 else 0.0,
     }
-    for stage in ("model", "process", "choice", "detok"):
-        out[f"{stage}_ms"] = sum(getattr(r, f"{stage}_ns") for r in records) / 1e6
+    for stage in STAGES:
+        out[f"{stage}_ms"] = sum(_stage_ns(r, stage) for r in records) / 1e6
     return out
+
+
+@dataclass
+class Profile:
+    """The timings of one generation (`GenerationResult.profile`): `stats()`, `rows()` and the
+    exports `to_json`, `to_csv`, `to_chrome_trace` (each returns the text and writes `path` if given)."""
+
+    records: list
+    t_start_ns: int
+    prompt_tokens: int = 0
+
+    def stats(self) -> dict:
+        """summarize() of the first sequence, plus each processor's total (ms) under "processors"."""
+        first = [r for r in self.records if r.sequence == 0]
+        out = summarize(first, self.t_start_ns, prompt_tokens=self.prompt_tokens)
+        procs: dict[str, float] = {}
+        for r in first:
+            for name, ns in r.stage_ns.items():
+                procs[name] = procs.get(name, 0.0) + ns / 1e6
+        out["processors"] = procs
+        return out
+
+    def processor_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for r in self.records:
+            names.update(dict.fromkeys(r.stage_ns))
+        return list(names)
+
+    def rows(self) -> list[dict]:
+        """One dict per token: ids, times from the start (ms), inter-token latency and every stage (ms)."""
+        out, prev = [], {}
+        procs = self.processor_names()
+        for r in self.records:
+            last = prev.get(r.sequence, self.t_start_ns)
+            row = {"sequence": r.sequence, "index": r.index, "token_id": r.token_id, "text": r.text,
+                   "logprob": r.logprob, "t_ms": (r.ready_ns - self.t_start_ns) / 1e6,
+                   "itl_ms": (r.ready_ns - last) / 1e6, "overlapped": r.overlapped}
+            row.update({f"{s}_ms": _stage_ns(r, s) / 1e6 for s in STAGES})
+            row.update({f"proc:{p}_ms": r.stage_ns.get(p, 0) / 1e6 for p in procs})
+            out.append(row)
+            prev[r.sequence] = r.ready_ns
+        return out
+
+    def to_json(self, path: str | None = None) -> str:
+        text = json.dumps({"stats": self.stats(), "tokens": self.rows()}, ensure_ascii=False)
+        return _write(path, text)
+
+    def to_csv(self, path: str | None = None) -> str:
+        rows = self.rows()
+        buf = io.StringIO()
+        if rows:
+            w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        return _write(path, buf.getvalue())
+
+    def trace_events(self, pid: int = 1, name: str = "ovgen") -> list[dict]:
+        """Chrome trace events: one complete ("X") slice per stage per token, times in µs from the
+        start; the model on thread 1, the host loop on thread 2, processors nested in "process"."""
+        us = lambda ns: (ns - self.t_start_ns) / 1e3  # noqa: E731
+        ev = [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}},
+              {"ph": "M", "name": "thread_name", "pid": pid, "tid": 1, "args": {"name": "model (infer)"}},
+              {"ph": "M", "name": "thread_name", "pid": pid, "tid": 2, "args": {"name": "host loop"}}]
+
+        def slice_(stage, tid, start_ns, dur_ns, r):
+            ev.append({"ph": "X", "name": stage, "cat": stage, "pid": pid, "tid": tid, "ts": us(start_ns),
+                       "dur": dur_ns / 1e3, "args": {"token": r.index, "token_id": r.token_id,
+                                                     "sequence": r.sequence}})
+
+        for r in self.records:
+            if r.infer_start_ns:
+                slice_("prefill" if r.index == 0 else "model", 1, r.infer_start_ns, r.model_ns, r)
+                slice_("read_logits", 2, r.infer_start_ns + r.model_ns, r.read_ns, r)
+            t = r.start_ns or r.ready_ns - r.process_ns - r.choice_ns - r.detok_ns
+            slice_("process", 2, t, r.process_ns, r)
+            sub = t
+            for proc, ns in r.stage_ns.items():
+                slice_(proc, 2, sub, ns, r)
+                sub += ns
+            slice_("choice", 2, t + r.process_ns, r.choice_ns, r)
+            slice_("detok", 2, t + r.process_ns + r.choice_ns, r.detok_ns, r)
+            slice_("callback", 2, r.ready_ns, r.callback_ns, r)
+        return ev
+
+    def to_chrome_trace(self, path: str | None = None) -> str:
+        """JSON that Perfetto (ui.perfetto.dev) and chrome://tracing open."""
+        return _write(path, json.dumps({"traceEvents": self.trace_events(), "displayTimeUnit": "ms"}))
+
+
+def _write(path: str | None, text: str) -> str:
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return text

@@ -41,6 +41,16 @@ class TokenRecord:
     ready_ns: int = 0  # perf_counter_ns() when the record was complete
     stage_ns: dict[str, int] = field(default_factory=dict)  # per processor
     score: float | None = None  # beam search: the sequence's final score (None otherwise)
+    infer_start_ns: int = 0  # perf_counter_ns() when that infer started
+    start_ns: int = 0  # perf_counter_ns() when the loop got the logits (processing starts)
+    callback_ns: int = 0  # the consumer's time with this record (on_token, streaming), until it asked for the next
+    overlapped: bool = False  # the next token's infer ran during detokenisation / the callback
+
+    @property
+    def read_ns(self) -> int:
+        """From the end of the infer to the start of processing: reading the outputs, the session's
+        bookkeeping and, with overlap, waiting for the infer to finish."""
+        return max(0, self.start_ns - self.infer_start_ns - self.model_ns) if self.infer_start_ns else 0
 
 
 def greedy(logits: np.ndarray) -> int:
@@ -90,51 +100,69 @@ def top_logprobs(logits: np.ndarray, n: int, logsumexp: float) -> list[tuple[int
 
 def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray], int], stopping: Stopping,
            detok, stop_strings: StopStrings, top_n: int = 0, sequence: int = 0,
-           t_start_ns: int | None = None) -> Iterator[TokenRecord]:
+           t_start_ns: int | None = None, overlap: bool = True) -> Iterator[TokenRecord]:
     """Yield one TokenRecord per generated token, from the logits of the last prefilled position.
 
     `chain(token_ids, logits)` processes, `choose(processed)` picks; the session advances by one
     token per yielded record (except after the last).
+
+    `overlap`: once a token is chosen and generation goes on, the next infer starts asynchronously
+    (`Session.start_step`) before detokenisation (after it when stop strings need the text) and runs
+    while the consumer handles the record; the loop waits for it when the consumer asks for the next.
     """
     t_start_ns = t_start_ns or perf_counter_ns()
-    model_ns = session.infer_ns
+    model_ns, infer_start = session.infer_ns, getattr(session, "infer_start_ns", 0)
     scratch = np.empty(logits.shape, np.float32)
+    can_start = overlap and hasattr(session, "start_step")
     n = 0
-    while True:
-        t0 = perf_counter_ns()
-        # Sampling with top-k: the chain runs on the graph's top candidates when that is exact.
-        small = (chain.run_on_candidates(session.tokens[0], *session.top)
-                 if chain.top_k and session.top is not None and isinstance(choose, Sampler) else None)
-        processed = chain(session.tokens[0], logits) if small is None else None
-        t1 = perf_counter_ns()
-        if processed is not None and processed is not logits and not np.isfinite(processed.max()):
-            raise ValueError("every token is masked after processing (all logits are -inf)")
-        if small is not None:
-            token = int(small[1][choose(small[0])])
-        elif processed is logits and choose is greedy and session.argmax is not None:
-            token = session.argmax  # the graph's argmax output: same rule, no scan in NumPy
-        else:
-            token = choose(processed)
-        lp = float(logits[token] - session.logsumexp)
-        if processed is logits:
-            plp = lp
-        else:  # a Sampler knows the drawn token's logprob (the candidate path always has one)
-            plp = choose.logprob if isinstance(choose, Sampler) else logprob(processed, token, scratch)
-        top = top_logprobs(logits, top_n, session.logsumexp) if top_n else None
-        t2 = perf_counter_ns()
-        n += 1
-        reason = stopping.check(token, n, (t2 - t_start_ns) / 1e9)
-        text, matched = stop_strings.feed(detok.push(token))
-        if matched:
-            reason = "stop_string"
-        elif reason:  # generation ends: release everything held back
-            rest, matched = stop_strings.feed(detok.flush())
-            text += rest if matched else rest + stop_strings.flush()
-            reason = "stop_string" if matched else reason
-        t3 = perf_counter_ns()
-        yield TokenRecord(n - 1, token, text, lp, plp, reason, top, sequence, model_ns, t1 - t0, t2 - t1,
-                          t3 - t2, t3, dict(chain.timings_ns))
-        if reason:
-            return
-        logits = session.step(token)
-        model_ns = session.infer_ns
+    started = False
+    try:
+        while True:
+            t0 = perf_counter_ns()
+            # Sampling with top-k: the chain runs on the graph's top candidates when that is exact.
+            small = (chain.run_on_candidates(session.tokens[0], *session.top)
+                     if chain.top_k and session.top is not None and isinstance(choose, Sampler) else None)
+            processed = chain(session.tokens[0], logits) if small is None else None
+            t1 = perf_counter_ns()
+            if processed is not None and processed is not logits and not np.isfinite(processed.max()):
+                raise ValueError("every token is masked after processing (all logits are -inf)")
+            if small is not None:
+                token = int(small[1][choose(small[0])])
+            elif processed is logits and choose is greedy and session.argmax is not None:
+                token = session.argmax  # the graph's argmax output: same rule, no scan in NumPy
+            else:
+                token = choose(processed)
+            lp = float(logits[token] - session.logsumexp)
+            if processed is logits:
+                plp = lp
+            else:  # a Sampler knows the drawn token's logprob (the candidate path always has one)
+                plp = choose.logprob if isinstance(choose, Sampler) else logprob(processed, token, scratch)
+            top = top_logprobs(logits, top_n, session.logsumexp) if top_n else None
+            t2 = perf_counter_ns()
+            n += 1
+            reason = stopping.check(token, n, (t2 - t_start_ns) / 1e9)
+            # From here on nothing reads `logits`: the next infer may write them.
+            if can_start and not reason and not stop_strings.stops:
+                started = session.start_step(token)
+            text, matched = stop_strings.feed(detok.push(token))
+            if matched:
+                reason = "stop_string"
+            elif reason:  # generation ends: release everything held back
+                rest, matched = stop_strings.feed(detok.flush())
+                text += rest if matched else rest + stop_strings.flush()
+                reason = "stop_string" if matched else reason
+            if can_start and not reason and not started:
+                started = session.start_step(token)
+            t3 = perf_counter_ns()
+            rec = TokenRecord(n - 1, token, text, lp, plp, reason, top, sequence, model_ns, t1 - t0, t2 - t1,
+                              t3 - t2, t3, dict(chain.timings_ns), None, infer_start, t0, 0, started)
+            yield rec
+            rec.callback_ns = perf_counter_ns() - t3
+            if reason:
+                return
+            logits = session.finish_step() if started else session.step(token)
+            started = False
+            model_ns, infer_start = session.infer_ns, getattr(session, "infer_start_ns", 0)
+    finally:
+        if started:  # the consumer stopped early: let the running infer finish before anyone reuses the session
+            session.finish_step()

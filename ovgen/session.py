@@ -59,6 +59,8 @@ class Session:
         self.top: tuple[np.ndarray, np.ndarray] | None = None
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
         self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, argmax, top)
+        self._pending: int | None = None  # the token of a step started by start_step()
+        self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -95,6 +97,7 @@ class Session:
     # ---- running the model --------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything: empty KV state, empty history."""
+        self._settle()
         self.request.reset_state()
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx = None
@@ -107,6 +110,7 @@ class Session:
 
     def append(self, token_ids) -> np.ndarray:
         """Run `token_ids: [T]` (or `[rows, T]`) after what the session holds (chat turns, forced text)."""
+        self._settle()
         ids = np.asarray(token_ids, dtype=np.int64)
         ids = ids[None, :] if ids.ndim == 1 else ids
         if ids.shape[1] == 0:
@@ -115,6 +119,7 @@ class Session:
 
     def step(self, token_ids) -> np.ndarray:
         """Run one token per row: `token_ids` is an int (one row) or `[rows]`."""
+        self._settle()
         if isinstance(token_ids, (int, np.integer)) and self._fast_ok():
             return self._step_one(int(token_ids))
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
@@ -131,6 +136,13 @@ class Session:
                 and self._has_beam_idx and self.model.sliced)
 
     def _step_one(self, token: int) -> np.ndarray:
+        self._prepare_one(token)
+        self.infer_start_ns = t0 = perf_counter_ns()
+        self.request.infer()
+        self.infer_ns = perf_counter_ns() - t0
+        return self._after_one(token)
+
+    def _prepare_one(self, token: int) -> None:
         vocab = self.model.vocab_size
         if not 0 <= token < vocab:
             raise ValueError(f"token ids [{token}] are outside the vocabulary [0, {vocab})")
@@ -145,10 +157,10 @@ class Session:
         f.ids[0, 0] = token
         f.pos[0, 0] = past
         f.mask.set_shape([1, past + 1])
-        _, logits, lse, top, cand = self._outputs(1)
-        t0 = perf_counter_ns()
-        self.request.infer()
-        self.infer_ns = perf_counter_ns() - t0
+        self._outputs(1)
+
+    def _after_one(self, token: int) -> np.ndarray:
+        _, logits, lse, top, cand = self._out
         self.argmax = int(top[0, 0, 0])
         self.top = cand
         if self._len + 1 > self._hist.shape[1]:
@@ -158,6 +170,33 @@ class Session:
             self._len += 1
         self.logsumexp = lse[0, 0, 0]
         return logits[0, 0]
+
+    # ---- overlap: the next step runs while the host streams the current token ------------------------
+    def start_step(self, token: int) -> bool:
+        """Start running one token asynchronously; `finish_step()` waits and returns its logits
+        (what `step(token)` returns). Until then the logits buffers are being written: read nothing
+        from the previous step's logits. Only the one-token fast path runs asynchronously; returns
+        False (nothing started) otherwise - then call `step()`. Any other Session call finishes a
+        pending step first."""
+        if self._pending is not None or not self._fast_ok():
+            return False
+        self._prepare_one(int(token))
+        self.infer_start_ns = perf_counter_ns()
+        self.request.start_async()
+        self._pending = int(token)
+        return True
+
+    def finish_step(self) -> np.ndarray:
+        if self._pending is None:
+            raise RuntimeError("finish_step() without a started step")
+        token, self._pending = self._pending, None
+        self.request.wait()
+        self.infer_ns = int(self.request.latency * 1e6)  # start_async -> done, measured by OpenVINO
+        return self._after_one(token)
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            self.finish_step()
 
     def _outputs(self, rows: int):
         """Output buffers of `rows` rows set on the request once (logits are [rows, 1, vocab] since
@@ -203,7 +242,7 @@ class Session:
             self._outputs(rows)
         if self._fast is not None:
             self._fast.installed = False  # infer(inputs) replaces the request's input tensors
-        t0 = perf_counter_ns()
+        self.infer_start_ns = t0 = perf_counter_ns()
         self.request.infer(inputs, share_inputs=True, share_outputs=True)
         self.infer_ns = perf_counter_ns() - t0
         self._beam_idx = None
@@ -225,6 +264,7 @@ class Session:
     # ---- state management ---------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """Copy the KV state and history (restore() returns to exactly this point)."""
+        self._settle()
         states = {s.name: np.array(s.state.data, copy=True) for s in self.request.query_state()}
         beam = None if self._beam_idx is None else self._beam_idx.copy()
         top = None if self.top is None else (self.top[0].copy(), self.top[1].copy())
@@ -232,6 +272,7 @@ class Session:
 
     def restore(self, snap: Snapshot) -> None:
         """Put back a snapshot taken from a session over the same compiled model."""
+        self._settle()
         for s in self.request.query_state():
             if s.name not in snap.states:
                 raise ValueError(f"snapshot has no state named {s.name!r}; it is from another model")
@@ -243,6 +284,7 @@ class Session:
 
     def rewind(self, n: int) -> None:
         """Drop the last `n` tokens from the KV state and history (0 <= n <= length)."""
+        self._settle()
         if not 0 <= n <= self.length:
             raise ValueError(f"rewind n must be in [0, {self.length}], got {n}")
         if n == 0:
@@ -261,6 +303,7 @@ class Session:
     def reorder(self, beam_idx) -> None:
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
         inside the next infer (the IR's beam_idx input); the history is reordered now."""
+        self._settle()
         idx = np.asarray(beam_idx, dtype=np.int32).reshape(-1)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= self.rows:
             raise ValueError(f"beam_idx values must be in [0, {self.rows}), got {idx.tolist()}")
