@@ -62,7 +62,7 @@ def main() -> None:
     import torch
     from optimum.intel import OVModelForCausalLM
     from transformers import AutoTokenizer
-    from transformers.generation.streamers import BaseStreamer
+    from _timing import hf_stamp_streamer
 
     model = ovgen.load(ir, ov_config=phi3.SEED_OV_CONFIG)
     ids = model.tokenizer.encode(phi3.SEED_PROMPT)
@@ -98,23 +98,11 @@ def main() -> None:
         res = pipe.generate(inputs, gcfg, streamer)
         return stats(t0, stamps[:n], [int(t) for t in res.tokens[0]])
 
-    class Stamps(BaseStreamer):
-        def __init__(self):
-            self.stamps, self.first = [], True
-
-        def put(self, value):
-            if self.first:  # generate() first puts the prompt
-                self.first = False
-                return
-            self.stamps.append(time.perf_counter())
-
-        def end(self):
-            pass
 
     enc = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.int64)}
 
     def run_optimum():
-        st = Stamps()
+        st = hf_stamp_streamer(time.perf_counter)
         t0 = time.perf_counter()
         out = ref.generate(**enc, do_sample=False, max_new_tokens=n, min_new_tokens=n, streamer=st)
         return stats(t0, st.stamps, out[0, len(ids):].tolist())

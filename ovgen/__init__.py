@@ -11,11 +11,12 @@ from .config import GenerationConfig
 from .generate import GenerationResult, SequenceResult, generate, stream
 from .model import Model, load
 from .processors import Chain, build_chain
+from .profiling import Profile
 from .search import Sampler, TokenRecord, greedy
 from .session import Session, Snapshot
 
 __all__ = [
-    "Chain", "GenerationConfig", "GenerationResult", "Model", "Sampler", "SequenceResult", "Session",
+    "Chain", "GenerationConfig", "GenerationResult", "Model", "Profile", "Sampler", "SequenceResult", "Session",
     "Snapshot", "TokenRecord", "build_chain", "generate", "greedy", "load", "stream",
 ]
 __version__ = "0.1.0"

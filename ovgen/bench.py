@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .profiling import STAGES, Profile
+from .profiling import STAGES, Profile, stage_ns
 
 _TEXT = ("The river rose slowly through the night, and by morning the low fields east of the village were "
          "under water. People moved what they could to the upper floors, counted their animals, and waited "
@@ -61,7 +61,9 @@ def bench(model, lengths: Sequence[int], new_tokens: int, runs: int, *, overlap:
         stats = [p.stats() for p in profiles[n]]
         itl = np.concatenate([np.diff([r.ready_ns for r in p.records]) / 1e6 for p in profiles[n]])
         med = lambda key: float(np.median([s[key] for s in stats]))  # noqa: E731
-        per_token = {f"{s}_ms": med(f"{s}_ms") / new_tokens for s in STAGES}
+        # decode tokens only (token 0's "model" is the prefill, which TTFT shows)
+        per_token = {f"{s}_ms": float(np.median([np.mean([stage_ns(r, s) for r in p.records[1:]] or [0]) / 1e6
+                                                 for p in profiles[n]])) for s in STAGES}
         rows.append({"prompt_tokens": n, "new_tokens": new_tokens, "runs": runs, "ttft_ms": med("ttft_ms"),
                      "tpot_ms": med("tpot_ms"), "itl_p50_ms": float(np.percentile(itl, 50)),
                      "itl_p90_ms": float(np.percentile(itl, 90)), "itl_p99_ms": float(np.percentile(itl, 99)),
@@ -72,7 +74,7 @@ def bench(model, lengths: Sequence[int], new_tokens: int, runs: int, *, overlap:
 
 def table(result: dict) -> str:
     head = (f"{'prompt':>7} {'TTFT ms':>9} {'TPOT ms':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'tok/s':>7}   "
-            "per token: model / read / process / choice / detok / callback (ms)")
+            "per decode token: model / read / process / choice / detok / callback (ms)")
     lines = [head]
     for r in result["results"]:
         st = r["per_token_stage_ms"]

@@ -298,6 +298,11 @@ def main(argv=None) -> int:
             return 2
         except BrokenPipeError:
             return 0
+        except ImportError as e:  # an optional runtime: name the extra that installs it
+            extra = {"matplotlib": "plot", "onnxruntime_genai": "onnx", "openvino_genai": "prepare"}.get(e.name)
+            hint = f"; pip install 'ovgen[{extra}]'" if extra else ""
+            print(f"ovgen {args.command}: error: {e.name} is not installed{hint}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class Run:
     tpot_ms: float
 
 
-def _timed(start_ns: int, stamps: Sequence[int], tokens: list[int]) -> Run:
+def timed(start_ns: int, stamps: Sequence[int], tokens: list[int]) -> Run:
     ttft = (stamps[0] - start_ns) / 1e6 if stamps else float("nan")
     tpot = (stamps[-1] - stamps[0]) / 1e6 / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
     return Run(tokens, ttft, tpot)
@@ -86,24 +86,19 @@ def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int) -> dict[str, Callable
     eos = set(ov_model.generation_config.eos_token_id)
 
     def ovgen_on(model):
+        session = model.session()  # reused across prompts, as the pipelines reuse their requests
+
         def run(ids):
             stamps = []
             start = perf_counter_ns()
-            res = ovgen.generate(model, ids, {"max_new_tokens": new_tokens, "do_sample": False},
+            res = ovgen.generate(model, ids, {"max_new_tokens": new_tokens, "do_sample": False}, session=session,
                                  on_token=lambda r: stamps.append(perf_counter_ns()))
-            return _timed(start, stamps, res.sequences[0].token_ids)
+            return timed(start, stamps, res.sequences[0].token_ids)
         return run
 
     def ort_own(ids):
         start = perf_counter_ns()
-        gen = onnx_model.new_generator(len(ids) + new_tokens, do_sample=False)
-        gen.append_tokens(np.asarray(ids, np.int32))
-        tokens, stamps = [], []
-        while not gen.is_done():
-            gen.generate_next_token()
-            tokens.append(int(gen.get_next_tokens()[0]))
-            stamps.append(perf_counter_ns())
-        return _timed(start, stamps, tokens)
+        return timed(start, *ort_loop(onnx_model.new_generator(len(ids) + new_tokens, do_sample=False), ids))
 
     def ov_genai(ids):
         cfg = openvino_genai.GenerationConfig()
@@ -115,18 +110,30 @@ def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int) -> dict[str, Callable
         stamps = []
 
         start = perf_counter_ns()
-        out = pipe.generate(inputs, cfg, streamer=_TokenStreamer(lambda t: stamps.append(perf_counter_ns())))
-        return _timed(start, stamps, [int(t) for t in out.tokens[0]])
+        out = pipe.generate(inputs, cfg, streamer=token_streamer(lambda t: stamps.append(perf_counter_ns())))
+        return timed(start, stamps, [int(t) for t in out.tokens[0]])
 
     return {"ovgen-ov": ovgen_on(ov_model), "ovgen-onnx": ovgen_on(onnx_model), "ort-genai": ort_own,
             "ov-genai": ov_genai}
 
 
-def _TokenStreamer(fn):
+def ort_loop(gen, ids: list[int]) -> tuple[list[int], list[int]]:
+    """onnxruntime-genai's own generation loop, as its examples write it: (perf_counter_ns stamps,
+    tokens), one per generated token (the streamed tokens: a final eos included)."""
+    gen.append_tokens(np.asarray(ids, np.int32))
+    tokens, stamps = [], []
+    while not gen.is_done():
+        gen.generate_next_token()
+        tokens.append(int(gen.get_next_tokens()[0]))
+        stamps.append(perf_counter_ns())
+    return stamps, tokens
+
+
+def token_streamer(fn):
     """An openvino-genai streamer calling fn(token_id) once per generated token."""
     import openvino_genai
 
-    class TokenStreamer(openvino_genai.StreamerBase):
+    class _Streamer(openvino_genai.StreamerBase):
         def write(self, token):
             for t in token if isinstance(token, list) else [token]:
                 fn(t)
@@ -135,7 +142,7 @@ def _TokenStreamer(fn):
         def end(self):
             pass
 
-    return TokenStreamer()
+    return _Streamer()
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

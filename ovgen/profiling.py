@@ -29,7 +29,8 @@ import numpy as np
 STAGES = ("model", "read_logits", "process", "choice", "detok", "callback")
 
 
-def _stage_ns(rec, stage: str) -> int:
+def stage_ns(rec, stage: str) -> int:
+    """A record's time in one of STAGES (ns)."""
     return rec.read_ns if stage == "read_logits" else getattr(rec, f"{stage}_ns")
 
 
@@ -53,7 +54,7 @@ def summarize(records: Sequence, t_start_ns: int, *, prompt_tokens: int = 0) -> 
         "decode_tokens_per_s": float(itl.size / (itl.sum() / 1e3)) if itl.size and itl.sum() > 0 else 0.0,
     }
     for stage in STAGES:
-        out[f"{stage}_ms"] = sum(_stage_ns(r, stage) for r in records) / 1e6
+        out[f"{stage}_ms"] = sum(stage_ns(r, stage) for r in records) / 1e6
     return out
 
 
@@ -92,7 +93,7 @@ class Profile:
             row = {"sequence": r.sequence, "index": r.index, "token_id": r.token_id, "text": r.text,
                    "logprob": r.logprob, "t_ms": (r.ready_ns - self.t_start_ns) / 1e6,
                    "itl_ms": (r.ready_ns - last) / 1e6, "overlapped": r.overlapped}
-            row.update({f"{s}_ms": _stage_ns(r, s) / 1e6 for s in STAGES})
+            row.update({f"{s}_ms": stage_ns(r, s) / 1e6 for s in STAGES})
             row.update({f"proc:{p}_ms": r.stage_ns.get(p, 0) / 1e6 for p in procs})
             out.append(row)
             prev[r.sequence] = r.ready_ns

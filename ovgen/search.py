@@ -115,7 +115,7 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
     scratch = np.empty(logits.shape, np.float32)
     can_start = overlap and hasattr(session, "start_step")
     n = 0
-    started = False
+    started = 0  # the id of the step started asynchronously (0: none)
     try:
         while True:
             t0 = perf_counter_ns()
@@ -155,14 +155,14 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
                 started = session.start_step(token)
             t3 = perf_counter_ns()
             rec = TokenRecord(n - 1, token, text, lp, plp, reason, top, sequence, model_ns, t1 - t0, t2 - t1,
-                              t3 - t2, t3, dict(chain.timings_ns), None, infer_start, t0, 0, started)
+                              t3 - t2, t3, dict(chain.timings_ns), None, infer_start, t0, 0, bool(started))
             yield rec
             rec.callback_ns = perf_counter_ns() - t3
             if reason:
                 return
             logits = session.finish_step() if started else session.step(token)
-            started = False
+            started = 0
             model_ns, infer_start = session.infer_ns, getattr(session, "infer_start_ns", 0)
     finally:
-        if started:  # the consumer stopped early: let the running infer finish before anyone reuses the session
-            session.finish_step()
+        if started:  # the consumer stopped early: let the running infer finish before anyone reuses the
+            session.settle(started)  # session (unless another call already did)

@@ -60,6 +60,7 @@ class Session:
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
         self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, argmax, top)
         self._pending: int | None = None  # the token of a step started by start_step()
+        self._step_id = 0  # counts started steps (start_step returns it)
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
 
     # ---- properties ---------------------------------------------------------------------------
@@ -97,7 +98,7 @@ class Session:
     # ---- running the model --------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything: empty KV state, empty history."""
-        self._settle()
+        self.settle()
         self.request.reset_state()
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx = None
@@ -110,7 +111,7 @@ class Session:
 
     def append(self, token_ids) -> np.ndarray:
         """Run `token_ids: [T]` (or `[rows, T]`) after what the session holds (chat turns, forced text)."""
-        self._settle()
+        self.settle()
         ids = np.asarray(token_ids, dtype=np.int64)
         ids = ids[None, :] if ids.ndim == 1 else ids
         if ids.shape[1] == 0:
@@ -119,7 +120,7 @@ class Session:
 
     def step(self, token_ids) -> np.ndarray:
         """Run one token per row: `token_ids` is an int (one row) or `[rows]`."""
-        self._settle()
+        self.settle()
         if isinstance(token_ids, (int, np.integer)) and self._fast_ok():
             return self._step_one(int(token_ids))
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
@@ -172,19 +173,20 @@ class Session:
         return logits[0, 0]
 
     # ---- overlap: the next step runs while the host streams the current token ------------------------
-    def start_step(self, token: int) -> bool:
+    def start_step(self, token: int) -> int:
         """Start running one token asynchronously; `finish_step()` waits and returns its logits
         (what `step(token)` returns). Until then the logits buffers are being written: read nothing
-        from the previous step's logits. Only the one-token fast path runs asynchronously; returns
-        False (nothing started) otherwise - then call `step()`. Any other Session call finishes a
-        pending step first."""
+        from the previous step's logits. Returns the step's id (> 0); only the one-token fast path
+        runs asynchronously, otherwise nothing starts and it returns 0 - then call `step()`. Any
+        other Session call finishes a pending step first."""
         if self._pending is not None or not self._fast_ok():
-            return False
+            return 0
         self._prepare_one(int(token))
         self.infer_start_ns = perf_counter_ns()
         self.request.start_async()
         self._pending = int(token)
-        return True
+        self._step_id += 1
+        return self._step_id
 
     def finish_step(self) -> np.ndarray:
         if self._pending is None:
@@ -194,8 +196,10 @@ class Session:
         self.infer_ns = int(self.request.latency * 1e6)  # start_async -> done, measured by OpenVINO
         return self._after_one(token)
 
-    def _settle(self) -> None:
-        if self._pending is not None:
+    def settle(self, step_id: int | None = None) -> None:
+        """Finish the pending step, if any (only if it is `step_id`, when given: a generation that
+        was abandoned must not finish a step that a later one started)."""
+        if self._pending is not None and step_id in (None, self._step_id):
             self.finish_step()
 
     def _outputs(self, rows: int):
@@ -264,7 +268,7 @@ class Session:
     # ---- state management ---------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """Copy the KV state and history (restore() returns to exactly this point)."""
-        self._settle()
+        self.settle()
         states = {s.name: np.array(s.state.data, copy=True) for s in self.request.query_state()}
         beam = None if self._beam_idx is None else self._beam_idx.copy()
         top = None if self.top is None else (self.top[0].copy(), self.top[1].copy())
@@ -272,7 +276,7 @@ class Session:
 
     def restore(self, snap: Snapshot) -> None:
         """Put back a snapshot taken from a session over the same compiled model."""
-        self._settle()
+        self.settle()
         for s in self.request.query_state():
             if s.name not in snap.states:
                 raise ValueError(f"snapshot has no state named {s.name!r}; it is from another model")
@@ -284,7 +288,7 @@ class Session:
 
     def rewind(self, n: int) -> None:
         """Drop the last `n` tokens from the KV state and history (0 <= n <= length)."""
-        self._settle()
+        self.settle()
         if not 0 <= n <= self.length:
             raise ValueError(f"rewind n must be in [0, {self.length}], got {n}")
         if n == 0:
@@ -303,7 +307,7 @@ class Session:
     def reorder(self, beam_idx) -> None:
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
         inside the next infer (the IR's beam_idx input); the history is reordered now."""
-        self._settle()
+        self.settle()
         idx = np.asarray(beam_idx, dtype=np.int32).reshape(-1)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= self.rows:
             raise ValueError(f"beam_idx values must be in [0, {self.rows}), got {idx.tolist()}")

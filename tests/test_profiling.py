@@ -52,6 +52,22 @@ def test_consumer_leaving_early_waits_for_the_running_infer(model):
     assert again == ovgen.generate(model, ids, {"max_new_tokens": 10}).sequences[0].token_ids
 
 
+def test_an_abandoned_stream_closed_late_leaves_a_later_one_alone(model):
+    """A stream abandoned mid-way and closed only later (say by the garbage collector, while a newer
+    stream on the same session has its own step running) must not finish the newer step."""
+    ids = model.tokenizer.encode("Write a haiku about the sea.", add_special_tokens=False)
+    cfg = {"max_new_tokens": 12, "ignore_eos": True}
+    ref = ovgen.generate(model, ids, cfg).sequences[0].token_ids
+    s = model.session()
+    old = ovgen.stream(model, ids, cfg, session=s)
+    next(old), next(old)  # its second step is running now
+    new = ovgen.stream(model, ids, cfg, session=s)  # prefill settles the old step first
+    got = [next(new).token_id, next(new).token_id]
+    old.close()
+    got += [r.token_id for r in new]
+    assert got == ref
+
+
 def test_session_calls_finish_a_started_step(model):
     s = model.session()
     s.prefill([1, 2, 3])

@@ -1,0 +1,111 @@
+"""What the graph passes and the overlap buy, each measured against running without it, interleaved.
+
+1. slice_last_position: prefill time (TTFT's model part) at 32 / 512 / 2,048-token prompts, IR with
+   the hidden state sliced to the last position before the LM head vs the IR as exported (logits for
+   every prompt position).
+2. Fused heads: host time per token (processors + choice, from the profile) for greedy with the
+   graph's argmax vs np.argmax over the logits, and for top-k sampling on the graph's top-64
+   candidates vs the whole vocabulary.
+3. Overlap: TPOT with a consumer that takes 0 / 2 / 10 ms per token, next infer started
+   asynchronously vs synchronously.
+
+    python benchmarks/graph_kernels.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import time
+from time import perf_counter_ns
+
+import numpy as np
+
+import ovgen
+from _results import default_path, save_result
+from ovgen.bench import synthetic_prompt
+
+G = importlib.import_module("ovgen.generate")  # the module (ovgen.generate the attribute is the function)
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    return float(np.median(np.array(a) / np.array(b)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--out", default=default_path("graph_kernels"))
+    args = ap.parse_args()
+
+    sliced, full = ovgen.load(args.model), ovgen.load(args.model, last_logits_only=False)
+    out: dict = {"slice_last_position": {}, "fused_head": {}, "overlap": {}}
+
+    # 1. prefill, sliced vs full LM head
+    for n in (32, 512, 2048):
+        ids = synthetic_prompt(sliced.tokenizer, n)
+        times = {"sliced": [], "full": []}
+        sessions = {"sliced": sliced.session(), "full": full.session()}
+        for s in sessions.values():
+            s.prefill(ids)  # warm-up at this shape
+        for _ in range(args.runs):
+            for name, s in sessions.items():
+                t0 = perf_counter_ns()
+                s.prefill(ids)
+                times[name].append((perf_counter_ns() - t0) / 1e6)
+        out["slice_last_position"][n] = {"sliced_ms": float(np.median(times["sliced"])),
+                                         "full_ms": float(np.median(times["full"])),
+                                         "sliced_over_full": median_ratio(times["sliced"], times["full"])}
+        print(f"prefill {n:>5} tokens: sliced {np.median(times['sliced']):8.1f} ms, full "
+              f"{np.median(times['full']):8.1f} ms, ratio {out['slice_last_position'][n]['sliced_over_full']:.3f}")
+
+    # 2. host time per token with and without the graph's heads
+    ids = synthetic_prompt(sliced.tokenizer, 32)
+    no_candidates = dataclasses.replace(sliced, top_candidates=0)  # same compiled model, outputs unused
+    numpy_argmax = lambda x: int(np.argmax(x))  # noqa: E731 - not `search.greedy`: decode scans the logits
+    cases = {
+        "greedy": ({"max_new_tokens": 64, "ignore_eos": True}, (sliced, G.greedy), (sliced, numpy_argmax)),
+        "top_k50_top_p0.9": ({"max_new_tokens": 64, "ignore_eos": True, "do_sample": True, "top_k": 50,
+                              "top_p": 0.9, "seed": 0}, (sliced, None), (no_candidates, None)),
+    }
+    original = G.greedy
+    for case, (cfg, fused, plain) in cases.items():
+        host = {"graph": [], "numpy": []}
+        for _ in range(args.runs):
+            for name, (model, choose) in (("graph", fused), ("numpy", plain)):
+                G.greedy = choose or original
+                try:
+                    st = ovgen.generate(model, ids, cfg).profile.stats()
+                finally:
+                    G.greedy = original
+                host[name].append((st["process_ms"] + st["choice_ms"]) / cfg["max_new_tokens"])
+        out["fused_head"][case] = {"graph_host_ms_per_token": float(np.median(host["graph"])),
+                                   "numpy_host_ms_per_token": float(np.median(host["numpy"])),
+                                   "graph_over_numpy": median_ratio(host["graph"], host["numpy"])}
+        r = out["fused_head"][case]
+        print(f"{case:<17} host ms/token: graph head {r['graph_host_ms_per_token']:.3f}, NumPy "
+              f"{r['numpy_host_ms_per_token']:.3f}, ratio {r['graph_over_numpy']:.3f}")
+
+    # 3. overlap with consumers of different cost
+    session = sliced.session()
+    for cost_ms in (0, 2, 10):
+        tpot = {True: [], False: []}
+        consumer = (lambda r, c=cost_ms: time.sleep(c / 1e3)) if cost_ms else None
+        for _ in range(args.runs):
+            for overlap in (True, False):
+                res = ovgen.generate(sliced, ids, {"max_new_tokens": 64, "ignore_eos": True}, session=session,
+                                     on_token=consumer, overlap=overlap)
+                tpot[overlap].append(res.metrics["tpot_ms"])
+        out["overlap"][cost_ms] = {"overlap_tpot_ms": float(np.median(tpot[True])),
+                                   "sync_tpot_ms": float(np.median(tpot[False])),
+                                   "overlap_over_sync": median_ratio(tpot[True], tpot[False])}
+        r = out["overlap"][cost_ms]
+        print(f"consumer {cost_ms:>2} ms/token: TPOT overlap {r['overlap_tpot_ms']:.2f}, sync {r['sync_tpot_ms']:.2f}, "
+              f"ratio {r['overlap_over_sync']:.3f}")
+    save_result(args.out, "graph_kernels", runs=args.runs, **out)
+
+
+if __name__ == "__main__":
+    main()
