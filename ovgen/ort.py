@@ -178,6 +178,9 @@ class OrtSession:
             bad = ids[(ids < 0) | (ids >= vocab)]
             raise ValueError(f"token ids {bad[:5].tolist()} are outside the vocabulary [0, {vocab})")
         need = self._len + ids.size
+        if need > self.model.max_length:
+            raise ValueError(f"{self._len} + {ids.size} tokens exceed the generator's max_length "
+                             f"{self.model.max_length}")
         if need > self.capacity:
             self.reserve(min(self.model.max_length, max(need, 2 * self.capacity, 256)))
         self.infer_start_ns = t0 = perf_counter_ns()

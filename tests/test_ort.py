@@ -114,6 +114,8 @@ def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):
         ovgen.generate(onnx_model, [1, 2, 3], {"num_beams": 2, "logit_bias": {5: 1.0}})
     with pytest.raises(ValueError, match="outside the vocabulary"):
         s.append([49152])
+    with pytest.raises(ValueError, match="exceed the generator's max_length 8192"):
+        s.append(np.ones(8190, np.int64))
     assert s.length == 3  # the refused calls left the session as it was
 
 
