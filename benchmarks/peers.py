@@ -35,24 +35,13 @@ PEERS = ("ovgen", "genai-sdpa", "genai-pa", "optimum", "ort-genai")
 # ---- worker side (one process per peer) ------------------------------------------------------------
 def make_runner(peer: str, new_tokens: int):
     """(tokenizer-free) run(ids) -> (tokens, ttft_ms, tpot_ms) for one peer, model loaded once."""
-    import openvino as ov
-
     import ovgen
-    from ovgen.compare import timed, token_streamer, ort_loop
+    from ovgen.compare import genai_runner, ort_loop, ovgen_runner, timed
     from ovgen.prepare import default_model_dir, flavour_dir
 
     ir = default_model_dir()
     if peer == "ovgen":
-        model = ovgen.load(ir)
-        session = model.session()
-        cfg = {"max_new_tokens": new_tokens, "ignore_eos": True, "do_sample": False}
-
-        def run(ids):
-            stamps = []
-            start = perf_counter_ns()
-            res = ovgen.generate(model, ids, cfg, session=session, on_token=lambda r: stamps.append(perf_counter_ns()))
-            return timed(start, stamps, res.sequences[0].token_ids)
-        return run
+        return ovgen_runner(ovgen.load(ir), {"max_new_tokens": new_tokens, "ignore_eos": True, "do_sample": False})
     if peer.startswith("genai"):
         import openvino_genai as og
 
@@ -64,14 +53,7 @@ def make_runner(peer: str, new_tokens: int):
         pipe = og.LLMPipeline(str(ir), "CPU", **props)
         gcfg = og.GenerationConfig()
         gcfg.max_new_tokens, gcfg.ignore_eos, gcfg.do_sample = new_tokens, True, False
-
-        def run(ids):
-            stamps = []
-            inputs = og.TokenizedInputs(ov.Tensor(np.array([ids], np.int64)), ov.Tensor(np.ones((1, len(ids)), np.int64)))
-            start = perf_counter_ns()
-            out = pipe.generate(inputs, gcfg, streamer=token_streamer(lambda t: stamps.append(perf_counter_ns())))
-            return timed(start, stamps, [int(t) for t in out.tokens[0]])
-        return run
+        return genai_runner(pipe, gcfg)
     if peer == "optimum":
         import torch
         from optimum.intel import OVModelForCausalLM
@@ -137,10 +119,6 @@ class Worker:
         return json.loads(line)
 
 
-def first_divergence(a, b):
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -159,6 +137,7 @@ def main() -> None:
 
     import ovgen
     from ovgen.bench import synthetic_prompt
+    from ovgen.compare import first_divergence
 
     peers = [p for p in args.peers.split(",") if p]
     lengths = [int(x) for x in args.prompt_tokens.split(",")]

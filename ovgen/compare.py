@@ -71,10 +71,40 @@ def read_prompts(path: str | None) -> list[str]:
     return prompts
 
 
-def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int) -> dict[str, Callable[[list[int]], Run]]:
-    """name -> run(ids) for the four runtimes (each loads its model once, here)."""
-    import onnxruntime_genai  # noqa: F401 - fail early with ImportError naming the package
+def ovgen_runner(model, config: dict) -> Callable[[list[int]], Run]:
+    """run(ids) through ovgen.generate on one Session reused across prompts (as the pipelines reuse
+    their requests), a stamp per streamed token."""
+    import ovgen
+
+    session = model.session()
+
+    def run(ids):
+        stamps = []
+        start = perf_counter_ns()
+        res = ovgen.generate(model, ids, config, session=session, on_token=lambda r: stamps.append(perf_counter_ns()))
+        return timed(start, stamps, res.sequences[0].token_ids)
+    return run
+
+
+def genai_runner(pipe, config) -> Callable[[list[int]], Run]:
+    """run(ids) through an openvino-genai LLMPipeline and GenerationConfig, same prompt ids
+    (TokenizedInputs), a stamp per generated token (token_streamer)."""
     import openvino as ov
+    import openvino_genai
+
+    def run(ids):
+        stamps = []
+        inputs = openvino_genai.TokenizedInputs(ov.Tensor(np.array([ids], np.int64)),
+                                                ov.Tensor(np.ones((1, len(ids)), np.int64)))
+        start = perf_counter_ns()
+        out = pipe.generate(inputs, config, streamer=token_streamer(lambda t: stamps.append(perf_counter_ns())))
+        return timed(start, stamps, [int(t) for t in out.tokens[0]])
+    return run
+
+
+def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int):
+    """(name -> run(ids) for the four runtimes, the IR's tokenizer); each model is loaded once, here."""
+    import onnxruntime_genai  # noqa: F401 - fail early with ImportError naming the package
     import openvino_genai
 
     import ovgen
@@ -84,37 +114,18 @@ def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int) -> dict[str, Callable
         raise ValueError(f"{onnx_dir} is not an onnxruntime-genai model folder (no genai_config.json)")
     pipe = openvino_genai.LLMPipeline(str(ir_dir), "CPU", ATTENTION_BACKEND="SDPA")
     eos = set(ov_model.generation_config.eos_token_id)
-
-    def ovgen_on(model):
-        session = model.session()  # reused across prompts, as the pipelines reuse their requests
-
-        def run(ids):
-            stamps = []
-            start = perf_counter_ns()
-            res = ovgen.generate(model, ids, {"max_new_tokens": new_tokens, "do_sample": False}, session=session,
-                                 on_token=lambda r: stamps.append(perf_counter_ns()))
-            return timed(start, stamps, res.sequences[0].token_ids)
-        return run
+    gcfg = openvino_genai.GenerationConfig()
+    gcfg.max_new_tokens, gcfg.do_sample = new_tokens, False
+    gcfg.eos_token_id, gcfg.stop_token_ids = min(eos), eos
+    greedy = {"max_new_tokens": new_tokens, "do_sample": False}
 
     def ort_own(ids):
         start = perf_counter_ns()
         return timed(start, *ort_loop(onnx_model.new_generator(len(ids) + new_tokens, do_sample=False), ids))
 
-    def ov_genai(ids):
-        cfg = openvino_genai.GenerationConfig()
-        cfg.max_new_tokens, cfg.do_sample = new_tokens, False
-        cfg.eos_token_id = min(eos)
-        cfg.stop_token_ids = eos
-        inputs = openvino_genai.TokenizedInputs(ov.Tensor(np.array([ids], np.int64)),
-                                                ov.Tensor(np.ones((1, len(ids)), np.int64)))
-        stamps = []
-
-        start = perf_counter_ns()
-        out = pipe.generate(inputs, cfg, streamer=token_streamer(lambda t: stamps.append(perf_counter_ns())))
-        return timed(start, stamps, [int(t) for t in out.tokens[0]])
-
-    return {"ovgen-ov": ovgen_on(ov_model), "ovgen-onnx": ovgen_on(onnx_model), "ort-genai": ort_own,
-            "ov-genai": ov_genai}
+    run = {"ovgen-ov": ovgen_runner(ov_model, greedy), "ovgen-onnx": ovgen_runner(onnx_model, greedy),
+           "ort-genai": ort_own, "ov-genai": genai_runner(pipe, gcfg)}
+    return run, ov_model.tokenizer
 
 
 def ort_loop(gen, ids: list[int]) -> tuple[list[int], list[int]]:
@@ -156,10 +167,7 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 def compare(prompts: list[str], ir_dir: Path, onnx_dir: Path, new_tokens: int, *,
             progress: Callable[[str], None] | None = None) -> dict:
     """Run every prompt through every runner; the results dict `ovgen compare --json` prints."""
-    import ovgen
-
-    run = runners(ir_dir, onnx_dir, new_tokens)
-    tok = ovgen.load(ir_dir).tokenizer
+    run, tok = runners(ir_dir, onnx_dir, new_tokens)
     all_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
     for name in RUNNERS:  # warm-up: first inferences allocate and compile kernels
         run[name](all_ids[0])
