@@ -145,8 +145,7 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
         return
     if max_new == 0:
         return
-    if hasattr(session, "reserve"):  # a runtime whose KV buffer is allocated whole (ort.OrtSession)
-        session.reserve(len(ids) + max_new)
+    session.reserve(len(ids) + max_new)  # a runtime that allocates its KV buffer whole sizes it now
     t_start = perf_counter_ns()
     logits = session.prefill(ids) if logits is None else logits
     first = np.array(logits, copy=True)

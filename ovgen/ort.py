@@ -30,6 +30,7 @@ import numpy as np
 
 from .config import GenerationConfig
 from .search import TokenRecord
+from .session import TokenHistory
 from .tokenizer import IncrementalDecoder
 
 RUNTIME = "onnxruntime-genai"
@@ -120,7 +121,7 @@ class OrtSnapshot:
     logsumexp: np.floating
 
 
-class OrtSession:
+class OrtSession(TokenHistory):
     """Session's interface over an onnxruntime-genai Generator (one row)."""
 
     rows = 1
@@ -128,22 +129,13 @@ class OrtSession:
     top = None
 
     def __init__(self, model: OrtModel):
+        super().__init__()
         self.model = model
         self.generator = None
         self.capacity = 0  # the generator's max_length
-        self._hist = np.zeros((1, 256), np.int64)
-        self._len = 0
         self._logits: np.ndarray | None = None
         self.infer_ns = self.infer_start_ns = 0
         self.logsumexp = np.float32(0)
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return self._hist[:, :self._len]
-
-    @property
-    def length(self) -> int:
-        return self._len
 
     def reset(self) -> None:
         if self.generator is not None and self._len:
@@ -187,16 +179,16 @@ class OrtSession:
         self.generator.append_tokens(ids.astype(np.int32))
         logits = self.generator.get_logits()
         self.infer_ns = perf_counter_ns() - t0
-        if self._len + ids.size > self._hist.shape[1]:
-            grown = np.zeros((1, 2 * (self._len + ids.size)), np.int64)
-            grown[:, :self._len] = self._hist[:, :self._len]
-            self._hist = grown
-        self._hist[0, self._len:self._len + ids.size] = ids
-        self._len += ids.size
+        self._push(ids[None, :])
         self._logits = logits.reshape(-1)
         m = self._logits.max()
         self.logsumexp = np.float32(m + np.log(np.exp(self._logits - m).sum(dtype=np.float64)))
         return self._logits
+
+    def start_step(self, token: int) -> int:
+        """No asynchronous steps on this path (the Generator runs inside append_tokens): returns 0,
+        so the loop calls step()."""
+        return 0
 
     def step(self, token_ids) -> np.ndarray:
         ids = np.asarray(token_ids).reshape(-1)

@@ -111,9 +111,8 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
     while the consumer handles the record; the loop waits for it when the consumer asks for the next.
     """
     t_start_ns = t_start_ns or perf_counter_ns()
-    model_ns, infer_start = session.infer_ns, getattr(session, "infer_start_ns", 0)
+    model_ns, infer_start = session.infer_ns, session.infer_start_ns
     scratch = np.empty(logits.shape, np.float32)
-    can_start = overlap and hasattr(session, "start_step")
     n = 0
     started = 0  # the id of the step started asynchronously (0: none)
     try:
@@ -142,7 +141,7 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
             n += 1
             reason = stopping.check(token, n, (t2 - t_start_ns) / 1e9)
             # From here on nothing reads `logits`: the next infer may write them.
-            if can_start and not reason and not stop_strings.stops:
+            if overlap and not reason and not stop_strings.stops:
                 started = session.start_step(token)
             text, matched = stop_strings.feed(detok.push(token))
             if matched:
@@ -151,7 +150,7 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
                 rest, matched = stop_strings.feed(detok.flush())
                 text += rest if matched else rest + stop_strings.flush()
                 reason = "stop_string" if matched else reason
-            if can_start and not reason and not started:
+            if overlap and not reason and not started:
                 started = session.start_step(token)
             t3 = perf_counter_ns()
             rec = TokenRecord(n - 1, token, text, lp, plp, reason, top, sequence, model_ns, t1 - t0, t2 - t1,
@@ -162,7 +161,7 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
                 return
             logits = session.finish_step() if started else session.step(token)
             started = 0
-            model_ns, infer_start = session.infer_ns, getattr(session, "infer_start_ns", 0)
+            model_ns, infer_start = session.infer_ns, session.infer_start_ns
     finally:
         if started:  # the consumer stopped early: let the running infer finish before anyone reuses the
             session.settle(started)  # session (unless another call already did)

@@ -34,36 +34,14 @@ class Snapshot:
     top: tuple[np.ndarray, np.ndarray] | None = None
 
 
-class Session:
-    """Prefill, step, snapshot/restore, rewind and reorder over one InferRequest.
+class TokenHistory:
+    """The token history a session keeps beside its KV state: `[rows, length]` int64 in a buffer
+    that grows by doubling (one row for runtimes that hold one; see ort.OrtSession)."""
 
-    `prefill` and `step` return a NumPy view of the last position's logits, valid until the next
-    call that runs the model: `[vocab]` when the session has one row, `[rows, vocab]` otherwise.
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self.request = model.compiled.create_infer_request()
-        self._has_positions = "position_ids" in model.input_names
-        self._has_beam_idx = "beam_idx" in model.input_names
+    def __init__(self):
         self._hist = np.zeros((1, 256), dtype=np.int64)  # token history buffer; `tokens` views it
         self._len = 0
-        self._beam_idx: np.ndarray | None = None  # pending reorder, applied by the next infer
-        self.infer_ns = 0  # wall time of the last infer() call
-        # log(sum(exp(logits))) of the last position, per row (a graph output: see kernels.graph)
-        self.logsumexp: np.ndarray | np.floating = np.float32(0)
-        # argmax of the last logits (one row only; None otherwise): a graph output, see kernels.graph
-        self.argmax: int | None = None
-        # (values, ids) of the model.top_candidates largest last logits, ids ascending, one row only,
-        # None otherwise (every other logit is <= values.min()): a graph output, see kernels.graph
-        self.top: tuple[np.ndarray, np.ndarray] | None = None
-        self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
-        self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, argmax, top)
-        self._pending: int | None = None  # the token of a step started by start_step()
-        self._step_id = 0  # counts started steps (start_step returns it)
-        self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
 
-    # ---- properties ---------------------------------------------------------------------------
     @property
     def tokens(self) -> np.ndarray:
         """[rows, length] int64: what the KV state holds (a view, valid until the session changes)."""
@@ -75,10 +53,6 @@ class Session:
         self._hist = np.zeros((value.shape[0], max(256, 2 * value.shape[1])), dtype=np.int64)
         self._hist[:, :value.shape[1]] = value
         self._len = value.shape[1]
-
-    @property
-    def rows(self) -> int:
-        return self._hist.shape[0]
 
     @property
     def length(self) -> int:
@@ -95,6 +69,39 @@ class Session:
         self._hist[:, n:n + t] = ids
         self._len = n + t
 
+
+class Session(TokenHistory):
+    """Prefill, step, snapshot/restore, rewind and reorder over one InferRequest.
+
+    `prefill` and `step` return a NumPy view of the last position's logits, valid until the next
+    call that runs the model: `[vocab]` when the session has one row, `[rows, vocab]` otherwise.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.request = model.compiled.create_infer_request()
+        self._has_positions = "position_ids" in model.input_names
+        self._has_beam_idx = "beam_idx" in model.input_names
+        self._beam_idx: np.ndarray | None = None  # pending reorder, applied by the next infer
+        self.infer_ns = 0  # wall time of the last infer() call
+        # log(sum(exp(logits))) of the last position, per row (a graph output: see kernels.graph)
+        self.logsumexp: np.ndarray | np.floating = np.float32(0)
+        # argmax of the last logits (one row only; None otherwise): a graph output, see kernels.graph
+        self.argmax: int | None = None
+        # (values, ids) of the model.top_candidates largest last logits, ids ascending, one row only,
+        # None otherwise (every other logit is <= values.min()): a graph output, see kernels.graph
+        self.top: tuple[np.ndarray, np.ndarray] | None = None
+        self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
+        self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, argmax, top)
+        self._pending: int | None = None  # the token of a step started by start_step()
+        self._step_id = 0  # counts started steps (start_step returns it)
+        self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
+
+    @property
+    def rows(self) -> int:
+        return self._hist.shape[0]
+
     # ---- running the model --------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything: empty KV state, empty history."""
@@ -103,6 +110,10 @@ class Session:
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx = None
         self.argmax = self.top = None
+
+    def reserve(self, n: int) -> None:
+        """Room for `n` tokens in all: nothing to do, the IR's KV state grows as needed (runtimes
+        that allocate theirs whole size it here, see ort.OrtSession)."""
 
     def prefill(self, token_ids) -> np.ndarray:
         """Reset, then run the prompt `token_ids: [T]` (or `[rows, T]`). Returns last-position logits."""
