@@ -7,12 +7,11 @@ table shows medians over runs (ITL percentiles over all runs' tokens pooled).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .profiling import STAGES, Profile, stage_ns
+from .profiling import STAGES, Profile, chrome_trace, stage_ns
 
 _TEXT = ("The river rose slowly through the night, and by morning the low fields east of the village were "
          "under water. People moved what they could to the upper floors, counted their animals, and waited "
@@ -59,7 +58,7 @@ def bench(model, lengths: Sequence[int], new_tokens: int, runs: int, *, overlap:
     rows = []
     for n in lengths:
         stats = [p.stats() for p in profiles[n]]
-        itl = np.concatenate([np.diff([r.ready_ns for r in p.records]) / 1e6 for p in profiles[n]])
+        itl = np.concatenate([p.itl_ms() for p in profiles[n]])
         med = lambda key: float(np.median([s[key] for s in stats]))  # noqa: E731
         # decode tokens only (token 0's "model" is the prefill, which TTFT shows)
         per_token = {f"{s}_ms": float(np.median([np.mean([stage_ns(r, s) for r in p.records[1:]] or [0]) / 1e6
@@ -94,7 +93,7 @@ def plot(profiles: dict[int, list[Profile]], path: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     for n, profs in profiles.items():
-        itl = np.array([np.diff([r.ready_ns for r in p.records]) / 1e6 for p in profs])
+        itl = np.array([p.itl_ms() for p in profs])
         ax1.plot(np.arange(1, itl.shape[1] + 1), np.median(itl, axis=0), label=f"{n}-token prompt")
         ax2.hist(itl.reshape(-1), bins=40, alpha=0.5, label=f"{n}-token prompt")
     ax1.set(xlabel="generated token position", ylabel="inter-token latency (ms, median over runs)",
@@ -107,7 +106,7 @@ def plot(profiles: dict[int, list[Profile]], path: str) -> None:
     plt.close(fig)
 
 
-def chrome_trace(profiles: dict[int, list[Profile]], path: str) -> None:
+def write_trace(profiles: dict[int, list[Profile]], path: str) -> None:
     """Every run as its own process row ("512-token prompt, run 2"), times from each run's start."""
     events = []
     pid = 0
@@ -115,5 +114,4 @@ def chrome_trace(profiles: dict[int, list[Profile]], path: str) -> None:
         for i, p in enumerate(profs):
             pid += 1
             events += p.trace_events(pid, f"{n}-token prompt, run {i + 1}")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
+    chrome_trace(events, path)

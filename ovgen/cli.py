@@ -208,7 +208,7 @@ def cmd_bench(args) -> int:
 
     from tqdm import tqdm
 
-    from ovgen.bench import bench, chrome_trace, parse_lengths, plot, table
+    from ovgen.bench import bench, parse_lengths, plot, table, write_trace
 
     for opt in ("new_tokens", "runs"):
         if getattr(args, opt) < 1:
@@ -221,7 +221,7 @@ def cmd_bench(args) -> int:
     if args.plot:
         plot(profiles, args.plot)
     if args.trace:
-        chrome_trace(profiles, args.trace)
+        write_trace(profiles, args.trace)
     if args.csv:
         rows = [dict(prompt_tokens=n, run=i + 1, **row) for n, profs in profiles.items()
                 for i, p in enumerate(profs) for row in p.rows()]

@@ -78,6 +78,10 @@ class Profile:
         out["processors"] = procs
         return out
 
+    def itl_ms(self) -> np.ndarray:
+        """Inter-token latencies of the first sequence (ms): the gaps between consecutive records."""
+        return np.diff([r.ready_ns for r in self.records if r.sequence == 0]) / 1e6
+
     def processor_names(self) -> list[str]:
         names: dict[str, None] = {}
         for r in self.records:
@@ -142,7 +146,12 @@ class Profile:
 
     def to_chrome_trace(self, path: str | None = None) -> str:
         """JSON that Perfetto (ui.perfetto.dev) and chrome://tracing open."""
-        return _write(path, json.dumps({"traceEvents": self.trace_events(), "displayTimeUnit": "ms"}))
+        return chrome_trace(self.trace_events(), path)
+
+
+def chrome_trace(events: list[dict], path: str | None = None) -> str:
+    """Trace events as the JSON document Perfetto and chrome://tracing open (written to `path` if given)."""
+    return _write(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
 
 
 def _write(path: str | None, text: str) -> str:
