@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
 
     model = ovgen.load(args.model)
-    pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA")
+    pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
     ids = model.tokenizer.encode(PROMPT)
     cfg = {"num_beams": args.beams, "num_return_sequences": 2, "max_new_tokens": args.new_tokens}
     gcfg = og.GenerationConfig()

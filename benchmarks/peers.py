@@ -1,16 +1,19 @@
 """ovgen against its peers on the same model: TTFT, TPOT and peak RSS, interleaved.
 
-    ovgen           ovgen's loop on the prepared IR (default flavour)
-    genai-sdpa      openvino-genai LLMPipeline, ATTENTION_BACKEND=SDPA, same IR
+    ovgen           ovgen's loop on the prepared IR (default flavour), ovgen's defaults (f16 KV cache)
+    genai-sdpa      openvino-genai LLMPipeline, ATTENTION_BACKEND=SDPA, same IR, its defaults (u8 KV cache)
+    genai-sdpa-f16  the same given ovgen's compile properties (ovgen.model.CPU_DEFAULTS): loop against loop
     genai-pa        openvino-genai LLMPipeline, ATTENTION_BACKEND=PA (paged attention), same IR
     optimum         optimum-intel OVModelForCausalLM.generate (the OpenVINO sample's path), same IR
     ort-genai       onnxruntime-genai's own loop on the onnx-int4 flavour (an int4 ONNX export of the
                     same checkpoint: different weights and kernels, so tokens may differ)
 
 Each peer runs in its own worker process (so each one's peak RSS is its own: ru_maxrss), loads its
-model once and warms up; then the driver sends the same prompt ids round-robin (A B C D E A B C D E
-...), greedy, every run exactly `--new-tokens` tokens (eos ignored / suppressed), prompts of 32 and
-1,024 tokens. Times are taken the same way for everyone: the call starts the clock, a per-token
+model once and warms up; then the driver sends the same prompt ids round-robin (A B C D E, B C D E A,
+...: the order rotates each round, so no peer always runs right after the same other one - an
+onnxruntime thread pool still spinning after its run slows whoever comes next - and each call waits
+`--gap` seconds of idle first), greedy, every run exactly `--new-tokens` tokens (eos ignored /
+suppressed), prompts of 32 and 1,024 tokens. Times are taken the same way for everyone: the call starts the clock, a per-token
 streamer/callback stamps each token; TTFT = first stamp, TPOT = (last - first) / (n - 1). Figures
 are medians over runs; ratios are ovgen / peer (< 1: ovgen is faster / smaller).
 
@@ -24,12 +27,13 @@ import json
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from time import perf_counter_ns
 
 import numpy as np
 
-PEERS = ("ovgen", "genai-sdpa", "genai-pa", "optimum", "ort-genai")
+PEERS = ("ovgen", "genai-sdpa", "genai-sdpa-f16", "genai-pa", "optimum", "ort-genai")
 
 
 # ---- worker side (one process per peer) ------------------------------------------------------------
@@ -45,7 +49,9 @@ def make_runner(peer: str, new_tokens: int):
     if peer.startswith("genai"):
         import openvino_genai as og
 
-        props = {"ATTENTION_BACKEND": peer.split("-")[1].upper()}
+        from ovgen.model import CPU_DEFAULTS
+
+        props = {"ATTENTION_BACKEND": peer.split("-")[1].upper(), **(CPU_DEFAULTS if peer.endswith("-f16") else {})}
         if peer == "genai-pa":  # no prefix caching: every run must compute its prompt, as the others do
             sched = og.SchedulerConfig()
             sched.enable_prefix_caching = False
@@ -124,6 +130,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", default="32,1024")
+    ap.add_argument("--gap", type=float, default=0.5, help="idle seconds before each measured call")
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--plot", default=str(Path(__file__).parent / "results" / "peers.png"))
     ap.add_argument("--out")
@@ -150,7 +157,8 @@ def main() -> None:
     runs = {(p, n): [] for p in peers for n in lengths}
     for i in range(args.runs):
         for n in lengths:
-            for p in peers:
+            for p in peers[i % len(peers):] + peers[:i % len(peers)]:
+                time.sleep(args.gap)
                 runs[(p, n)].append(workers[p].ask({"ids": prompts[n]}))
         print(f"round {i + 1}/{args.runs} done", file=sys.stderr)
     rss = {p: w.ask({"quit": True})["peak_rss_mb"] for p, w in workers.items()}

@@ -4,7 +4,8 @@ vs optimum-intel's OVModelForCausalLM.generate (the sample's own path) on that I
 
 Not run by CI: building takes minutes and ~12 GB of RAM. The folders are kept for later runs
 (`$OVGEN_HOME/models/phi3-mini-random/{hf,openvino-int4}`, ~7.6 GB + ~2.3 GB; delete when done).
-All three use the sample's ov_config and prompt ids (the seed prompt, add_special_tokens=False),
+All three compile with the same properties (the sample's ov_config plus ovgen's CPU defaults, i.e.
+`Model.ov_config`) and use the sample's prompt ids (the seed prompt, add_special_tokens=False),
 greedy, ignore_eos / min_new_tokens so every run makes the same number of tokens; the tokens
 are checked to agree.
 
@@ -66,9 +67,9 @@ def main() -> None:
 
     model = ovgen.load(ir, ov_config=phi3.SEED_OV_CONFIG)
     ids = model.tokenizer.encode(phi3.SEED_PROMPT)
-    pipe = og.LLMPipeline(str(ir), "CPU", ATTENTION_BACKEND="SDPA", **phi3.SEED_OV_CONFIG)
+    pipe = og.LLMPipeline(str(ir), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)  # same properties
     hf_tok = AutoTokenizer.from_pretrained(ir)
-    ref = OVModelForCausalLM.from_pretrained(ir, device="CPU", ov_config=phi3.SEED_OV_CONFIG)
+    ref = OVModelForCausalLM.from_pretrained(ir, device="CPU", ov_config=model.ov_config)
     assert hf_tok(phi3.SEED_PROMPT, add_special_tokens=False).input_ids == ids
 
     def stats(start: float, stamps: list[float], tokens: list[int]):
@@ -125,7 +126,7 @@ def main() -> None:
         print(f"{name:<24} {ttft:9.1f} {tpot:9.1f} {base['ttft_ms'] / ttft:13.3f} {base['tpot_ms'] / tpot:13.3f}"
               f"  same tokens: {table[name]['same_tokens_as_ovgen']}")
     save_result(args.out, "phi3_seed_scale", runs=args.runs, new_tokens=n, prompt_tokens=len(ids), shape=phi3.MINI,
-                export_flags=phi3.EXPORT_FLAGS, ov_config=phi3.SEED_OV_CONFIG,
+                export_flags=phi3.EXPORT_FLAGS, ov_config=model.ov_config,
                 ir_bytes=(ir / "openvino_model.bin").stat().st_size, results=table)
 
 

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         g = sub.add_parser(name, help=helptext)
         g.add_argument("-m", "--model", help="IR folder (default: the prepared default model)")
         g.add_argument("--device", default="CPU")
+        g.add_argument("--ov-config", nargs="+", default=None, metavar="KEY=VALUE", help=OV_CONFIG_HELP)
         g.add_argument("--system", help="system message (chat mode)")
         g.add_argument("--chat-template", help="a jinja2 chat template file to use instead of the model's")
         mode = g.add_mutually_exclusive_group()
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="per-token latency at several prompt lengths: table, PNG, Chrome trace")
     b.add_argument("-m", "--model", help="model folder (default: the prepared default model)")
     b.add_argument("--device", default="CPU")
+    b.add_argument("--ov-config", nargs="+", default=None, metavar="KEY=VALUE", help=OV_CONFIG_HELP)
     b.add_argument("--prompt-tokens", default="32,512,2048", metavar="N,N,..")
     b.add_argument("--new-tokens", type=int, default=128, metavar="N")
     b.add_argument("--runs", type=int, default=5, metavar="N")
@@ -108,10 +110,24 @@ def _config_overrides(args) -> dict:
     return over
 
 
+OV_CONFIG_HELP = ("OpenVINO compile properties, e.g. KV_CACHE_PRECISION=u8 (ovgen's CPU default is f16) "
+                  "PERFORMANCE_HINT=LATENCY")
+
+
+def _ov_config(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    pairs = [item.partition("=") for item in items]
+    for item, (key, eq, value) in zip(items, pairs):
+        if not key or not eq:
+            raise UsageError(f"--ov-config takes KEY=VALUE items, got {item!r}")
+    return {key: value for key, _, value in pairs}
+
+
 def _load(args):
     import ovgen
 
-    return ovgen.load(args.model, device=args.device)
+    return ovgen.load(args.model, device=args.device, ov_config=_ov_config(args.ov_config))
 
 
 def _read_template(args) -> str | None:

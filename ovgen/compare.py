@@ -3,7 +3,7 @@
     ovgen-ov     ovgen's loop on the OpenVINO IR
     ovgen-onnx   ovgen's loop on the onnxruntime-genai model (ovgen/ort.py)
     ort-genai    onnxruntime-genai's own generation loop on that model
-    ov-genai     openvino-genai's LLMPipeline (SDPA) on the IR
+    ov-genai     openvino-genai's LLMPipeline (SDPA) on the IR, compiled with ovgen's properties
 
 Every runner gets the same prompt token ids (tokenised once, add_special_tokens=False) and stops at
 the model's eos or after `new_tokens`. A disagreement between ovgen-ov and ov-genai (same IR) or
@@ -112,7 +112,7 @@ def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int):
     ov_model, onnx_model = ovgen.load(ir_dir), ovgen.load(onnx_dir)
     if not hasattr(onnx_model, "new_generator"):
         raise ValueError(f"{onnx_dir} is not an onnxruntime-genai model folder (no genai_config.json)")
-    pipe = openvino_genai.LLMPipeline(str(ir_dir), "CPU", ATTENTION_BACKEND="SDPA")
+    pipe = openvino_genai.LLMPipeline(str(ir_dir), "CPU", ATTENTION_BACKEND="SDPA", **ov_model.ov_config)
     eos = set(ov_model.generation_config.eos_token_id)
     gcfg = openvino_genai.GenerationConfig()
     gcfg.max_new_tokens, gcfg.do_sample = new_tokens, False

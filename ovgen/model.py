@@ -20,6 +20,12 @@ from .config import GenerationConfig
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 TOP_CANDIDATES = 64  # width of the graph's top-k candidate output (see kernels.graph.add_topk_output)
+# Compile properties ovgen sets on CPU unless `ov_config` names them. KV cache in f16 instead of the CPU
+# plugin's default u8: it is the more exact cache (u8 quantises every K/V row), and on this project's
+# AVX2 machine the faster one (benchmarks/kv_precision.py: decode step 0.96x at a 1,024-token context).
+# It costs twice u8's KV memory: pass ov_config={"KV_CACHE_PRECISION": "u8"} for long contexts on
+# large models, or to match openvino-genai / optimum-intel run with their defaults.
+CPU_DEFAULTS = {"KV_CACHE_PRECISION": "f16"}
 _CORE: ov.Core | None = None
 
 
@@ -140,7 +146,9 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     """Load and compile a decoder IR folder (default: the prepared SmolLM2-135M-Instruct).
 
     `ov_config` holds OpenVINO properties passed to `compile_model` as they are (PERFORMANCE_HINT,
-    NUM_STREAMS, CACHE_DIR, INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION, ...). `tokenizer` is "hf"
+    NUM_STREAMS, CACHE_DIR, INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION, ...), on top of
+    `CPU_DEFAULTS` on CPU; `Model.ov_config` is what was compiled with, so a reference runtime can be
+    given the same properties. `tokenizer` is "hf"
     (tokenizer.json through `tokenizers`) or "openvino" (the openvino_tokenizer IRs).
     `last_logits_only` slices the hidden state to the last position before the LM head, so the
     logits output is [batch, 1, vocab] whatever the prompt length.
@@ -176,8 +184,14 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     top = TOP_CANDIDATES if vocab.get_length() > 4 * TOP_CANDIDATES else 0
     if top:
         add_topk_output(ir, top)  # sampling with top-k runs on these candidates (processors.Chain)
-    props = dict(ov_config or {})
-    compiled = core().compile_model(ir, device, props)
+    props = {**(CPU_DEFAULTS if device.split(":")[0] == "CPU" else {}), **(ov_config or {})}
+    try:
+        compiled = core().compile_model(ir, device, props)
+    except RuntimeError as e:  # a key or value the plugin refuses: its message names it (and the choices)
+        reason = str(e).strip().splitlines()[-1]
+        if "propert" not in reason.lower():
+            raise
+        raise ValueError(f"ov_config: {reason}") from None
     return Model(path=folder, device=device, compiled=compiled, config=config, generation_config=gen_config,
                  input_names=frozenset(n for p in ir.inputs for n in p.get_names()),
                  vocab_size=vocab.get_length(), sliced=sliced, top_candidates=top, ov_config=props, tokenizer_backend=tokenizer)

@@ -29,8 +29,8 @@ GENAI_SCORE_TOL = 2e-3  # the float32 accumulation difference above, with margin
 
 
 @pytest.fixture(scope="module")
-def pipe(model_dir):
-    return og.LLMPipeline(str(model_dir), "CPU", ATTENTION_BACKEND="SDPA")
+def pipe(model):
+    return og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ MAX_NEW = 32
 
 
 @pytest.fixture(scope="module")
-def hf(model_dir):
-    return OVModelForCausalLM.from_pretrained(model_dir, compile=True)
+def hf(model):
+    return OVModelForCausalLM.from_pretrained(model.path, compile=True, ov_config=model.ov_config)
 
 
 @pytest.fixture(scope="module")

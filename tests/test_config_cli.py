@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import ovgen
+from conftest import PROMPTS
 from ovgen.config import GenerationConfig
 
 
@@ -74,6 +75,23 @@ def test_model_folder_errors(tmp_path, model_dir):
         ovgen.load(tmp_path)
     with pytest.raises(ValueError, match=r"device 'NPU.7' is not available; available devices: \['CPU'"):
         ovgen.load(model_dir, device="NPU.7")
+    with pytest.raises(ValueError, match="ov_config: Wrong value u9 for property key KEY_CACHE_PRECISION"):
+        ovgen.load(model_dir, ov_config={"KEY_CACHE_PRECISION": "u9"})
+
+
+def test_cli_ov_config_reaches_the_compiled_model(model_dir):
+    """--ov-config KV_CACHE_PRECISION=u8 gives the tokens of a model loaded with that property, which
+    (on this prompt) are not those of ovgen's f16 default: the option is not silently dropped."""
+    ids = ovgen.load(model_dir).tokenizer.encode(PROMPTS[5])  # f16 and u8 part at token 16 here
+    greedy = {"max_new_tokens": 48, "ignore_eos": True, "do_sample": False}
+    want = {kv: ovgen.generate(ovgen.load(model_dir, ov_config={"KV_CACHE_PRECISION": kv}), ids, greedy)
+            .sequences[0].token_ids for kv in ("u8", "f16")}
+    assert want["u8"] != want["f16"]
+    for kv in ("u8", "f16"):
+        out = run_cli("generate", "--prompt-ids", ",".join(map(str, ids)), "--max-new-tokens", "48",
+                      "--ignore-eos", "--json", "--ov-config", f"KV_CACHE_PRECISION={kv}", "PERFORMANCE_HINT=LATENCY")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["sequences"][0]["token_ids"] == want[kv]
 
 
 def run_cli(*args, timeout=300):
@@ -104,6 +122,9 @@ def test_cli_plain_output_streams_text_only(model_dir):
     (["--temperature", "-2"], "temperature must be in [0, inf), got -2.0"),
     (["--num-return-sequences", "2"], "num_return_sequences > 1 needs do_sample=True"),
     (["--prompt-ids", "1,x"], "--prompt-ids must be comma-separated integers"),
+    (["--ov-config", "KV_CACHE_PRECISION"], "--ov-config takes KEY=VALUE items, got 'KV_CACHE_PRECISION'"),
+    (["--ov-config", "KV_CACHE_PRECISION=q7"], "ov_config: Wrong value q7 for property key KV_CACHE_PRECISION"),
+    (["--ov-config", "NOT_A_PROPERTY=1"], "ov_config: NotFound: Unsupported property NOT_A_PROPERTY"),
 ])
 def test_cli_bad_arguments_one_line(model_dir, args, needle):
     out = run_cli("generate", "hello", *args)

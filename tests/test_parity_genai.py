@@ -1,5 +1,6 @@
 """Greedy parity: ovgen's loop gives the same tokens as openvino-genai's LLMPipeline (SDPA backend)
-on the same IR, with the same prompt ids passed through TokenizedInputs."""
+on the same IR, with the same prompt ids passed through TokenizedInputs and the same compile properties:
+ovgen's defaults (f16 KV cache) given to genai, and genai's defaults (u8 KV cache) given to ovgen."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from conftest import PROMPTS
 
 
 @pytest.fixture(scope="module")
-def pipe(model_dir):
-    return openvino_genai.LLMPipeline(str(model_dir), "CPU", ATTENTION_BACKEND="SDPA")
+def pipe(model):
+    return openvino_genai.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
 
 
 def genai_greedy(pipe, ids, n):
@@ -40,3 +41,26 @@ def test_chat_prompt_matches_openvino_genai(model, pipe):
     ref = genai_greedy(pipe, ids, 32)
     ours = ovgen.generate(model, msgs, {"max_new_tokens": 32, "ignore_eos": True})
     assert ours.sequences[0].token_ids == ref
+
+
+def test_default_kv_cache_is_f16_and_ov_config_overrides_it(model, model_dir):
+    assert model.compiled.get_property("KV_CACHE_PRECISION") == ov.Type.f16
+    assert model.ov_config["KV_CACHE_PRECISION"] == "f16"
+    u8 = ovgen.load(model_dir, ov_config={"KV_CACHE_PRECISION": "u8", "NUM_STREAMS": "1"})
+    assert u8.compiled.get_property("KV_CACHE_PRECISION") == ov.Type.u8
+    assert u8.ov_config == {"KV_CACHE_PRECISION": "u8", "NUM_STREAMS": "1"}
+
+
+def test_genai_defaults_match_ovgen_with_u8_kv_cache(model, model_dir):
+    """openvino-genai as users run it (no properties) against ovgen given the CPU plugin's default u8
+    cache: the loop is exact there too, and the f16 default does change tokens on some prompt."""
+    u8 = ovgen.load(model_dir, ov_config={"KV_CACHE_PRECISION": "u8"})
+    pipe = openvino_genai.LLMPipeline(str(model_dir), "CPU", ATTENTION_BACKEND="SDPA")
+    greedy = {"max_new_tokens": 64, "ignore_eos": True, "do_sample": False}
+    differs = 0
+    for prompt in PROMPTS[:6]:
+        ids = u8.tokenizer.encode(prompt)
+        ref = genai_greedy(pipe, ids, 64)
+        assert ovgen.generate(u8, ids, greedy).sequences[0].token_ids == ref, prompt
+        differs += ovgen.generate(model, ids, greedy).sequences[0].token_ids != ref
+    assert differs >= 1  # else this test could not tell the two cache precisions apart

@@ -41,11 +41,12 @@ def hf_tok(phi3_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(phi3_dir):
-    """The sample's own path: OVModelForCausalLM.from_pretrained(model_dir, device, ov_config)."""
+def reference(phi3_dir, ours):
+    """The sample's own path: OVModelForCausalLM.from_pretrained(model_dir, device, ov_config), given
+    the properties ovgen compiled with (the sample's ov_config plus ovgen's f16 KV cache)."""
     from optimum.intel import OVModelForCausalLM
 
-    return OVModelForCausalLM.from_pretrained(phi3_dir, device="CPU", ov_config=phi3.SEED_OV_CONFIG)
+    return OVModelForCausalLM.from_pretrained(phi3_dir, device="CPU", ov_config=ours.ov_config)
 
 
 def _hf_generate(reference, hf_tok, prompt: str, **kw) -> list[int]:

@@ -1,0 +1,75 @@
+"""Which KV-cache precision ovgen compiles with by default (ovgen.model.CPU_DEFAULTS), measured.
+
+One ovgen Session per KV_CACHE_PRECISION (u8 is the CPU plugin's default, f16, f32) plus a second u8
+session as a control (its ratio to the first is this machine's noise floor), all on the same IR and
+prompt. Lock-step interleaving: every session takes decode step i before any takes step i + 1 (the
+order rotates), so a slow second of this shared machine hits all of them; the figure is the median
+of the paired per-step ratios to u8. Prefill likewise, once per repetition. Greedy tokens are
+compared with u8's.
+
+    python benchmarks/kv_precision.py [--prompt-tokens 32,1024] [--steps 64] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+from time import perf_counter_ns
+
+import numpy as np
+
+import ovgen
+from _results import default_path, save_result
+from ovgen.bench import synthetic_prompt
+
+VARIANTS = {"u8": "u8", "u8 (control)": "u8", "f16": "f16", "f32": "f32"}
+
+
+def measure(sessions: dict, prompt: list[int], steps: int, reps: int) -> dict:
+    names = list(sessions)
+    prefill = {n: [] for n in names}
+    step = {n: [] for n in names}
+    tokens = {n: [] for n in names}
+    for rep in range(reps + 1):  # repetition 0 warms up
+        last = {}
+        for k in range(steps + 1):
+            order = names[(rep + k) % len(names):] + names[:(rep + k) % len(names)]
+            for n in order:
+                t = perf_counter_ns()
+                logits = sessions[n].prefill(prompt) if k == 0 else sessions[n].step(last[n])
+                dt = (perf_counter_ns() - t) / 1e6
+                last[n] = int(np.argmax(logits[0]))
+                if rep:
+                    (prefill if k == 0 else step)[n].append(dt)
+                if rep == 1:
+                    tokens[n].append(last[n])
+    base = names[0]
+    return {n: {"prefill_ms": float(np.median(prefill[n])), "step_ms": float(np.median(step[n])),
+                "prefill_ratio": float(np.median(np.array(prefill[n]) / np.array(prefill[base]))),
+                "step_ratio": float(np.median(np.array(step[n]) / np.array(step[base]))),
+                "same_tokens": tokens[n] == tokens[base]} for n in names}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model")
+    ap.add_argument("--prompt-tokens", default="32,1024")
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=default_path("kv_precision"))
+    args = ap.parse_args()
+
+    models = {n: ovgen.load(args.model, ov_config={"KV_CACHE_PRECISION": kv}) for n, kv in VARIANTS.items()}
+    sessions = {n: m.session() for n, m in models.items()}
+    tok = models["u8"].tokenizer
+    results = {}
+    print(f"{'KV cache':<14} {'prompt':>6} {'prefill ms':>10} {'step ms':>8}   /u8: {'prefill':>7} {'step':>6}   same tokens")
+    for n in (int(x) for x in args.prompt_tokens.split(",")):
+        results[n] = measure(sessions, synthetic_prompt(tok, n), args.steps, args.reps)
+        for name, r in results[n].items():
+            print(f"{name:<14} {n:>6} {r['prefill_ms']:>10.1f} {r['step_ms']:>8.2f}   {'':>5}{r['prefill_ratio']:>7.3f} "
+                  f"{r['step_ratio']:>6.3f}   {'yes' if r['same_tokens'] else 'no'}")
+    save_result(args.out, "kv_precision", steps=args.steps, reps=args.reps, results=results)
+
+
+if __name__ == "__main__":
+    main()
