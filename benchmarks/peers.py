@@ -10,10 +10,10 @@
 
 Each peer runs in its own worker process (so each one's peak RSS is its own: ru_maxrss), loads its
 model once and warms up; then the driver sends the same prompt ids round-robin (A B C D E, B C D E A,
-...: the order rotates each round, so no peer always runs right after the same other one - an
-onnxruntime thread pool still spinning after its run slows whoever comes next - and each call waits
-`--gap` seconds of idle first), greedy, every run exactly `--new-tokens` tokens (eos ignored /
-suppressed), prompts of 32 and 1,024 tokens. Times are taken the same way for everyone: the call starts the clock, a per-token
+...: the order rotates each round, so no peer always runs right after the same other one, e.g. one
+whose thread pool may still be spinning - and each call waits `--gap` seconds of idle first),
+greedy, every run exactly `--new-tokens` tokens (eos ignored / suppressed), prompts of 32 and 1,024
+tokens. Times are taken the same way for everyone: the call starts the clock, a per-token
 streamer/callback stamps each token; TTFT = first stamp, TPOT = (last - first) / (n - 1). Figures
 are medians over runs; ratios are ovgen / peer (< 1: ovgen is faster / smaller).
 
