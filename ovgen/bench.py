@@ -68,7 +68,9 @@ def bench(model, lengths: Sequence[int], new_tokens: int, runs: int, *, overlap:
                      "itl_p90_ms": float(np.percentile(itl, 90)), "itl_p99_ms": float(np.percentile(itl, 99)),
                      "tokens_per_s": med("tokens_per_s"), "decode_tokens_per_s": med("decode_tokens_per_s"),
                      "per_token_stage_ms": per_token})
-    return {"model": str(model.path), "overlap": overlap, "results": rows}, profiles
+    props = {k: str(v) for k, v in model.ov_config.items()}  # JSON-safe (values may be ov.Type)
+    return {"model": str(model.path), "device": model.device, "ov_config": props, "overlap": overlap,
+            "results": rows}, profiles
 
 
 def table(result: dict) -> str:

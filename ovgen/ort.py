@@ -54,6 +54,7 @@ class OrtModel:
     runtime: str = RUNTIME
     sliced: bool = True
     top_candidates: int = 0
+    ov_config: dict[str, Any] = field(default_factory=dict)  # OpenVINO compile properties: none here
     _tokenizer: Any = field(default=None, repr=False)
 
     @property

@@ -142,9 +142,11 @@ def test_bench_cli(tmp_path):
     files = {k: tmp_path / f"b.{k}" for k in ("png", "json", "csv")}
     out = subprocess.run([sys.executable, "-m", "ovgen.cli", "bench", "--prompt-tokens", "8,40", "--new-tokens", "6",
                           "--runs", "2", "--plot", str(files["png"]), "--trace", str(files["json"]),
-                          "--csv", str(files["csv"]), "--json"], capture_output=True, text=True, timeout=600)
+                          "--csv", str(files["csv"]), "--json", "--ov-config", "KV_CACHE_PRECISION=u8"],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
+    assert res["ov_config"]["KV_CACHE_PRECISION"] == "u8"  # the results say what they were compiled with
     assert [r["prompt_tokens"] for r in res["results"]] == [8, 40]
     assert all(r["runs"] == 2 and r["ttft_ms"] > 0 and r["tpot_ms"] > 0 for r in res["results"])
     assert "bench" in out.stderr and "run" in out.stderr  # the progress bar
