@@ -1,4 +1,5 @@
-"""Per-token time stamps from the peers' streaming hooks (shared by the benchmark scripts)."""
+"""Per-token time stamps from the peers' streaming hooks, and the interleaving order (shared by the
+benchmark scripts)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ def hf_stamp_streamer(clock: Callable[[], float]):
             pass
 
     return Stamps()
+
+
+def rotated(items: list, i: int) -> list:
+    """`items` starting at position i (mod len): round i of an interleaved run, so that no item always
+    runs right after the same other one."""
+    k = i % len(items)
+    return items[k:] + items[:k]

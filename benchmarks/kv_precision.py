@@ -19,6 +19,7 @@ import numpy as np
 
 import ovgen
 from _results import default_path, save_result
+from _timing import rotated
 from ovgen.bench import synthetic_prompt
 
 VARIANTS = {"u8": "u8", "u8 (control)": "u8", "f16": "f16", "f32": "f32"}
@@ -32,8 +33,7 @@ def measure(sessions: dict, prompt: list[int], steps: int, reps: int) -> dict:
     for rep in range(reps + 1):  # repetition 0 warms up
         last = {}
         for k in range(steps + 1):
-            order = names[(rep + k) % len(names):] + names[:(rep + k) % len(names)]
-            for n in order:
+            for n in rotated(names, rep + k):
                 t = perf_counter_ns()
                 logits = sessions[n].prefill(prompt) if k == 0 else sessions[n].step(last[n])
                 dt = (perf_counter_ns() - t) / 1e6

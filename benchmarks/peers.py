@@ -27,9 +27,8 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
-from time import perf_counter_ns
+from time import perf_counter_ns, sleep
 
 import numpy as np
 
@@ -141,6 +140,7 @@ def main() -> None:
         return
 
     from _results import default_path, save_result
+    from _timing import rotated
 
     import ovgen
     from ovgen.bench import synthetic_prompt
@@ -157,8 +157,8 @@ def main() -> None:
     runs = {(p, n): [] for p in peers for n in lengths}
     for i in range(args.runs):
         for n in lengths:
-            for p in peers[i % len(peers):] + peers[:i % len(peers)]:
-                time.sleep(args.gap)
+            for p in rotated(peers, i):
+                sleep(args.gap)
                 runs[(p, n)].append(workers[p].ask({"ids": prompts[n]}))
         print(f"round {i + 1}/{args.runs} done", file=sys.stderr)
     rss = {p: w.ask({"quit": True})["peak_rss_mb"] for p, w in workers.items()}

@@ -44,9 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("generate", "generate from a prompt"), ("chat", "interactive streaming chat")):
         g = sub.add_parser(name, help=helptext)
-        g.add_argument("-m", "--model", help="IR folder (default: the prepared default model)")
-        g.add_argument("--device", default="CPU")
-        g.add_argument("--ov-config", nargs="+", default=None, metavar="KEY=VALUE", help=OV_CONFIG_HELP)
+        _model_args(g, "IR folder (default: the prepared default model)")
         g.add_argument("--system", help="system message (chat mode)")
         g.add_argument("--chat-template", help="a jinja2 chat template file to use instead of the model's")
         mode = g.add_mutually_exclusive_group()
@@ -68,9 +66,7 @@ def _parser() -> argparse.ArgumentParser:
             g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     b = sub.add_parser("bench", help="per-token latency at several prompt lengths: table, PNG, Chrome trace")
-    b.add_argument("-m", "--model", help="model folder (default: the prepared default model)")
-    b.add_argument("--device", default="CPU")
-    b.add_argument("--ov-config", nargs="+", default=None, metavar="KEY=VALUE", help=OV_CONFIG_HELP)
+    _model_args(b, "model folder (default: the prepared default model)")
     b.add_argument("--prompt-tokens", default="32,512,2048", metavar="N,N,..")
     b.add_argument("--new-tokens", type=int, default=128, metavar="N")
     b.add_argument("--runs", type=int, default=5, metavar="N")
@@ -110,18 +106,23 @@ def _config_overrides(args) -> dict:
     return over
 
 
-OV_CONFIG_HELP = ("OpenVINO compile properties, e.g. KV_CACHE_PRECISION=u8 (ovgen's CPU default is f16) "
-                  "PERFORMANCE_HINT=LATENCY")
+def _model_args(p: argparse.ArgumentParser, model_help: str) -> None:
+    """-m / --device / --ov-config: what `_load` reads."""
+    p.add_argument("-m", "--model", help=model_help)
+    p.add_argument("--device", default="CPU")
+    p.add_argument("--ov-config", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="OpenVINO compile properties, e.g. KV_CACHE_PRECISION=u8 (ovgen's CPU default is f16) "
+                        "PERFORMANCE_HINT=LATENCY")
 
 
 def _ov_config(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    pairs = [item.partition("=") for item in items]
-    for item, (key, eq, value) in zip(items, pairs):
+    config = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
         if not key or not eq:
             raise UsageError(f"--ov-config takes KEY=VALUE items, got {item!r}")
-    return {key: value for key, _, value in pairs}
+        config[key] = value
+    return config or None
 
 
 def _load(args):
