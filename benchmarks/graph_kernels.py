@@ -4,10 +4,14 @@
    the hidden state sliced to the last position before the LM head vs the IR as exported (logits for
    every prompt position).
 2. Fused heads: host time per token (processors + choice, from the profile) for greedy with the
-   graph's argmax vs np.argmax over the logits, and for top-k sampling on the graph's top-64
+   argmax read from the graph's top-64 candidates vs np.argmax over the logits, and for top-k sampling on the graph's top-64
    candidates vs the whole vocabulary.
 3. Overlap: TPOT with a consumer that takes 0 / 2 / 10 ms per token, next infer started
    asynchronously vs synchronously.
+4. What the heads cost the graph: decode step of the sliced IR with each set of extra outputs vs
+   none (lock-step, paired per-step ratios; raw InferRequests, no ovgen loop): logsumexp, + the
+   top-64 candidates (what `ovgen.load` compiles), + the argmax head (stable TopK-1, compiled until
+   this measurement showed its cost; greedy now reads the argmax from the top-64 candidates).
 
     python benchmarks/graph_kernels.py [--runs 5]
 """
@@ -24,13 +28,55 @@ import numpy as np
 
 import ovgen
 from _results import default_path, save_result
+from _timing import lockstep
 from ovgen.bench import synthetic_prompt
+from ovgen.kernels import graph
+from ovgen.model import TOP_CANDIDATES, core, read_ir
 
 G = importlib.import_module("ovgen.generate")  # the module (ovgen.generate the attribute is the function)
 
 
 def median_ratio(a: list[float], b: list[float]) -> float:
     return float(np.median(np.array(a) / np.array(b)))
+
+
+HEADS = {  # name -> graph passes after slice_last_position
+    "no heads": (),
+    "logsumexp": (graph.add_logsumexp_output,),
+    "logsumexp + top-64 (ovgen.load)": (graph.add_logsumexp_output, lambda ir: graph.add_topk_output(ir, TOP_CANDIDATES)),
+    "logsumexp + top-64 + argmax": (graph.add_logsumexp_output, lambda ir: graph.add_topk_output(ir, TOP_CANDIDATES),
+                                    graph.add_argmax_output),
+}
+
+
+def head_cost(model, runs: int, steps: int = 64) -> dict:
+    """Decode step with each set of heads against none, lock-step, same properties as `model`."""
+    requests = {}
+    for name, passes in HEADS.items():
+        ir = read_ir(model.path)
+        graph.slice_last_position(ir)
+        for p in passes:
+            p(ir)
+        requests[name] = core().compile_model(ir, model.device, model.ov_config).create_infer_request()
+    prompt = np.array([synthetic_prompt(model.tokenizer, 32)], np.int64)
+    past = {}
+
+    def run(name: str, ids: np.ndarray):
+        r, n, t = requests[name], past.get(name, 0), ids.shape[1]
+        r.infer({"input_ids": ids, "attention_mask": np.ones((1, n + t), np.int64),
+                 "position_ids": np.arange(n, n + t, dtype=np.int64)[None], "beam_idx": np.zeros(1, np.int32)})
+        past[name] = n + t
+        return r.get_tensor("logits").data
+
+    def prefill(name: str):
+        requests[name].reset_state()
+        past[name] = 0
+        return run(name, prompt)
+
+    res = lockstep(list(requests), prefill, lambda name, tok: run(name, np.array([[tok]], np.int64)), steps, runs)
+    for name, r in res.items():
+        print(f"heads: {name:<32} decode step {r['step_ms']:6.2f} ms, / no heads {r['step_ratio']:.3f}")
+    return res
 
 
 def main() -> None:
@@ -42,6 +88,7 @@ def main() -> None:
 
     sliced, full = ovgen.load(args.model), ovgen.load(args.model, last_logits_only=False)
     out: dict = {"slice_last_position": {}, "fused_head": {}, "overlap": {}}
+    out["head_cost"] = head_cost(sliced, args.runs)
 
     # 1. prefill, sliced vs full LM head
     for n in (32, 512, 2048):

@@ -13,40 +13,13 @@ compared with u8's.
 from __future__ import annotations
 
 import argparse
-from time import perf_counter_ns
-
-import numpy as np
 
 import ovgen
 from _results import default_path, save_result
-from _timing import rotated
+from _timing import lockstep
 from ovgen.bench import synthetic_prompt
 
 VARIANTS = {"u8": "u8", "u8 (control)": "u8", "f16": "f16", "f32": "f32"}
-
-
-def measure(sessions: dict, prompt: list[int], steps: int, reps: int) -> dict:
-    names = list(sessions)
-    prefill = {n: [] for n in names}
-    step = {n: [] for n in names}
-    tokens = {n: [] for n in names}
-    for rep in range(reps + 1):  # repetition 0 warms up
-        last = {}
-        for k in range(steps + 1):
-            for n in rotated(names, rep + k):
-                t = perf_counter_ns()
-                logits = sessions[n].prefill(prompt) if k == 0 else sessions[n].step(last[n])
-                dt = (perf_counter_ns() - t) / 1e6
-                last[n] = int(np.argmax(logits[0]))
-                if rep:
-                    (prefill if k == 0 else step)[n].append(dt)
-                if rep == 1:
-                    tokens[n].append(last[n])
-    base = names[0]
-    return {n: {"prefill_ms": float(np.median(prefill[n])), "step_ms": float(np.median(step[n])),
-                "prefill_ratio": float(np.median(np.array(prefill[n]) / np.array(prefill[base]))),
-                "step_ratio": float(np.median(np.array(step[n]) / np.array(step[base]))),
-                "same_tokens": tokens[n] == tokens[base]} for n in names}
 
 
 def main() -> None:
@@ -64,7 +37,9 @@ def main() -> None:
     results = {}
     print(f"{'KV cache':<14} {'prompt':>6} {'prefill ms':>10} {'step ms':>8}   /u8: {'prefill':>7} {'step':>6}   same tokens")
     for n in (int(x) for x in args.prompt_tokens.split(",")):
-        results[n] = measure(sessions, synthetic_prompt(tok, n), args.steps, args.reps)
+        prompt = synthetic_prompt(tok, n)
+        results[n] = lockstep(list(sessions), lambda s: sessions[s].prefill(prompt),
+                              lambda s, t: sessions[s].step(t), args.steps, args.reps)
         for name, r in results[n].items():
             print(f"{name:<14} {n:>6} {r['prefill_ms']:>10.1f} {r['step_ms']:>8.2f}   {'':>5}{r['prefill_ratio']:>7.3f} "
                   f"{r['step_ratio']:>6.3f}   {'yes' if r['same_tokens'] else 'no'}")

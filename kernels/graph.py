@@ -70,8 +70,10 @@ def add_argmax_output(model: ov.Model, output: str = "logits") -> bool:
     """Add an output `argmax: [batch, seq, 1]` int64, the index of the largest logit, lowest index
     on ties (np.argmax / torch.argmax's rule: TopK-11 with stable=True), in place.
 
-    Greedy search with no processors reads the chosen token from it instead of scanning the
-    vocabulary in NumPy. Returns False when the output already exists."""
+    Not compiled by `ovgen.load`: on CPU the stable TopK-1 over a 49,152-token vocabulary costs
+    ~0.5 ms of a ~23 ms decode step (benchmarks/graph_kernels.py, "head_cost"), more than the top-k
+    head it would sit beside; greedy reads its token from those candidates (`Session.argmax`).
+    Returns False when the output already exists."""
     if any("argmax" in o.get_names() for o in model.outputs):
         return False
     from openvino import opset11

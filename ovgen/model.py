@@ -14,7 +14,7 @@ from typing import Any
 
 import openvino as ov
 
-from ovgen.kernels.graph import add_argmax_output, add_logsumexp_output, add_topk_output, slice_last_position
+from ovgen.kernels.graph import add_logsumexp_output, add_topk_output, slice_last_position
 
 from .config import GenerationConfig
 
@@ -177,13 +177,12 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     ir = read_ir(folder)
     sliced = slice_last_position(ir) if last_logits_only else False
     add_logsumexp_output(ir)  # the loop reads each token's log-probability in O(1)
-    add_argmax_output(ir)  # greedy without processors reads its token without a NumPy scan
     vocab = ir.output("logits").get_partial_shape()[-1]
     if not vocab.is_static:
         raise ValueError(f"{folder / 'openvino_model.xml'}: logits' last dimension (vocab) is not static")
     top = TOP_CANDIDATES if vocab.get_length() > 4 * TOP_CANDIDATES else 0
-    if top:
-        add_topk_output(ir, top)  # sampling with top-k runs on these candidates (processors.Chain)
+    if top:  # sampling with top-k runs on these candidates (processors.Chain), greedy takes its token
+        add_topk_output(ir, top)  # from them (Session.argmax): no scan of the vocabulary in NumPy
     props = {**(CPU_DEFAULTS if device.split(":")[0] == "CPU" else {}), **(ov_config or {})}
     try:
         compiled = core().compile_model(ir, device, props)

@@ -23,14 +23,12 @@ import openvino as ov
 @dataclass(frozen=True)
 class Snapshot:
     """Copies of the KV state tensors and the token history at one point, with the last logits'
-    logsumexp, argmax and top candidates (so a restored session reports them for the logits of that
-    point)."""
+    logsumexp and top candidates (so a restored session reports them for the logits of that point)."""
 
     states: dict[str, np.ndarray]
     tokens: np.ndarray
     beam_idx: np.ndarray | None
     logsumexp: np.ndarray | np.floating = np.float32(0)
-    argmax: int | None = None
     top: tuple[np.ndarray, np.ndarray] | None = None
 
 
@@ -87,13 +85,11 @@ class Session(TokenHistory):
         self.infer_ns = 0  # wall time of the last infer() call
         # log(sum(exp(logits))) of the last position, per row (a graph output: see kernels.graph)
         self.logsumexp: np.ndarray | np.floating = np.float32(0)
-        # argmax of the last logits (one row only; None otherwise): a graph output, see kernels.graph
-        self.argmax: int | None = None
         # (values, ids) of the model.top_candidates largest last logits, ids ascending, one row only,
         # None otherwise (every other logit is <= values.min()): a graph output, see kernels.graph
         self.top: tuple[np.ndarray, np.ndarray] | None = None
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
-        self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, argmax, top)
+        self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, top)
         self._pending: int | None = None  # the token of a step started by start_step()
         self._step_id = 0  # counts started steps (start_step returns it)
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
@@ -102,6 +98,17 @@ class Session(TokenHistory):
     def rows(self) -> int:
         return self._hist.shape[0]
 
+    @property
+    def argmax(self) -> int | None:
+        """The last logits' largest token, lowest id on ties (np.argmax's rule), read from the top
+        candidates (`top`, ids ascending) instead of scanning the vocabulary; None when it cannot be
+        told from them (no candidates, or all of them tie: then tokens outside may tie too)."""
+        if self.top is None:
+            return None
+        values, ids = self.top
+        i = values.argmax()
+        return int(ids[i]) if values[i] > values.min() else None
+
     # ---- running the model --------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything: empty KV state, empty history."""
@@ -109,7 +116,7 @@ class Session(TokenHistory):
         self.request.reset_state()
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx = None
-        self.argmax = self.top = None
+        self.top = None
 
     def reserve(self, n: int) -> None:
         """Room for `n` tokens in all: nothing to do, the IR's KV state grows as needed (runtimes
@@ -172,8 +179,7 @@ class Session(TokenHistory):
         self._outputs(1)
 
     def _after_one(self, token: int) -> np.ndarray:
-        _, logits, lse, top, cand = self._out
-        self.argmax = int(top[0, 0, 0])
+        _, logits, lse, cand = self._out
         self.top = cand
         if self._len + 1 > self._hist.shape[1]:
             self._push(np.array([[token]], dtype=np.int64))
@@ -219,10 +225,8 @@ class Session(TokenHistory):
         if self._out is None or self._out[0] != rows:
             logits = np.empty((rows, 1, self.model.vocab_size), dtype=np.float32)
             lse = np.empty((rows, 1, 1), dtype=np.float32)
-            top = np.empty((rows, 1, 1), dtype=np.int64)
             self.request.set_tensor("logits", ov.Tensor(logits, shared_memory=True))
             self.request.set_tensor("logsumexp", ov.Tensor(lse, shared_memory=True))
-            self.request.set_tensor("argmax", ov.Tensor(top, shared_memory=True))
             cand = None
             if self.model.top_candidates:
                 k = self.model.top_candidates
@@ -230,7 +234,7 @@ class Session(TokenHistory):
                 self.request.set_tensor("topk_values", ov.Tensor(values, shared_memory=True))
                 self.request.set_tensor("topk_ids", ov.Tensor(ids, shared_memory=True))
                 cand = (values[0, 0], ids[0, 0])
-            self._out = (rows, logits, lse, top, cand)
+            self._out = (rows, logits, lse, cand)
         return self._out
 
     def _infer(self, ids: np.ndarray) -> np.ndarray:
@@ -263,16 +267,14 @@ class Session(TokenHistory):
         self._beam_idx = None
         self._push(ids)
         if self.model.sliced:
-            _, logits, lse, top, cand = self._out
+            _, logits, lse, cand = self._out
         else:
             logits = self.request.get_tensor("logits").data  # [rows, t, vocab], a view
             lse = self.request.get_tensor("logsumexp").data  # [rows, t, 1]
-            top = self.request.get_tensor("argmax").data
             cand = None
             if self.model.top_candidates:
                 cand = tuple(self.request.get_tensor(n).data[0, -1] for n in ("topk_values", "topk_ids"))
         self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
-        self.argmax = int(top[0, -1, 0]) if rows == 1 else None
         self.top = cand if rows == 1 else None
         return logits[0, -1] if rows == 1 else logits[:, -1]
 
@@ -283,7 +285,7 @@ class Session(TokenHistory):
         states = {s.name: np.array(s.state.data, copy=True) for s in self.request.query_state()}
         beam = None if self._beam_idx is None else self._beam_idx.copy()
         top = None if self.top is None else (self.top[0].copy(), self.top[1].copy())
-        return Snapshot(states, self.tokens.copy(), beam, np.copy(self.logsumexp), self.argmax, top)
+        return Snapshot(states, self.tokens.copy(), beam, np.copy(self.logsumexp), top)
 
     def restore(self, snap: Snapshot) -> None:
         """Put back a snapshot taken from a session over the same compiled model."""
@@ -294,7 +296,7 @@ class Session(TokenHistory):
             s.state = ov.Tensor(np.array(snap.states[s.name], copy=True))
         self.tokens = snap.tokens.copy()
         self._beam_idx = None if snap.beam_idx is None else snap.beam_idx.copy()
-        self.logsumexp, self.argmax = np.copy(snap.logsumexp), snap.argmax
+        self.logsumexp = np.copy(snap.logsumexp)
         self.top = None if snap.top is None else (snap.top[0].copy(), snap.top[1].copy())
 
     def rewind(self, n: int) -> None:
@@ -313,7 +315,7 @@ class Session(TokenHistory):
             axis = _seq_axis(data.shape, self.length)
             s.state = ov.Tensor(np.ascontiguousarray(np.take(data, np.arange(keep), axis=axis)))
         self.tokens = self.tokens[:, :keep].copy()
-        self.argmax = self.top = None  # the logits of the new last position are not known until the next run
+        self.top = None  # the logits of the new last position are not known until the next run
 
     def reorder(self, beam_idx) -> None:
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
@@ -327,7 +329,7 @@ class Session(TokenHistory):
         prev = self._beam_idx
         self._beam_idx = idx if prev is None else prev[idx]  # compose with a pending reorder
         self.tokens = self.tokens[idx]
-        self.argmax = self.top = None
+        self.top = None
 
 
 def _seq_axis(shape, length: int) -> int:

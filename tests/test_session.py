@@ -129,8 +129,9 @@ def test_interrupted_stream_leaves_session_usable(model):
 
 
 def test_graph_argmax_and_logsumexp_follow_the_logits(model, prompt):
-    """The one-token fast path reads argmax / logsumexp from graph outputs: they must describe the
-    logits returned, step after step, and after snapshot/restore and rewind."""
+    """The one-token fast path reads logsumexp and the top candidates (hence argmax) from graph
+    outputs: they must describe the logits returned, step after step, and after snapshot/restore
+    and rewind."""
     s = model.session()
     logits = s.prefill(prompt)
     snap = s.snapshot()
@@ -170,3 +171,33 @@ def test_argmax_output_breaks_ties_to_the_lowest_index():
     for row in ([1, 3, 3, 0, 3, 2], [5, 5, 5, 5, 5, 5], [0, 0, 0, 0, 1, 1], [-np.inf, -1, -1, -2, -1, -3]):
         got = compiled(np.array([[row]], np.float32))[compiled.output("argmax")]
         assert int(got.reshape(-1)[0]) == int(np.argmax(row))
+
+
+def test_argmax_from_the_top_candidates_is_np_argmax_or_unknown():
+    """Session.argmax reads the graph's top-k candidates (TopK unstable, ids ascending): ties at the
+    maximum go to the lowest id as np.argmax's do, and when every candidate ties (more tokens may tie
+    outside them) it says None, so the loop scans the logits instead."""
+    from types import SimpleNamespace
+
+    import openvino as ov
+    from openvino import opset13
+
+    from ovgen.kernels.graph import add_topk_output
+    from ovgen.session import Session
+
+    x = opset13.parameter([1, 1, 12], ov.Type.f32, name="x")
+    out = opset13.result(opset13.multiply(x, np.float32(1)))
+    out.output(0).get_tensor().set_names({"logits"})
+    m = ov.Model([out], [x])
+    add_topk_output(m, 4)
+    compiled = ov.Core().compile_model(m, "CPU")
+    rows = {"one max": [0, 1, 9, 2, 3, 4, 5, 6, 7, 8, 1, 0], "max tied twice": [0, 7, 1, 2, 7, 3, 0, 0, 1, 2, 3, 4],
+            "max tied three times, last ids": [0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 5, 5],
+            "max tied 5 times (> k)": [1, 4, 4, 0, 4, 4, 0, 4, 0, 0, 0, 0], "all equal": [2] * 12,
+            "-inf around": [-np.inf] * 10 + [-1, -2]}
+    for what, row in rows.items():
+        res = compiled(np.array([[row]], np.float32))
+        top = (res[compiled.output("topk_values")][0, 0], res[compiled.output("topk_ids")][0, 0])
+        got = Session.argmax.fget(SimpleNamespace(top=top))
+        tied = int(np.sum(np.array(row) == max(row)))
+        assert got == (int(np.argmax(row)) if tied < 4 else None), what
