@@ -1,5 +1,5 @@
-"""Per-token time stamps from the peers' streaming hooks, and the interleaving order (shared by the
-benchmark scripts)."""
+"""Per-token time stamps from the peers' streaming hooks, the interleaving order and lock-step timing
+(shared by the benchmark scripts)."""
 
 from __future__ import annotations
 
@@ -30,25 +30,30 @@ def hf_stamp_streamer(clock: Callable[[], float]):
     return Stamps()
 
 
-def rotated(items: list, i: int) -> list:
-    """`items` starting at position i (mod len): round i of an interleaved run, so that no item always
-    runs right after the same other one."""
-    k = i % len(items)
-    return items[k:] + items[:k]
+def balanced(items: list, i: int) -> list:
+    """The order of round i of an interleaved run: a Williams design, so that across len(items)
+    rounds (2 x len(items) when odd) every item runs right after every other one equally often.
+    Measured why: whoever ran right after onnxruntime-genai decoded ~10 % slower (peers.py at 32
+    tokens, 9 rounds: ovgen/genai TPOT 1.16 when ovgen followed it, 1.02 when genai did), so a
+    plain rotation, which keeps every item's predecessor, charges that to one peer."""
+    n = len(items)
+    first = [0] + [(j + 1) // 2 if j % 2 else n - j // 2 for j in range(1, n)]  # 0, 1, n-1, 2, n-2, ...
+    order = [items[(f + i) % n] for f in first]
+    return order[::-1] if n % 2 and (i // n) % 2 else order
 
 
 def lockstep(names: list, prefill: Callable, step: Callable, steps: int, reps: int) -> dict:
     """Time `prefill(name)` then `steps` x `step(name, token)` (each returns the last logits, the
     next token is their argmax) for every name in lock-step: all take step i before any takes i + 1,
-    in an order that rotates, so a slow second of a shared machine hits all of them. Repetition 0
-    warms up. Returns per name: median prefill / step ms, medians of the paired per-call ratios to
+    in a balanced order (`balanced`), so a slow second of a shared machine hits all of them.
+    Repetition 0 warms up. Returns per name: median prefill / step ms, medians of the paired per-call ratios to
     names[0], and whether its greedy tokens (repetition 1) equal names[0]'s."""
     times = {n: ([], []) for n in names}  # (prefill ms, step ms)
     tokens = {n: [] for n in names}
     for rep in range(reps + 1):
         last = {}
         for k in range(steps + 1):
-            for n in rotated(names, rep + k):
+            for n in balanced(names, rep * (steps + 1) + k):
                 t = perf_counter_ns()
                 logits = prefill(n) if k == 0 else step(n, last[n])
                 dt = (perf_counter_ns() - t) / 1e6

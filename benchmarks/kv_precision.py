@@ -2,10 +2,10 @@
 
 One ovgen Session per KV_CACHE_PRECISION (u8 is the CPU plugin's default, f16, f32) plus a second u8
 session as a control (its ratio to the first is this machine's noise floor), all on the same IR and
-prompt. Lock-step interleaving: every session takes decode step i before any takes step i + 1 (the
-order rotates), so a slow second of this shared machine hits all of them; the figure is the median
-of the paired per-step ratios to u8. Prefill likewise, once per repetition. Greedy tokens are
-compared with u8's.
+prompt. Lock-step interleaving: every session takes decode step i before any takes step i + 1 (in a
+balanced order, see _timing.balanced), so a slow second of this shared machine hits all of them;
+the figure is the median of the paired per-step ratios to u8. Prefill likewise, once per
+repetition. Greedy tokens are compared with u8's.
 
     python benchmarks/kv_precision.py [--prompt-tokens 32,1024] [--steps 64] [--reps 3]
 """

@@ -9,15 +9,16 @@
                     same checkpoint: different weights and kernels, so tokens may differ)
 
 Each peer runs in its own worker process (so each one's peak RSS is its own: ru_maxrss), loads its
-model once and warms up; then the driver sends the same prompt ids round-robin (A B C D E, B C D E A,
-...: the order rotates each round, so no peer always runs right after the same other one, e.g. one
-whose thread pool may still be spinning - and each call waits `--gap` seconds of idle first),
-greedy, every run exactly `--new-tokens` tokens (eos ignored / suppressed), prompts of 32 and 1,024
+model once and warms up; then the driver sends the same prompt ids to each in turn, in an order that
+changes every round so that each peer runs right after every other one equally often (a Williams
+design, `_timing.balanced`: whoever runs right after onnxruntime-genai decodes slower, measured;
+use a multiple of the number of peers for --runs), each call after `--gap` seconds of idle, greedy,
+every run exactly `--new-tokens` tokens (eos ignored / suppressed), prompts of 32 and 1,024
 tokens. Times are taken the same way for everyone: the call starts the clock, a per-token
 streamer/callback stamps each token; TTFT = first stamp, TPOT = (last - first) / (n - 1). Figures
 are medians over runs; ratios are ovgen / peer (< 1: ovgen is faster / smaller).
 
-    python benchmarks/peers.py [--runs 5] [--new-tokens 128] [--prompt-tokens 32,1024] [--plot PNG]
+    python benchmarks/peers.py [--runs 6] [--new-tokens 128] [--prompt-tokens 32,1024] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Worker:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", default="32,1024")
     ap.add_argument("--gap", type=float, default=0.5, help="idle seconds before each measured call")
@@ -140,7 +141,7 @@ def main() -> None:
         return
 
     from _results import default_path, save_result
-    from _timing import rotated
+    from _timing import balanced
 
     import ovgen
     from ovgen.bench import synthetic_prompt
@@ -157,7 +158,7 @@ def main() -> None:
     runs = {(p, n): [] for p in peers for n in lengths}
     for i in range(args.runs):
         for n in lengths:
-            for p in rotated(peers, i):
+            for p in balanced(peers, i):
                 sleep(args.gap)
                 runs[(p, n)].append(workers[p].ask({"ids": prompts[n]}))
         print(f"round {i + 1}/{args.runs} done", file=sys.stderr)
@@ -186,7 +187,8 @@ def main() -> None:
               f"{row['peak_rss_mb']:>11.0f}   {'':>11}{r['ttft_ms']:>5.2f} {r['tpot_ms']:>5.2f} {r['peak_rss_mb']:>5.2f}   "
               f"{'yes' if div is None else f'from token {div}'}")
     save_result(args.out or default_path("peers"), "peers", runs=args.runs, new_tokens=args.new_tokens,
-                prompt_tokens=lengths, table=table)
+                prompt_tokens=lengths, table=table, orders=[balanced(peers, i) for i in range(args.runs)],
+                per_run={f"{p}@{n}": [[r["ttft_ms"], r["tpot_ms"]] for r in runs[(p, n)]] for p, n in runs})
     if args.plot:
         plot(table, peers, lengths, args.plot)
         print(f"wrote {args.plot}")

@@ -128,7 +128,7 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
             if small is not None:
                 token = int(small[1][choose(small[0])])
             elif processed is logits and choose is greedy and session.argmax is not None:
-                token = session.argmax  # the graph's argmax output: same rule, no scan in NumPy
+                token = session.argmax  # from the graph's top candidates: same rule, no scan in NumPy
             else:
                 token = choose(processed)
             lp = float(logits[token] - session.logsumexp)

@@ -107,7 +107,8 @@ class Session(TokenHistory):
             return None
         values, ids = self.top
         i = values.argmax()
-        return int(ids[i]) if values[i] > values.min() else None
+        peak = values[i]  # (the end values first: a scalar read costs less than a reduction)
+        return int(ids[i]) if peak > values[0] or peak > values[-1] or peak > values.min() else None
 
     # ---- running the model --------------------------------------------------------------------
     def reset(self) -> None:
