@@ -46,8 +46,8 @@ def lockstep(names: list, prefill: Callable, step: Callable, steps: int, reps: i
     """Time `prefill(name)` then `steps` x `step(name, token)` (each returns the last logits, the
     next token is their argmax) for every name in lock-step: all take step i before any takes i + 1,
     in a balanced order (`balanced`), so a slow second of a shared machine hits all of them.
-    Repetition 0 warms up. Returns per name: median prefill / step ms, medians of the paired per-call ratios to
-    names[0], and whether its greedy tokens (repetition 1) equal names[0]'s."""
+    Repetition 0 warms up. Returns per name: median prefill / step ms, medians of the paired
+    per-call ratios to names[0], and whether its greedy tokens (repetition 1) equal names[0]'s."""
     times = {n: ([], []) for n in names}  # (prefill ms, step ms)
     tokens = {n: [] for n in names}
     for rep in range(reps + 1):
