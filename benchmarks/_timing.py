@@ -42,6 +42,11 @@ def balanced(items: list, i: int) -> list:
     return order[::-1] if n % 2 and (i // n) % 2 else order
 
 
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median of the paired ratios a[i] / b[i]."""
+    return float(np.median(np.array(a) / np.array(b)))
+
+
 def lockstep(names: list, prefill: Callable, step: Callable, steps: int, reps: int) -> dict:
     """Time `prefill(name)` then `steps` x `step(name, token)` (each returns the last logits, the
     next token is their argmax) for every name in lock-step: all take step i before any takes i + 1,
@@ -63,7 +68,7 @@ def lockstep(names: list, prefill: Callable, step: Callable, steps: int, reps: i
                 if rep == 1:
                     tokens[n].append(last[n])
     base = names[0]
-    ratio = lambda n, i: float(np.median(np.array(times[n][i]) / np.array(times[base][i])))  # noqa: E731
     return {n: {"prefill_ms": float(np.median(times[n][0])), "step_ms": float(np.median(times[n][1])),
-                "prefill_ratio": ratio(n, 0), "step_ratio": ratio(n, 1), "same_tokens": tokens[n] == tokens[base]}
+                "prefill_ratio": median_ratio(times[n][0], times[base][0]),
+                "step_ratio": median_ratio(times[n][1], times[base][1]), "same_tokens": tokens[n] == tokens[base]}
             for n in names}

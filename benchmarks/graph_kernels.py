@@ -28,16 +28,12 @@ import numpy as np
 
 import ovgen
 from _results import default_path, save_result
-from _timing import lockstep
+from _timing import lockstep, median_ratio
 from ovgen.bench import synthetic_prompt
 from ovgen.kernels import graph
 from ovgen.model import TOP_CANDIDATES, core, read_ir
 
 G = importlib.import_module("ovgen.generate")  # the module (ovgen.generate the attribute is the function)
-
-
-def median_ratio(a: list[float], b: list[float]) -> float:
-    return float(np.median(np.array(a) / np.array(b)))
 
 
 def _top(ir) -> bool:
