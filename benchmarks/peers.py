@@ -49,7 +49,7 @@ def make_runner(peer: str, new_tokens: int):
     if peer.startswith("genai"):
         import openvino_genai as og
 
-        from ovgen.model import CPU_DEFAULTS
+        from ovgen.precision import CPU_DEFAULTS
 
         props = {"ATTENTION_BACKEND": peer.split("-")[1].upper(), **(CPU_DEFAULTS if peer.endswith("-f16") else {})}
         if peer == "genai-pa":  # no prefix caching: every run must compute its prompt, as the others do

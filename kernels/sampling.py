@@ -33,6 +33,20 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return (logits / np.float32(temperature)).astype(np.float32, copy=False)
 
 
+def top_k_indices(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries of 1-D `x`, largest first; ties go to the lowest index, both
+    in the order and at the k-th place (ovgen's one tie rule, np.argmax's: at a tie the lowest token
+    id wins). O(n) selection plus a sort of k entries."""
+    n = x.shape[0]
+    if k >= n:
+        return np.argsort(-x, kind="stable")
+    kth = np.partition(x, n - k)[n - k]
+    above = np.flatnonzero(x > kth)
+    chosen = np.concatenate([above, np.flatnonzero(x == kth)[:k - above.size]])
+    chosen.sort()  # ascending ids, so the stable sort below keeps the lowest first among equals
+    return chosen[np.argsort(-x[chosen], kind="stable")]
+
+
 def kth_largest(logits: np.ndarray, k: int) -> np.ndarray:
     """The k-th largest value per row, `[..., 1]`. Exact; avoids partitioning the whole vocabulary:
     the k-th largest of a strided subsample is a lower bound, and only entries at or above it (a few
@@ -69,14 +83,13 @@ def _top_p_row(row: np.ndarray, top_p: float, min_keep: int) -> np.ndarray:
     if finite.size == 0:  # everything masked already: nothing to keep (the loop reports it)
         return finite
     if finite.size <= 1024:  # already narrowed (e.g. by top-k): sort just the survivors
-        cand = finite[np.argsort(row[finite], kind="stable")[::-1]]
+        cand = finite[np.argsort(-row[finite], kind="stable")]  # descending, lowest id first at ties
         return _nucleus(row, cand, top_p, min_keep, total=None)
     m = row.max()
     total = np.exp(row.astype(np.float64) - m).sum()  # the normaliser, once for all widenings
     n = 64
     while True:
-        cand = np.argpartition(row, vocab - n)[vocab - n:] if n < vocab else np.arange(vocab)
-        cand = cand[np.argsort(row[cand], kind="stable")[::-1]]  # descending
+        cand = top_k_indices(row, n)  # descending, lowest id first at ties
         kept = _nucleus(row, cand, top_p, min_keep, total=None if n == vocab else total)
         if kept is not None:
             return kept
@@ -127,8 +140,8 @@ def apply_min_p(logits: np.ndarray, min_p: float, min_tokens_to_keep: int = 1) -
     probs = softmax(flat)
     remove = probs < min_p * probs.max(axis=-1, keepdims=True)
     if min_tokens_to_keep > 1:
-        top = np.argpartition(-flat, min_tokens_to_keep - 1, axis=-1)[:, :min_tokens_to_keep]
-        np.put_along_axis(remove, top, False, axis=-1)
+        for r in range(flat.shape[0]):
+            remove[r, top_k_indices(flat[r], min_tokens_to_keep)] = False
     return np.where(remove, NEG_INF, flat).astype(np.float32, copy=False).reshape(logits.shape)
 
 

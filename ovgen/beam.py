@@ -31,7 +31,7 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from ovgen.kernels.sampling import softmax
+from ovgen.kernels.sampling import softmax, top_k_indices
 
 from .config import GenerationConfig
 from .processors import build_chain
@@ -64,6 +64,10 @@ class BeamStep:
     choice_ns: int  # top-K / sampling and bookkeeping
     ready_ns: int  # perf_counter_ns() at the end of the step
     stage_ns: dict[str, int] = field(default_factory=dict)
+    # the top-K continuations over all beams this step chose from, best first (num_beam_groups == 1):
+    # flat indices beam * vocab + token, and their accumulated scores (HF's `topk_indices` / `_log_probs`)
+    candidates: np.ndarray | None = None
+    candidate_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -199,7 +203,7 @@ class BeamSearch:
             if cfg.do_sample:
                 cand = _sample_without_replacement(acc, k_keep, self.rng)
             else:
-                cand = _topk(acc, k_keep)
+                cand = top_k_indices(acc, k_keep)
             cand_lp = acc[cand]
             src, tok = cand // vocab, cand % vocab
             cands = running.take(src)
@@ -211,7 +215,7 @@ class BeamSearch:
             hits = np.isin(tok, self.eos_arr) | (cur + 1 >= L) | out_of_time
             # e. the best num_beams continuations that did not stop keep running
             run_lp = cand_lp + hits.astype(np.float32) * NEG
-            nxt = _topk(run_lp, nb)
+            nxt = top_k_indices(run_lp, nb)
             running = cands.take(nxt)
             running_scores = run_lp[nxt]
             beam_idx = src[nxt].astype(np.int32)
@@ -224,7 +228,7 @@ class BeamSearch:
                 fin_lp = fin_lp + NEG
             fin_lp = fin_lp + (~just).astype(np.float32) * NEG
             merged_scores = np.concatenate([fin_scores, fin_lp])
-            keep = _topk(merged_scores, nb)
+            keep = top_k_indices(merged_scores, nb)
             old = keep < nb
             merged = _Beams(np.concatenate([finished.tokens, cands.tokens]),
                             np.concatenate([finished.raw, cands.raw]),
@@ -245,7 +249,7 @@ class BeamSearch:
             go_on = heuristic_open and not (fin_done.all() and cfg.early_stopping is True) and not hits.all()
             t2 = perf_counter_ns()
             yield BeamStep(cur, running.tokens[:, cur].copy(), beam_idx, running_scores.copy(), int(fin_done.sum()),
-                           model_ns, t1 - t0, t2 - t1, t2, dict(self.chain.timings_ns))
+                           model_ns, t1 - t0, t2 - t1, t2, dict(self.chain.timings_ns), cand, cand_lp)
             if not go_on:
                 break
             logits = self._advance(beam_idx, running.tokens[:, cur])
@@ -285,7 +289,7 @@ class BeamSearch:
                 process_ns += perf_counter_ns() - tp
                 vocab = processed.shape[-1]
                 acc = (processed + scores[rows, None]).reshape(-1)
-                cand = _topk(acc, k_keep)
+                cand = top_k_indices(acc, k_keep)
                 src, tok = cand // vocab, cand % vocab
                 if done[g]:  # BeamSearchScorer pads a finished group and keeps running it
                     chosen_src = np.zeros(gs, np.int64)
@@ -381,14 +385,6 @@ class _Hypotheses:
         return self.worst >= best
 
 
-def _topk(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest entries of 1-D `x`, largest first (torch.topk, sorted=True)."""
-    if k >= x.size:
-        return np.argsort(-x, kind="stable")
-    part = np.argpartition(x, x.size - k)[-k:]
-    return part[np.argsort(-x[part], kind="stable")]
-
-
 def _sample_without_replacement(acc: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Draw k distinct indices, in draw order, from softmax(acc) (torch.multinomial with
     replacement=False), by the Gumbel-top-k trick: argsort(log p + Gumbel noise) has the law of
@@ -399,4 +395,4 @@ def _sample_without_replacement(acc: np.ndarray, k: int, rng: np.random.Generato
     if np.count_nonzero(p) < k:
         raise ValueError(f"beam sampling needs {k} candidates with non-zero probability, only "
                          f"{np.count_nonzero(p)} remain after processing (raise top_k / top_p or lower num_beams)")
-    return _topk(keys, k)
+    return top_k_indices(keys, k)

@@ -68,15 +68,16 @@ def bench(model, lengths: Sequence[int], new_tokens: int, runs: int, *, overlap:
                      "itl_p90_ms": float(np.percentile(itl, 90)), "itl_p99_ms": float(np.percentile(itl, 99)),
                      "tokens_per_s": med("tokens_per_s"), "decode_tokens_per_s": med("decode_tokens_per_s"),
                      "per_token_stage_ms": per_token})
-    props = {k: str(v) for k, v in model.ov_config.items()}  # JSON-safe (values may be ov.Type)
-    return {"model": str(model.path), "device": model.device, "ov_config": props, "overlap": overlap,
-            "results": rows}, profiles
+    return {"model": str(model.path), "device": model.device, "precision": model.precision,
+            "ov_config": dict(model.ov_config), "report": model.report, "overlap": overlap, "results": rows}, profiles
 
 
 def table(result: dict) -> str:
     head = (f"{'prompt':>7} {'TTFT ms':>9} {'TPOT ms':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'tok/s':>7}   "
             "per decode token: model / read / process / choice / detok / callback (ms)")
-    lines = [head]
+    rep = result["report"]
+    lines = [f"{rep.get('name', rep['device'])} ({', '.join(rep.get('cpu_flags', [])) or 'no precision flags'}), "
+             f"precision {result['precision']}: " + ", ".join(f"{k} {v}" for k, v in result["ov_config"].items()), head]
     for r in result["results"]:
         st = r["per_token_stage_ms"]
         split = " / ".join(f"{st[f'{s}_ms']:.3f}" for s in STAGES)

@@ -79,13 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="greedy on four runtimes side by side: token agreement, TTFT, TPOT")
     cmp.add_argument("-m", "--model", help="OpenVINO IR folder (default: the prepared default model)")
     cmp.add_argument("--onnx", help="onnxruntime-genai folder (default: the prepared onnx-int4 flavour)")
+    _precision_arg(cmp)
     cmp.add_argument("--prompts", help="file with one prompt per line, or a .json list of strings")
     cmp.add_argument("--new-tokens", type=int, default=64, metavar="N")
     cmp.add_argument("--json", action="store_true", help="print the results as one JSON object")
     cmp.add_argument("--plot", metavar="PNG", help="write TTFT/TPOT bars and divergence positions")
 
-    ins = sub.add_parser("inspect", help="show an IR folder's inputs, outputs, state and config")
-    ins.add_argument("-m", "--model")
+    ins = sub.add_parser("inspect", help="show an IR folder's inputs, outputs, state, files and the properties "
+                                         "it compiles with on this machine")
+    _model_args(ins, "IR folder (default: the prepared default model)")
     return p
 
 
@@ -107,12 +109,21 @@ def _config_overrides(args) -> dict:
 
 
 def _model_args(p: argparse.ArgumentParser, model_help: str) -> None:
-    """-m / --device / --ov-config: what `_load` reads."""
+    """-m / --device / --precision / --ov-config: what `_load` reads."""
     p.add_argument("-m", "--model", help=model_help)
     p.add_argument("--device", default="CPU")
+    _precision_arg(p)
     p.add_argument("--ov-config", nargs="+", default=None, metavar="KEY=VALUE",
                    help="OpenVINO compile properties, e.g. KV_CACHE_PRECISION=u8 (ovgen's CPU default is f16) "
                         "PERFORMANCE_HINT=LATENCY")
+
+
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    from ovgen.precision import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="exact",
+                   help="exact: f32 inference on every CPU (default); native: the plugin's own (bf16 where "
+                        "the CPU has it)")
 
 
 def _ov_config(items: list[str] | None) -> dict[str, str] | None:
@@ -128,7 +139,7 @@ def _ov_config(items: list[str] | None) -> dict[str, str] | None:
 def _load(args):
     import ovgen
 
-    return ovgen.load(args.model, device=args.device, ov_config=_ov_config(args.ov_config))
+    return ovgen.load(args.model, device=args.device, ov_config=_ov_config(args.ov_config), precision=args.precision)
 
 
 def _read_template(args) -> str | None:
@@ -178,7 +189,7 @@ def cmd_generate(args) -> int:
 
     result = ovgen.generate(model, prompt, cfg, on_token=None if args.json else show, chat_template=template)
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json.dumps({**result.to_dict(), "model": model.report}, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
         print(summary_line(result.metrics) + (f" (sequence 1 of {n_seq})" if n_seq > 1 else ""), file=sys.stderr)
@@ -268,7 +279,7 @@ def cmd_compare(args) -> int:
         raise FileNotFoundError(f"{onnx / 'genai_config.json'} is missing; give --onnx DIR or run "
                                 "`ovgen prepare --flavours onnx`")
     with tqdm(total=len(prompts), desc="compare", unit="prompt", file=sys.stderr) as bar:
-        result = compare(prompts, ir, onnx, args.new_tokens, progress=lambda p: bar.update())
+        result = compare(prompts, ir, onnx, args.new_tokens, precision=args.precision, progress=lambda p: bar.update())
     if args.plot:
         plot(result, args.plot)
     print(json.dumps(result, ensure_ascii=False) if args.json else table(result))
@@ -290,12 +301,14 @@ def cmd_inspect(args) -> int:
 
     folder = resolve_model_dir(args.model)
     ir = read_ir(folder)
+    model = _load(args)
     info = {
         "path": str(folder),
         "inputs": {p.get_any_name(): [str(p.get_partial_shape()), str(p.get_element_type())] for p in ir.inputs},
         "outputs": {p.get_any_name(): str(p.get_partial_shape()) for p in ir.outputs},
         "kv_states": len(ir.get_sinks()),
         "files": sorted(p.name for p in folder.iterdir()),
+        "compiled": model.report,
     }
     print(json.dumps(info, indent=2))
     return 0

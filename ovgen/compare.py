@@ -25,6 +25,8 @@ from time import perf_counter_ns
 
 import numpy as np
 
+from .ties import first_divergence
+
 RUNNERS = ("ovgen-ov", "ovgen-onnx", "ort-genai", "ov-genai")
 PAIRS = (("ovgen-ov", "ov-genai"), ("ovgen-onnx", "ort-genai"), ("ovgen-ov", "ovgen-onnx"))
 DEFAULT_PROMPTS = [
@@ -102,14 +104,15 @@ def genai_runner(pipe, config) -> Callable[[list[int]], Run]:
     return run
 
 
-def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int):
-    """(name -> run(ids) for the four runtimes, the IR's tokenizer); each model is loaded once, here."""
+def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int, precision: str = "exact"):
+    """(name -> run(ids) for the four runtimes, the IR's tokenizer, name -> the precision it runs at);
+    each model is loaded once, here. openvino-genai gets the properties ovgen compiled with."""
     import onnxruntime_genai  # noqa: F401 - fail early with ImportError naming the package
     import openvino_genai
 
     import ovgen
 
-    ov_model, onnx_model = ovgen.load(ir_dir), ovgen.load(onnx_dir)
+    ov_model, onnx_model = ovgen.load(ir_dir, precision=precision), ovgen.load(onnx_dir)
     if not hasattr(onnx_model, "new_generator"):
         raise ValueError(f"{onnx_dir} is not an onnxruntime-genai model folder (no genai_config.json)")
     pipe = openvino_genai.LLMPipeline(str(ir_dir), "CPU", ATTENTION_BACKEND="SDPA", **ov_model.ov_config)
@@ -125,7 +128,9 @@ def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int):
 
     run = {"ovgen-ov": ovgen_runner(ov_model, greedy), "ovgen-onnx": ovgen_runner(onnx_model, greedy),
            "ort-genai": ort_own, "ov-genai": genai_runner(pipe, gcfg)}
-    return run, ov_model.tokenizer
+    ov_precision = f"{precision} ({ov_model.ov_config['INFERENCE_PRECISION_HINT']})"
+    precisions = {"ovgen-ov": ov_precision, "ov-genai": ov_precision, "ovgen-onnx": "onnx", "ort-genai": "onnx"}
+    return run, ov_model.tokenizer, precisions, {"openvino": ov_model.report, "onnx": onnx_model.report}
 
 
 def ort_loop(gen, ids: list[int]) -> tuple[list[int], list[int]]:
@@ -156,18 +161,10 @@ def token_streamer(fn):
     return _Streamer()
 
 
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    """Index of the first differing token, None when one is a prefix of the other (or equal)."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None
-
-
-def compare(prompts: list[str], ir_dir: Path, onnx_dir: Path, new_tokens: int, *,
+def compare(prompts: list[str], ir_dir: Path, onnx_dir: Path, new_tokens: int, *, precision: str = "exact",
             progress: Callable[[str], None] | None = None) -> dict:
     """Run every prompt through every runner; the results dict `ovgen compare --json` prints."""
-    run, tok = runners(ir_dir, onnx_dir, new_tokens)
+    run, tok, precisions, reports = runners(ir_dir, onnx_dir, new_tokens, precision)
     all_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
     for name in RUNNERS:  # warm-up: first inferences allocate and compile kernels
         run[name](all_ids[0])
@@ -185,7 +182,7 @@ def compare(prompts: list[str], ir_dir: Path, onnx_dir: Path, new_tokens: int, *
     for name in RUNNERS:
         ttft = float(np.median([p["runs"][name]["ttft_ms"] for p in per_prompt]))
         tpot = float(np.nanmedian([p["runs"][name]["tpot_ms"] for p in per_prompt]))
-        summary[name] = {"ttft_ms": ttft, "tpot_ms": tpot}
+        summary[name] = {"precision": precisions[name], "ttft_ms": ttft, "tpot_ms": tpot}
     base = summary["ovgen-ov"]
     for s in summary.values():
         s["ttft_ratio"], s["tpot_ratio"] = s["ttft_ms"] / base["ttft_ms"], s["tpot_ms"] / base["tpot_ms"]
@@ -196,14 +193,16 @@ def compare(prompts: list[str], ir_dir: Path, onnx_dir: Path, new_tokens: int, *
         agreement[key] = {"identical": len(same), "prompts": len(per_prompt),
                           "first_divergence": [p["divergence"][key] for p in per_prompt]}
     return {"new_tokens": new_tokens, "ir": str(ir_dir), "onnx": str(onnx_dir), "summary": summary,
-            "agreement": agreement, "prompts": per_prompt}
+            "agreement": agreement, "prompts": per_prompt, "models": reports}
 
 
 def table(result: dict) -> str:
-    lines = [f"{'runner':<12} {'TTFT ms':>9} {'TPOT ms':>9} {'TTFT/ovgen-ov':>14} {'TPOT/ovgen-ov':>14}"]
+    cpu = result["models"]["openvino"]
+    lines = [f"{cpu['name']} ({', '.join(cpu.get('cpu_flags', [])) or 'no precision flags'})",
+             f"{'runner':<12} {'precision':<14} {'TTFT ms':>9} {'TPOT ms':>9} {'TTFT/ovgen-ov':>14} {'TPOT/ovgen-ov':>14}"]
     for name, s in result["summary"].items():
-        lines.append(f"{name:<12} {s['ttft_ms']:>9.1f} {s['tpot_ms']:>9.2f} {s['ttft_ratio']:>14.2f} "
-                     f"{s['tpot_ratio']:>14.2f}")
+        lines.append(f"{name:<12} {s['precision']:<14} {s['ttft_ms']:>9.1f} {s['tpot_ms']:>9.2f} "
+                     f"{s['ttft_ratio']:>14.2f} {s['tpot_ratio']:>14.2f}")
     lines.append("")
     lines.append(f"{'greedy agreement':<26} identical  first divergence per prompt (- = none)")
     for key, a in result["agreement"].items():

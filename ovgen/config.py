@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # Keys a generation_config.json may carry that do not change ovgen's decoding (HF bookkeeping,
 # encoder-decoder or features ovgen does not implement yet); they are read and ignored.
 _IGNORED_KEYS = {
@@ -158,9 +160,7 @@ class GenerationConfig:
             "allowed_token_ids": self.allowed_token_ids or [],
         }
         for name, ids in named.items():
-            bad = [t for t in ids if not 0 <= int(t) < vocab_size]
-            if bad:
-                raise ValueError(f"{name} holds token id(s) {bad} outside the vocabulary [0, {vocab_size})")
+            check_token_ids(ids, vocab_size, f"{name}: token ids")
 
     def _warn_unused(self) -> None:
         if self.do_sample:
@@ -188,3 +188,12 @@ def _check_range(cfg, name: str, low: float, high: float, *, low_open: bool, rng
         ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
         raise ValueError(f"{name} must be in {rng}, got {value!r}")
+
+
+def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> np.ndarray:
+    """`ids` as an int64 array, or ValueError naming up to five ids outside [0, vocab_size)."""
+    arr = np.asarray(ids, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+        bad = arr[(arr < 0) | (arr >= vocab_size)]
+        raise ValueError(f"{what} {bad[:5].tolist()} are outside the vocabulary [0, {vocab_size})")
+    return arr

@@ -13,6 +13,7 @@ from time import perf_counter_ns
 
 import numpy as np
 
+from .backend import check_token_ids
 from .beam import beam_search, check_beam_config
 from .config import GenerationConfig
 from .processors import Processor, build_chain
@@ -99,9 +100,7 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
         ids = model.tokenizer.encode(model.tokenizer.apply_chat_template(list(prompt), template=chat_template))
     if not ids:
         raise ValueError("prompt has no tokens")
-    bad = [t for t in ids if not 0 <= t < model.vocab_size]
-    if bad:
-        raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {model.vocab_size})")
+    check_token_ids(ids, model.vocab_size, "prompt token ids")
     limit = model.max_context
     if limit and len(ids) >= limit:
         new = config.max_new_tokens if config is not None else 0
@@ -137,7 +136,7 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
     max_new = cfg.max_new_tokens
     if model.max_context:
         max_new = min(max_new, model.max_context - len(ids))
-    if cfg.num_beams > 1 and hasattr(session, "beam_records"):  # a runtime with its own beam search
+    if cfg.num_beams > 1 and not session.reorder_kv:  # a runtime with its own beam search
         yield from session.beam_records(ids, cfg, max_new, processors)
         return
     if cfg.num_beams > 1:  # BeamSearch checks the beam settings before it runs anything

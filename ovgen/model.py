@@ -16,29 +16,17 @@ import openvino as ov
 
 from ovgen.kernels.graph import add_logsumexp_output, add_topk_output, slice_last_position
 
+from . import precision as P
+from .backend import ModelFiles, generation_defaults
 from .config import GenerationConfig
+from .runtime import check_device, core
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 TOP_CANDIDATES = 64  # width of the graph's top-k candidate output (see kernels.graph.add_topk_output)
-# Compile properties ovgen sets on CPU unless `ov_config` names them. KV cache in f16 instead of the CPU
-# plugin's default u8: it is the more exact cache (u8 quantises every K/V row), and on this project's
-# AVX2 machine the faster one (benchmarks/kv_precision.py: decode step 0.96x at a 1,024-token context).
-# It costs twice u8's KV memory: pass ov_config={"KV_CACHE_PRECISION": "u8"} for long contexts on
-# large models, or to match openvino-genai / optimum-intel run with their defaults.
-CPU_DEFAULTS = {"KV_CACHE_PRECISION": "f16"}
-_CORE: ov.Core | None = None
-
-
-def core() -> ov.Core:
-    """One process-wide Core (creating one loads every device plugin: slow)."""
-    global _CORE
-    if _CORE is None:
-        _CORE = ov.Core()
-    return _CORE
 
 
 @dataclass
-class Model:
+class Model(ModelFiles):
     """A compiled decoder IR plus what the loop needs to know about it."""
 
     path: Path
@@ -50,27 +38,15 @@ class Model:
     vocab_size: int
     sliced: bool
     top_candidates: int = 0  # k of the topk_values/topk_ids outputs (0: none)
-    ov_config: dict[str, Any] = field(default_factory=dict)
-    _tokenizer: Any = None
+    ov_config: dict[str, Any] = field(default_factory=dict)  # read back from `compiled` (precision.pinned_config)
     tokenizer_backend: str = "hf"
+    precision: str = "exact"
+    report: dict[str, Any] = field(default_factory=dict)  # precision.describe(): policy, CPU, properties
+    _tokenizer: Any = field(default=None, repr=False)
 
     @property
     def max_context(self) -> int | None:
         return self.config.get("max_position_embeddings")
-
-    @property
-    def tokenizer(self):
-        """The model folder's tokenizer (loaded on first use)."""
-        if self._tokenizer is None:
-            from .tokenizer import Tokenizer
-
-            self._tokenizer = Tokenizer(self.path, backend=self.tokenizer_backend)
-            if self._tokenizer.vocab_size > self.vocab_size:
-                raise ValueError(
-                    f"{self.path}: tokenizer has {self._tokenizer.vocab_size} tokens but the model's logits "
-                    f"are {self.vocab_size} wide; tokenizer and model do not match"
-                )
-        return self._tokenizer
 
     def session(self):
         """A new Session (its own InferRequest and KV state) over this compiled model."""
@@ -93,15 +69,6 @@ def resolve_model_dir(path: str | Path | None) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     return path
-
-
-def check_device(device: str) -> None:
-    """A device that is not there: ValueError listing Core().available_devices."""
-    if device.split(":")[0] in ("AUTO", "HETERO", "MULTI", "BATCH"):
-        return
-    available = core().available_devices
-    if device not in available and device not in {d.split(".")[0] for d in available}:
-        raise ValueError(f"device {device!r} is not available; available devices: {available}")
 
 
 def _read_json(path: Path) -> dict:
@@ -142,13 +109,16 @@ def read_ir(folder: Path) -> ov.Model:
 
 
 def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[str, Any] | None = None, *,
-         tokenizer: str = "hf", last_logits_only: bool = True, max_length: int | None = None):
+         precision: str = "exact", tokenizer: str = "hf", last_logits_only: bool = True,
+         max_length: int | None = None):
     """Load and compile a decoder IR folder (default: the prepared SmolLM2-135M-Instruct).
 
-    `ov_config` holds OpenVINO properties passed to `compile_model` as they are (PERFORMANCE_HINT,
-    NUM_STREAMS, CACHE_DIR, INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION, ...), on top of
-    `CPU_DEFAULTS` on CPU; `Model.ov_config` is what was compiled with, so a reference runtime can be
-    given the same properties. `tokenizer` is "hf"
+    `precision` is the policy (ovgen/precision.py): "exact" (f32 inference on every CPU, the
+    default) or "native" (the plugin's own choice: bf16 where the CPU has it). `ov_config` holds
+    OpenVINO properties passed to `compile_model` as they are (PERFORMANCE_HINT, NUM_STREAMS,
+    CACHE_DIR, INFERENCE_PRECISION_HINT, KV_CACHE_PRECISION, ...) over the policy's and
+    `precision.CPU_DEFAULTS`; `Model.ov_config` is read back from the compiled model, so a reference
+    runtime can be given the same properties, and `Model.report` names the CPU and the policy. `tokenizer` is "hf"
     (tokenizer.json through `tokenizers`) or "openvino" (the openvino_tokenizer IRs).
     `last_logits_only` slices the hidden state to the last position before the LM head, so the
     logits output is [batch, 1, vocab] whatever the prompt length.
@@ -157,6 +127,7 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     `ort.OrtModel` (same loop, same results schema; `max_length` sizes its KV buffer, default the
     context length; see ovgen/ort.py for what that runtime cannot do).
     """
+    P.check_precision(precision)
     if tokenizer not in ("hf", "openvino"):
         raise ValueError(f"tokenizer must be 'hf' or 'openvino', got {tokenizer!r}")
     folder = resolve_model_dir(path)
@@ -170,27 +141,41 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
         raise ValueError("max_length applies to onnxruntime-genai folders; an OpenVINO IR's KV cache grows as needed")
     check_device(device)
     config = _read_json(folder / "config.json")
-    gen_config = GenerationConfig.from_model_dir(folder)
-    if not gen_config.eos_token_id and config.get("eos_token_id") is not None:
-        eos = config["eos_token_id"]
-        gen_config.eos_token_id = [eos] if isinstance(eos, int) else list(eos)
+    gen_config = generation_defaults(folder, config)
+    ir, sliced, vocab, top = build_ir(folder, last_logits_only)
+    props = P.compile_properties(P.inference_hint(precision, device), device, ov_config)
+    compiled = compile_ir(ir, device, props)
+    pinned = P.pinned_config(compiled, props)
+    report = P.describe(precision, device, dict.fromkeys(("prefill", "decode"), P.read_back(compiled, P.REPORTED)))
+    return Model(path=folder, device=device, compiled=compiled, config=config, generation_config=gen_config,
+                 input_names=frozenset(n for p in ir.inputs for n in p.get_names()),
+                 vocab_size=vocab, sliced=sliced, top_candidates=top, ov_config=pinned,
+                 tokenizer_backend=tokenizer, precision=precision, report=report)
+
+
+def build_ir(folder: Path, last_logits_only: bool = True) -> tuple[ov.Model, bool, int, int]:
+    """The IR as ovgen compiles it: (ir, sliced, vocab, top candidates). Graph passes: the LM head on
+    the last position only (`last_logits_only`), a logsumexp output (each token's log-probability
+    in O(1)), and the top-64 logits as candidates (sampling with top-k and greedy read them instead
+    of scanning the vocabulary in NumPy)."""
     ir = read_ir(folder)
     sliced = slice_last_position(ir) if last_logits_only else False
-    add_logsumexp_output(ir)  # the loop reads each token's log-probability in O(1)
+    add_logsumexp_output(ir)
     vocab = ir.output("logits").get_partial_shape()[-1]
     if not vocab.is_static:
         raise ValueError(f"{folder / 'openvino_model.xml'}: logits' last dimension (vocab) is not static")
     top = TOP_CANDIDATES if vocab.get_length() > 4 * TOP_CANDIDATES else 0
-    if top:  # sampling with top-k runs on these candidates (processors.Chain), greedy takes its token
-        add_topk_output(ir, top)  # from them (Session.argmax): no scan of the vocabulary in NumPy
-    props = {**(CPU_DEFAULTS if device.split(":")[0] == "CPU" else {}), **(ov_config or {})}
+    if top:
+        add_topk_output(ir, top)
+    return ir, sliced, vocab.get_length(), top
+
+
+def compile_ir(ir: ov.Model, device: str, props: dict) -> ov.CompiledModel:
+    """compile_model; a property key or value the plugin refuses is a ValueError in its own words."""
     try:
-        compiled = core().compile_model(ir, device, props)
+        return core().compile_model(ir, device, props)
     except RuntimeError as e:  # a key or value the plugin refuses: its message names it (and the choices)
         reason = str(e).strip().splitlines()[-1]
         if "propert" not in reason.lower():
             raise
         raise ValueError(f"ov_config: {reason}") from None
-    return Model(path=folder, device=device, compiled=compiled, config=config, generation_config=gen_config,
-                 input_names=frozenset(n for p in ir.inputs for n in p.get_names()),
-                 vocab_size=vocab.get_length(), sliced=sliced, top_candidates=top, ov_config=props, tokenizer_backend=tokenizer)

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from .config import GenerationConfig
+from .backend import ModelFiles, check_token_ids, generation_defaults
+from .runtime import device_info
 from .search import TokenRecord
 from .session import TokenHistory
 from .tokenizer import IncrementalDecoder
@@ -41,7 +43,7 @@ def is_ort_folder(path: Path) -> bool:
 
 
 @dataclass
-class OrtModel:
+class OrtModel(ModelFiles):
     """An onnxruntime-genai model plus what the loop needs to know about it (Model's interface)."""
 
     path: Path
@@ -55,19 +57,13 @@ class OrtModel:
     sliced: bool = True
     top_candidates: int = 0
     ov_config: dict[str, Any] = field(default_factory=dict)  # OpenVINO compile properties: none here
+    precision: str = "onnx"  # the ONNX model's own (int4 weights, fp32 activations on CPU)
+    report: dict[str, Any] = field(default_factory=dict)
     _tokenizer: Any = field(default=None, repr=False)
 
     @property
     def max_context(self) -> int | None:
         return self.max_length
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from .tokenizer import Tokenizer
-
-            self._tokenizer = Tokenizer(self.path)
-        return self._tokenizer
 
     def session(self) -> "OrtSession":
         return OrtSession(self)
@@ -108,11 +104,9 @@ def load(folder: Path, device: str = "CPU", *, max_length: int | None = None) ->
     except Exception as e:  # the runtime raises RuntimeError/OrtException with a multi-line text
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{folder}: onnxruntime-genai cannot load this model ({first})") from None
-    gen = GenerationConfig.from_model_dir(folder)
-    if not gen.eos_token_id and model_cfg.get("eos_token_id") is not None:
-        eos = model_cfg["eos_token_id"]
-        gen.eos_token_id = [eos] if isinstance(eos, int) else list(eos)
-    return OrtModel(folder, device, og_model, model_cfg, gen, vocab, max_length or context)
+    report = {"precision": "onnx", "runtime": RUNTIME, "version": og.__version__, **device_info(device)}
+    return OrtModel(folder, device, og_model, model_cfg, generation_defaults(folder, model_cfg), vocab,
+                    max_length or context, report=report)
 
 
 @dataclass(frozen=True)
@@ -126,6 +120,7 @@ class OrtSession(TokenHistory):
     """Session's interface over an onnxruntime-genai Generator (one row)."""
 
     rows = 1
+    reorder_kv = False  # the Generator has no KV gather: beam search is the runtime's own (beam_records)
     argmax = None  # no graph outputs on this path: the loop scans the logits in NumPy
     top = None
 
@@ -166,10 +161,7 @@ class OrtSession(TokenHistory):
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             raise ValueError("token_ids is empty; a prompt needs at least one token")
-        vocab = self.model.vocab_size
-        if ids.min() < 0 or ids.max() >= vocab:
-            bad = ids[(ids < 0) | (ids >= vocab)]
-            raise ValueError(f"token ids {bad[:5].tolist()} are outside the vocabulary [0, {vocab})")
+        check_token_ids(ids, self.model.vocab_size)
         need = self._len + ids.size
         if need > self.model.max_length:
             raise ValueError(f"{self._len} + {ids.size} tokens exceed the generator's max_length "

@@ -118,7 +118,10 @@ def build_chain(config: GenerationConfig, *, prompt_len: int, user: Sequence[Pro
     if c.no_repeat_ngram_size > 0:
         procs.append(("no_repeat_ngram", partial(_by_keyword, P.apply_no_repeat_ngram, n=c.no_repeat_ngram_size)))
     if c.bad_words_ids:
-        bad = [list(map(int, s)) for s in c.bad_words_ids]
+        # HF's NoBadWordsLogitsProcessor drops an eos id given as a one-token bad word (min_new_tokens
+        # is how to hold eos back)
+        eos = {int(e) for e in c.eos_token_id}
+        bad = [list(map(int, s)) for s in c.bad_words_ids if not (len(s) == 1 and int(s[0]) in eos)]
         procs.append(("bad_words", partial(_by_keyword, P.apply_bad_words, bad_words_ids=bad)))
     if c.allowed_token_ids is not None:
         allowed = np.asarray(c.allowed_token_ids, dtype=np.int64)

@@ -17,7 +17,7 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from ovgen.kernels.sampling import multinomial, softmax
+from ovgen.kernels.sampling import multinomial, softmax, top_k_indices
 
 from .stopping import StopStrings, Stopping
 
@@ -93,9 +93,7 @@ def logprob(logits: np.ndarray, token: int, scratch: np.ndarray | None = None) -
 
 def top_logprobs(logits: np.ndarray, n: int, logsumexp: float) -> list[tuple[int, float]]:
     """The n most likely tokens and their log-probabilities, most likely first."""
-    top = np.argpartition(logits, logits.shape[-1] - n)[-n:]
-    top = top[np.argsort(logits[top])[::-1]]
-    return [(int(t), float(logits[t] - logsumexp)) for t in top]
+    return [(int(t), float(logits[t] - logsumexp)) for t in top_k_indices(logits, n)]
 
 
 def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray], int], stopping: Stopping,

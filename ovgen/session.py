@@ -19,6 +19,8 @@ from time import perf_counter_ns
 import numpy as np
 import openvino as ov
 
+from .backend import check_token_ids
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -74,6 +76,8 @@ class Session(TokenHistory):
     `prefill` and `step` return a NumPy view of the last position's logits, valid until the next
     call that runs the model: `[vocab]` when the session has one row, `[rows, vocab]` otherwise.
     """
+
+    reorder_kv = True  # the IR's beam_idx input gathers KV rows inside the next infer
 
     def __init__(self, model):
         super().__init__()
@@ -163,9 +167,8 @@ class Session(TokenHistory):
         return self._after_one(token)
 
     def _prepare_one(self, token: int) -> None:
-        vocab = self.model.vocab_size
-        if not 0 <= token < vocab:
-            raise ValueError(f"token ids [{token}] are outside the vocabulary [0, {vocab})")
+        if not 0 <= token < self.model.vocab_size:
+            check_token_ids([token], self.model.vocab_size)
         past = self._len
         f = self._fast
         if f is None or past + 1 > f.capacity:
@@ -241,10 +244,7 @@ class Session(TokenHistory):
     def _infer(self, ids: np.ndarray) -> np.ndarray:
         # ids: [rows, t] int64
         rows, t = ids.shape
-        vocab = self.model.vocab_size
-        if ids.min() < 0 or ids.max() >= vocab:
-            bad = ids[(ids < 0) | (ids >= vocab)]
-            raise ValueError(f"token ids {bad[:5].tolist()} are outside the vocabulary [0, {vocab})")
+        check_token_ids(ids, self.model.vocab_size)
         past = self.length
         if self._beam_idx is None and rows != self.rows:
             if self.rows != 1:

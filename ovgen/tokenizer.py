@@ -42,7 +42,7 @@ class Tokenizer:
     def _init_openvino(self) -> None:
         import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops)
 
-        from .model import core
+        from .runtime import core
 
         for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
             if not (self.dir / name).is_file():

@@ -45,8 +45,8 @@ def test_beam_sample_is_reproducible_by_seed(model):
     others = {tuple(ovgen.generate(model, "Once upon a time", {**cfg, "seed": s}).sequences[0].token_ids)
               for s in range(8, 12)}
     assert len(others | {tuple(a.sequences[0].token_ids)}) > 1
-    greedy_beam = ovgen.generate(model, "Once upon a time", {**cfg, "do_sample": False, "seed": None})
-    assert a.sequences[0].score <= greedy_beam.sequences[0].score + 1e-4  # beam search is the optimum it finds
+    # (no ordering claim against plain beam search: beam search is not an exact optimiser, and a
+    # sampled search may find a higher-scoring sequence than the deterministic one)
 
 
 @pytest.mark.parametrize("length_penalty", [0.5, 1.0, 2.0])

@@ -90,13 +90,29 @@ def test_beam_grid_matches_transformers(model, hf, prompts, cell):
                          ids=["plain", "repetition", "ngram", "both"])
 def test_beam_search_on_eight_prompts(model, hf, prompts, extra):
     kw = dict(num_beams=4, num_return_sequences=2, **extra)
-    reasons = []
     for ids in prompts:
         ref, scores = hf_beam(hf, ids, **kw)
-        res = ours(model, ids, **kw)
+        assert_same(ours(model, ids, **kw), ref, scores)
+
+
+@pytest.mark.parametrize("num_beams", [2, 4])
+def test_beam_search_ends_both_ways_by_construction(model, hf, prompts, num_beams):
+    """Every hypothesis ends with eos when eos is pushed to the top of every step's log-probs (HF's
+    sequence_bias = ovgen's logit_bias, +30 on eos), and none does when eos is held back for the
+    whole length (min_new_tokens = max_new_tokens):
+    finished-hypothesis bookkeeping and the length limit are each compared with transformers,
+    whatever this CPU's model prefers."""
+    for ids in (prompts[0], prompts[5]):
+        base = dict(num_beams=num_beams, num_return_sequences=2)
+        ref, scores = hf_beam(hf, ids, sequence_bias={(EOS,): 30.0}, **base)
+        res = ours(model, ids, logit_bias={EOS: 30.0}, **base)
         assert_same(res, ref, scores)
-        reasons += [s.finish_reason for s in res.sequences]
-    assert "stop" in reasons and "length" in reasons  # both ways of finishing were compared
+        assert {s.finish_reason for s in res.sequences} == {"stop"}
+        ref, scores = hf_beam(hf, ids, min_new_tokens=MAX_NEW, **base)
+        res = ours(model, ids, min_new_tokens=MAX_NEW, **base)
+        assert_same(res, ref, scores)
+        assert {s.finish_reason for s in res.sequences} == {"length"}
+        assert all(len(s.token_ids) == MAX_NEW for s in res.sequences)
 
 
 def hf_group_beam_search(hf, ids, *, num_beams, groups, penalty, length_penalty=1.0, early_stopping=False,

@@ -59,7 +59,7 @@ def test_bad_input_is_refused_before_inference(model, monkeypatch):
         ovgen.generate(model, [5, 49152])
     with pytest.raises(ValueError, match="context"):
         ovgen.generate(model, [5] * 8192)
-    with pytest.raises(ValueError, match="eos_token_id holds token id"):
+    with pytest.raises(ValueError, match="eos_token_id: token ids"):
         ovgen.generate(model, "hi", {"eos_token_id": [10**6]})
     assert calls == []
 

@@ -9,7 +9,7 @@ import numpy as np
 import openvino_tokenizers  # noqa: F401
 import pytest
 
-from ovgen.model import core
+from ovgen.runtime import core
 from ovgen.tokenizer import IncrementalDecoder, Tokenizer
 
 POOLS = {

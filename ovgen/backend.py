@@ -1,0 +1,98 @@
+"""What a backend provides to the loop: the Model and Session protocols, and the parts every
+backend shares (the folder's tokenizer and generation defaults, the vocabulary check).
+
+Two backends implement them: `model.Model` / `session.Session` (an OpenVINO IR, state inside the
+InferRequest) and `ort.OrtModel` / `ort.OrtSession` (onnxruntime-genai's Generator). Search,
+beams, speculation and batching talk to these protocols only, so a third backend plugs in by
+providing them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .config import GenerationConfig, check_token_ids  # noqa: F401 - part of the backend API
+
+
+@runtime_checkable
+class SessionLike(Protocol):
+    """One sequence state (KV cache + token history) that the loop drives."""
+
+    rows: int  # batch rows held (beams, batched prompts)
+    length: int  # tokens held per row
+    tokens: np.ndarray  # [rows, length] int64, what the KV state holds
+    logsumexp: Any  # log(sum(exp(last logits))) per row
+    top: tuple[np.ndarray, np.ndarray] | None  # (values, ids ascending) of the largest last logits, or None
+    infer_ns: int  # wall time of the last model run
+    infer_start_ns: int  # perf_counter_ns() when it started
+    reorder_kv: bool  # reorder() works (False: beam search is the runtime's own, see `beam_records`)
+
+    def reserve(self, n: int) -> None: ...
+    def reset(self) -> None: ...
+    def prefill(self, token_ids) -> np.ndarray: ...
+    def append(self, token_ids) -> np.ndarray: ...
+    def step(self, token_ids) -> np.ndarray: ...
+    def start_step(self, token: int) -> int: ...
+    def finish_step(self) -> np.ndarray: ...
+    def settle(self, step_id: int | None = None) -> None: ...
+    def rewind(self, n: int) -> None: ...
+    def snapshot(self): ...
+    def restore(self, snap) -> None: ...
+    def reorder(self, beam_idx) -> None: ...
+
+
+@runtime_checkable
+class ModelLike(Protocol):
+    """A loaded model: what the loop reads about it, and sessions over it."""
+
+    path: Path
+    device: str
+    vocab_size: int
+    generation_config: GenerationConfig
+    top_candidates: int  # width of the candidate output Session.top reads (0: none)
+    ov_config: dict[str, Any]  # compile properties read back (empty where none apply)
+    precision: str
+    report: dict[str, Any]  # policy, device, CPU and properties: every result carries it
+
+    @property
+    def tokenizer(self): ...
+    @property
+    def max_context(self) -> int | None: ...
+    def session(self) -> SessionLike: ...
+
+
+class ModelFiles:
+    """What every backend's model shares: its folder's tokenizer (loaded on first use, checked
+    against the logits' width) and its generation_config.json (eos ids from config.json when it has
+    none). `ort.OrtModel` and `Model` both build on it."""
+
+    path: Path
+    vocab_size: int
+    tokenizer_backend: str = "hf"
+
+    @property
+    def tokenizer(self):
+        if getattr(self, "_tokenizer", None) is None:
+            from .tokenizer import Tokenizer
+
+            tok = Tokenizer(self.path, backend=self.tokenizer_backend)
+            if tok.vocab_size > self.vocab_size:
+                raise ValueError(f"{self.path}: tokenizer has {tok.vocab_size} tokens but the model's logits "
+                                 f"are {self.vocab_size} wide; tokenizer and model do not match")
+            self._tokenizer = tok
+        return self._tokenizer
+
+
+def generation_defaults(folder: Path, config: dict) -> GenerationConfig:
+    """generation_config.json, with eos ids from `config` (config.json / genai_config.json's model
+    section) where it names none."""
+    gen = GenerationConfig.from_model_dir(folder)
+    if not gen.eos_token_id and config.get("eos_token_id") is not None:
+        eos = config["eos_token_id"]
+        gen.eos_token_id = [eos] if isinstance(eos, int) else list(eos)
+    return gen
+
+

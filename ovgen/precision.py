@@ -1,0 +1,99 @@
+"""The precision policy: which inference precision each phase runs in, and what was really compiled.
+
+    exact   f32 inference on every CPU, KV cache f16. The default: the same prompt gives the same
+            tokens on AVX2, AVX512-BF16 and AMX machines as far as f32 allows, and parity with the
+            references holds there (they get the same properties).
+    native  the plugin's own choice (bf16 where the CPU has it, f32 elsewhere), KV cache f16:
+            openvino-genai's and optimum-intel's precision. Logits carry ~3 significant digits in
+            bf16, so top candidates tie and beams may part from the references at those ties.
+    fast    each phase in the precision that runs it fastest on this CPU (see ovgen/fast.py); on
+            a CPU with no faster precision than f32 it is `exact`, and the report says so.
+
+`ov_config` overrides anything the policy sets. What a model runs with is read back from the
+compiled model (`read_back`), never assumed: the plugin silently falls back to f32 where a hint
+asks for a precision the CPU does not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import openvino as ov
+
+from .runtime import device_info, has_bf16
+
+PRECISIONS = ("exact", "native")
+# Compile properties ovgen sets on CPU unless `ov_config` names them. KV cache in f16 instead of the CPU
+# plugin's default u8: it is the more exact cache (u8 quantises every K/V row), and on this project's
+# AVX2 machine the faster one (benchmarks/kv_precision.py: decode step 0.96x at a 1,024-token context).
+# It costs twice u8's KV memory: pass ov_config={"KV_CACHE_PRECISION": "u8"} for long contexts on
+# large models, or to match openvino-genai / optimum-intel run with their defaults.
+CPU_DEFAULTS = {"KV_CACHE_PRECISION": "f16"}
+# Properties read back from a compiled model into Model.ov_config (what a reference must be given to
+# run the same computation), besides every key the caller passed.
+PINNED = ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")
+# ... and reported with every result (ovgen inspect, --json, bench, compare).
+REPORTED = PINNED + ("EXECUTION_MODE_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
+                     "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION", "DYNAMIC_QUANTIZATION_GROUP_SIZE",
+                     "RUNTIME_REQUIREMENTS")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def inference_hint(precision: str, device: str) -> str | None:
+    """INFERENCE_PRECISION_HINT for one phase under `precision` ("exact"/"native"; None = the
+    plugin's default), or an explicit element type ("f32", "bf16", "f16") as `fast` plans use."""
+    if device.split(":")[0] != "CPU":
+        return None  # other devices keep their own defaults; what they chose is read back
+    return {"exact": "f32", "native": None}.get(precision, precision)
+
+
+def compile_properties(hint: str | None, device: str, ov_config: Mapping[str, Any] | None) -> dict:
+    """What `compile_model` gets: the policy's hint and ovgen's CPU defaults, under `ov_config`."""
+    props: dict[str, Any] = {}
+    if device.split(":")[0] == "CPU":
+        props.update(CPU_DEFAULTS)
+        if hint is not None:
+            props["INFERENCE_PRECISION_HINT"] = hint
+    props.update(ov_config or {})
+    return props
+
+
+def _text(value) -> str:
+    """A property value as the string one would pass back to compile_model ("f32", "PERFORMANCE")."""
+    if isinstance(value, ov.Type):
+        return value.to_string()
+    if isinstance(value, bool):
+        return "YES" if value else "NO"
+    return str(getattr(value, "name", value))  # enums (ExecutionMode.PERFORMANCE) by their name
+
+
+def read_back(compiled: ov.CompiledModel, keys) -> dict[str, str]:
+    """The compiled model's own values of `keys` (those it can report), as strings."""
+    supported = set(compiled.get_property("SUPPORTED_PROPERTIES"))
+    return {k: _text(compiled.get_property(k)) for k in keys if k in supported}
+
+
+def pinned_config(compiled: ov.CompiledModel, requested: Mapping[str, Any]) -> dict[str, str]:
+    """Model.ov_config: every requested key plus PINNED, with the values the compiled model runs
+    with (a reference given this dict compiles the same computation)."""
+    keys = list(dict.fromkeys([*PINNED, *requested]))
+    out = read_back(compiled, keys)
+    out.update({k: str(v) for k, v in requested.items() if k not in out})  # write-only keys, as asked
+    return out
+
+
+def describe(precision: str, device: str, phases: Mapping[str, Mapping[str, str]]) -> dict:
+    """The report every result carries: policy, device and CPU, and each phase's read-back properties.
+    `phases`: {"prefill": props, "decode": props} (the same dict twice for a single compile)."""
+    note = None
+    if precision == "fast" and phases["prefill"] == phases["decode"] and not has_bf16(device):
+        note = "fast = exact here: this CPU has no inference precision faster than f32"
+    return {"precision": precision, **device_info(device), "properties": dict(phases["decode"]),
+            **({"prefill_properties": dict(phases["prefill"])} if phases["prefill"] != phases["decode"] else {}),
+            **({"note": note} if note else {})}

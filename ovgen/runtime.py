@@ -1,0 +1,64 @@
+"""The OpenVINO runtime this process uses: one Core, the devices it sees, and what the CPU can do.
+
+Every module that compiles or reads a model takes its Core from here (model, tokenizer, precision),
+so none of them imports another for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import openvino as ov
+
+# /proc/cpuinfo flags that decide which inference precisions the CPU plugin can use and how fast.
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_int8")
+
+
+@functools.lru_cache(maxsize=1)
+def core() -> ov.Core:
+    """One process-wide Core (creating one loads every device plugin: slow)."""
+    return ov.Core()
+
+
+def check_device(device: str) -> None:
+    """A device that is not there: ValueError listing Core().available_devices."""
+    if device.split(":")[0] in ("AUTO", "HETERO", "MULTI", "BATCH"):
+        return
+    available = core().available_devices
+    if device not in available and device not in {d.split(".")[0] for d in available}:
+        raise ValueError(f"device {device!r} is not available; available devices: {available}")
+
+
+@functools.lru_cache(maxsize=None)
+def device_info(device: str = "CPU") -> dict:
+    """What a figure or a result must name: the device's full name, the CPU's precision-relevant
+    flags and the precisions the plugin can infer in ("BF16", "FP16" in OPTIMIZATION_CAPABILITIES)."""
+    name = device.split(":")[0]
+    info = {"device": device, "name": str(core().get_property(device, "FULL_DEVICE_NAME"))}
+    if name == "CPU":
+        caps = [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+        info["capabilities"] = caps
+        info["cpu_flags"] = cpu_flags()
+        info["machine"] = platform.machine()
+    return info
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The PRECISION_FLAGS this CPU has (empty where /proc/cpuinfo is not readable)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return [f for f in PRECISION_FLAGS if f in flags]
+
+
+def has_bf16(device: str = "CPU") -> bool:
+    """The CPU plugin infers in bf16 by default on this device (its capabilities list BF16)."""
+    return device.split(":")[0] == "CPU" and "BF16" in device_info(device).get("capabilities", [])

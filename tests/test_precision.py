@@ -1,0 +1,91 @@
+"""The precision policy: named, read back from the compiled model, reported with every result."""
+
+from __future__ import annotations
+
+import json
+
+import openvino as ov
+import pytest
+
+import ovgen
+from ovgen.cli import main
+from ovgen.precision import CPU_DEFAULTS, compile_properties, inference_hint
+from ovgen.runtime import core, cpu_flags, device_info, has_bf16
+
+
+def _compiled(model, key):
+    value = model.compiled.get_property(key)
+    return value.to_string() if isinstance(value, ov.Type) else str(value)
+
+
+def test_exact_is_f32_inference_and_f16_kv_cache_on_every_cpu(model):
+    assert model.precision == "exact"
+    assert model.ov_config == {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f16"}
+    for key, value in model.ov_config.items():  # read back, not what was asked
+        assert _compiled(model, key) == value
+    assert model.report["properties"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_native_is_the_plugins_own_precision(model_dir):
+    native = ovgen.load(model_dir, precision="native")
+    plugin_default = core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    assert native.ov_config["INFERENCE_PRECISION_HINT"] == plugin_default
+    assert plugin_default == ("bf16" if has_bf16() else "f32")
+    assert native.ov_config["KV_CACHE_PRECISION"] == "f16"
+    assert native.report["precision"] == "native"
+
+
+def test_ov_config_overrides_the_policy_and_the_model_says_what_it_got(model_dir):
+    m = ovgen.load(model_dir, ov_config={"INFERENCE_PRECISION_HINT": "bf16", "KV_CACHE_PRECISION": "u8"})
+    assert m.ov_config["KV_CACHE_PRECISION"] == "u8"
+    # a CPU without bf16 silently infers in f32: the read-back value says so
+    assert m.ov_config["INFERENCE_PRECISION_HINT"] == ("bf16" if has_bf16() else "f32")
+    assert m.ov_config["INFERENCE_PRECISION_HINT"] == _compiled(m, "INFERENCE_PRECISION_HINT")
+
+
+def test_policy_properties():
+    assert inference_hint("exact", "CPU") == "f32" and inference_hint("native", "CPU") is None
+    assert compile_properties("f32", "CPU", {"NUM_STREAMS": "1"}) == {
+        **CPU_DEFAULTS, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": "1"}
+    assert compile_properties("f32", "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert compile_properties(inference_hint("exact", "GPU"), "GPU", None) == {}
+
+
+def test_bad_precision_is_refused_before_compiling(model_dir):
+    with pytest.raises(ValueError, match="precision must be one of exact, native, got 'quick'"):
+        ovgen.load(model_dir, precision="quick")
+
+
+def test_report_names_the_cpu(model):
+    info = device_info("CPU")
+    assert model.report["name"] == info["name"] == core().get_property("CPU", "FULL_DEVICE_NAME")
+    assert model.report["cpu_flags"] == cpu_flags()
+    assert set(model.report["cpu_flags"]) <= {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16",
+                                              "amx_fp16", "amx_int8"}
+
+
+def test_cli_precision_reaches_the_model_and_every_json_result(model_dir, capsys):
+    assert main(["generate", "-m", str(model_dir), "--precision", "native", "--max-new-tokens", "3", "--json",
+                 "Hello"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["precision"] == "native"
+    assert out["model"]["properties"]["INFERENCE_PRECISION_HINT"] == ("bf16" if has_bf16() else "f32")
+    assert main(["inspect", "-m", str(model_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["compiled"]["precision"] == "exact"
+    assert info["compiled"]["properties"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert main(["bench", "-m", str(model_dir), "--prompt-tokens", "8", "--new-tokens", "4", "--runs", "1",
+                 "--json", "--precision", "native"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert bench["precision"] == "native" and bench["report"]["name"] == device_info("CPU")["name"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "-m", str(model_dir), "--precision", "fastest", "Hi"])
+    assert exit_.value.code == 2 and "--precision: invalid choice: 'fastest'" in capsys.readouterr().err
+
+
+def test_same_tokens_at_exact_across_compiles(model, model_dir):
+    """exact pins f32 whatever the plugin's default: a second compile gives the same tokens."""
+    again = ovgen.load(model_dir, precision="exact")
+    ids = model.tokenizer.encode("The quick brown fox")
+    cfg = {"max_new_tokens": 24, "ignore_eos": True}
+    assert ovgen.generate(model, ids, cfg).sequences[0].token_ids == ovgen.generate(again, ids, cfg).sequences[0].token_ids
