@@ -16,5 +16,5 @@ demo:
 test:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
-	$(BIN)/ovgen prepare --flavours hf,optimum,onnx,phi3-tiny
+	$(BIN)/ovgen prepare --flavours hf,optimum,onnx,draft,phi3-tiny
 	$(BIN)/python -m pytest -q

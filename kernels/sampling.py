@@ -186,3 +186,85 @@ def multinomial(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray | int
         if flat[r, i] == 0:
             idx[r] = int(np.flatnonzero(flat[r])[-1])
     return int(idx[0]) if probs.ndim == 1 else idx.reshape(probs.shape[:-1])
+
+
+def apply_top_n_sigma(logits: np.ndarray, n: float) -> np.ndarray:
+    """llama.cpp top-nσ (`llama_sampler_top_n_sigma_apply`): mask every logit below
+    max - n * σ, σ the population standard deviation of the finite (not -inf) logits; n <= 0 is off."""
+    if n <= 0:
+        return logits.copy()
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = flat.copy()
+    for r, row in enumerate(flat):
+        finite = row[row != NEG_INF]
+        if finite.size <= 1:
+            continue
+        sigma = np.sqrt(np.mean((finite.astype(np.float64) - finite.mean(dtype=np.float64)) ** 2))
+        out[r, row < np.float32(finite.max() - n * sigma)] = NEG_INF
+    return out.reshape(logits.shape)
+
+
+def apply_xtc(logits: np.ndarray, threshold: float, min_keep: int = 1) -> np.ndarray:
+    """llama.cpp XTC, "exclude top choices" (`llama_sample_xtc_apply`), once its coin has come up:
+    among the tokens with probability >= threshold, mask all but the least likely of them, unless
+    fewer than two qualify or fewer than `min_keep` tokens would remain. threshold > 0.5 is off
+    (at most one token can qualify). The coin (probability `xtc_probability`) is the caller's:
+    `processors.XTC` owns its generator."""
+    if threshold > 0.5:
+        return logits.copy()
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = flat.copy()
+    probs = softmax(flat)
+    for r in range(flat.shape[0]):
+        above = np.flatnonzero(probs[r] >= threshold)
+        if above.size < 2:
+            continue
+        order = above[np.argsort(-probs[r, above], kind="stable")]  # most likely first, lowest id at ties
+        finite = int(np.count_nonzero(flat[r] != NEG_INF))
+        if finite - (order.size - 1) >= min_keep:
+            out[r, order[:-1]] = NEG_INF
+    return out.reshape(logits.shape)
+
+
+def _keep_top(remove: np.ndarray, flat: np.ndarray, min_keep: int) -> np.ndarray:
+    """HF's min_tokens_to_keep: never remove a token scoring >= the min_keep-th largest."""
+    kth = kth_largest(flat, min(min_keep, flat.shape[-1]))
+    return remove & (flat < kth)
+
+
+def apply_epsilon_cutoff(logits: np.ndarray, epsilon: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """HF EpsilonLogitsWarper (Hewitt et al. 2022): mask tokens with probability < epsilon, keeping
+    the `min_tokens_to_keep` most likely."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    remove = _keep_top(softmax(flat) < epsilon, flat, min_tokens_to_keep)
+    return np.where(remove, NEG_INF, flat).astype(np.float32, copy=False).reshape(logits.shape)
+
+
+def apply_eta_cutoff(logits: np.ndarray, epsilon: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """HF EtaLogitsWarper (Hewitt et al. 2022): mask tokens with probability < eta, where
+    eta = min(epsilon, sqrt(epsilon) * exp(-entropy)), keeping the `min_tokens_to_keep` most likely."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    logp = log_softmax(flat)
+    p = np.exp(logp)
+    entropy = -np.sum(np.where(p > 0, p * logp, 0.0), axis=-1, keepdims=True)
+    eta = np.minimum(epsilon, np.sqrt(epsilon) * np.exp(-entropy))
+    remove = _keep_top(p < eta, flat, min_tokens_to_keep)
+    return np.where(remove, NEG_INF, flat).astype(np.float32, copy=False).reshape(logits.shape)
+
+
+def mirostat_v2(logits: np.ndarray, mu: float, u: float) -> tuple[int, float]:
+    """llama.cpp mirostat v2 (`llama_sampler_mirostat_v2_apply`) for one row, given the uniform `u`:
+    sort by probability, drop the tokens whose surprise -log2 p exceeds `mu` (keeping at least
+    one), renormalise and draw. Returns (index into `logits`, its renormalised probability); the
+    caller updates mu -= eta * (-log2 p - tau)."""
+    support = np.flatnonzero(logits != NEG_INF)
+    if support.size == 0:
+        raise ValueError("every token is masked (all logits are -inf); nothing can be sampled")
+    probs = softmax(logits[support])
+    order = np.argsort(-probs, kind="stable")  # most likely first, lowest id at ties
+    keep = max(1, int(np.count_nonzero(-np.log2(probs[order]) <= mu)))
+    kept = order[:keep]  # -log2 p grows along `order`, so the kept ones are its prefix
+    p = probs[kept] / probs[kept].sum()
+    cdf = np.cumsum(p)
+    i = min(int(cdf.searchsorted(u * cdf[-1], side="right")), keep - 1)
+    return int(support[kept[i]]), float(p[i])

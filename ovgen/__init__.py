@@ -7,16 +7,19 @@
         print(rec.text, end="", flush=True)
 """
 
+from .choice import Candidates, Choice, Chooser, Greedy, Mirostat, Sampler, TokenChoice, build_chain, token_choice
 from .config import GenerationConfig
-from .generate import GenerationResult, SequenceResult, generate, stream
+from .generate import GenerationResult, SequenceResult, Stream, generate, stream
 from .model import Model, load
-from .processors import Chain, build_chain
+from .processors import Chain, Stage, hf_processor
 from .profiling import Profile
-from .search import Sampler, TokenRecord, greedy
-from .session import Session, Snapshot
+from .search import TokenRecord, greedy
+from .kvstate import Snapshot
+from .session import Session
 
 __all__ = [
-    "Chain", "GenerationConfig", "GenerationResult", "Model", "Profile", "Sampler", "SequenceResult", "Session",
-    "Snapshot", "TokenRecord", "build_chain", "generate", "greedy", "load", "stream",
+    "Candidates", "Chain", "Choice", "Chooser", "GenerationConfig", "GenerationResult", "Greedy", "Mirostat", "Model",
+    "Profile", "Sampler", "SequenceResult", "Session", "Snapshot", "Stage", "Stream", "TokenChoice", "TokenRecord",
+    "build_chain", "generate", "greedy", "hf_processor", "load", "stream", "token_choice",
 ]
 __version__ = "0.1.0"

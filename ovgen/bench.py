@@ -74,7 +74,7 @@ def bench(model, lengths: Sequence[int], new_tokens: int, runs: int, *, overlap:
 
 def table(result: dict) -> str:
     head = (f"{'prompt':>7} {'TTFT ms':>9} {'TPOT ms':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'tok/s':>7}   "
-            "per decode token: model / read / process / choice / detok / callback (ms)")
+            "per decode token: model / read / process / choice / accept / detok / callback (ms)")
     rep = result["report"]
     lines = [f"{rep.get('name', rep['device'])} ({', '.join(rep.get('cpu_flags', [])) or 'no precision flags'}), "
              f"precision {result['precision']}: " + ", ".join(f"{k} {v}" for k, v in result["ov_config"].items()), head]

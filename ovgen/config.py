@@ -64,6 +64,33 @@ class GenerationConfig:
     seed: int | None = None
     top_logprobs: int = 0
     truncate_prompt: bool = False  # a prompt too long for the context keeps its last tokens (else refused)
+    # llama.cpp's samplers (src/llama-sampling.cpp) and HF's ε/η cutoffs; each off at its default
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1  # -1: the whole sequence
+    dry_sequence_breakers: list = field(default_factory=lambda: ["\n", ":", "\"", "*"])
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    top_n_sigma: float = 0.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
+    mirostat: int = 0  # 2: mirostat v2 chooses (0: off; v1 is not implemented)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    # classifier-free guidance (HF's UnbatchedClassifierFreeGuidanceLogitsProcessor): 1.0 is off
+    guidance_scale: float = 1.0
+    negative_prompt: str | list[int] | None = None
+    # speculative decoding (ovgen/speculative.py): prompt lookup, or a draft model passed as `assistant=`
+    prompt_lookup: bool = False
+    max_ngram_size: int = 3
+    num_assistant_tokens: int = 5
+    num_assistant_tokens_schedule: str = "constant"  # or "heuristic": +2 after a full accept, -1 otherwise
+    # structured output (ovgen/structured.py, the `structured` extra): at most one of these
+    json_schema: dict | str | None = None
+    regex: str | None = None
+    grammar: str | None = None  # a Lark grammar (llguidance's dialect)
+    choices: list[str] | None = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -73,6 +100,8 @@ class GenerationConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         known = {}
         for key, value in values.items():
+            if key == "response_format":
+                continue
             if key in names:
                 known[key] = value
             elif strict and key not in _IGNORED_KEYS:
@@ -82,6 +111,10 @@ class GenerationConfig:
         if "eos_token_id" in known:
             eos = known["eos_token_id"]
             known["eos_token_id"] = [] if eos is None else [int(e) for e in ([eos] if isinstance(eos, int) else eos)]
+        if "response_format" in values:  # OpenAI's {"type": "json_schema", "json_schema": {"schema": ...}}
+            schema = _schema_of(values["response_format"])
+            if known.get("json_schema") is None:
+                known["json_schema"] = schema
         if isinstance(known.get("stop_strings"), str):
             known["stop_strings"] = [known["stop_strings"]]
         if known.get("logit_bias"):
@@ -126,6 +159,15 @@ class GenerationConfig:
         _check_range(self, "repetition_penalty", 0.0, math.inf, low_open=True, rng="(0, inf)")
         for name in ("presence_penalty", "frequency_penalty", "diversity_penalty", "length_penalty"):
             _check_range(self, name, -math.inf, math.inf, low_open=True, rng="a finite number")
+        self._validate_samplers()
+        self._validate_constraint()
+        _check_int(self, "max_ngram_size", 1)
+        _check_int(self, "num_assistant_tokens", 1)
+        if self.num_assistant_tokens_schedule not in ("constant", "heuristic"):
+            raise ValueError("num_assistant_tokens_schedule must be 'constant' or 'heuristic', "
+                             f"got {self.num_assistant_tokens_schedule!r}")
+        if self.prompt_lookup and self.num_beams > 1:
+            raise ValueError(f"prompt_lookup verifies one sequence: num_beams must be 1, got {self.num_beams}")
         if self.max_time is not None:
             _check_range(self, "max_time", 0.0, math.inf, low_open=True, rng="(0, inf) seconds")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
@@ -151,6 +193,58 @@ class GenerationConfig:
         self._warn_unused()
         return self
 
+    def _validate_samplers(self) -> None:
+        for name in ("dry_multiplier", "top_n_sigma"):
+            _check_range(self, name, 0.0, math.inf, low_open=False, rng="[0, inf)")
+        _check_range(self, "xtc_probability", 0.0, 1.0, low_open=False, rng="[0, 1]")
+        _check_range(self, "xtc_threshold", 0.0, 1.0, low_open=False, rng="[0, 1] (above 0.5 it never acts)")
+        _check_range(self, "dry_base", 1.0, math.inf, low_open=False, rng="[1, inf)")
+        _check_int(self, "dry_allowed_length", 0)
+        if isinstance(self.dry_penalty_last_n, bool) or not isinstance(self.dry_penalty_last_n, int) \
+                or self.dry_penalty_last_n < -1:
+            raise ValueError(f"dry_penalty_last_n must be an integer >= -1 (-1: the whole sequence), "
+                             f"got {self.dry_penalty_last_n!r}")
+        for b in self.dry_sequence_breakers:
+            if not (isinstance(b, str) and b) and not (isinstance(b, (list, tuple)) and b
+                                                        and all(isinstance(t, int) for t in b)):
+                raise ValueError(f"dry_sequence_breakers must hold non-empty strings or token id lists, got {b!r}")
+        for name in ("epsilon_cutoff", "eta_cutoff"):
+            if getattr(self, name) != 0.0:
+                _check_range(self, name, 0.0, 1.0, low_open=True, rng="(0, 1) (0: off)")
+                if getattr(self, name) >= 1.0:
+                    raise ValueError(f"{name} must be in (0, 1) (0: off), got {getattr(self, name)!r}")
+        if self.mirostat not in (0, 2) or isinstance(self.mirostat, bool):
+            raise ValueError(f"mirostat must be 0 (off) or 2 (mirostat v2; v1 is not implemented), got {self.mirostat!r}")
+        _check_range(self, "mirostat_tau", 0.0, math.inf, low_open=True, rng="(0, inf)")
+        _check_range(self, "mirostat_eta", 0.0, math.inf, low_open=True, rng="(0, inf)")
+        _check_range(self, "guidance_scale", -math.inf, math.inf, low_open=True, rng="a finite number")
+        neg = self.negative_prompt
+        if neg is not None and not isinstance(neg, str) and not (
+                isinstance(neg, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in neg)):
+            raise ValueError(f"negative_prompt must be text or a list of token ids, got {neg!r}")
+        if (self.guidance_scale != 1.0 or neg) and self.num_beams > 1:
+            raise ValueError("guidance_scale (classifier-free guidance) runs one sequence: num_beams must be 1, "
+                             f"got {self.num_beams}")
+
+    def _validate_constraint(self) -> None:
+        given = [n for n in ("json_schema", "regex", "grammar", "choices") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"json_schema, regex, grammar and choices are exclusive; got {', '.join(given)}")
+        if not given:
+            return
+        name, value = given[0], getattr(self, given[0])
+        if name == "json_schema" and not isinstance(value, (dict, str)):
+            raise ValueError(f"json_schema must be a JSON Schema (a dict or its JSON text), got {type(value).__name__}")
+        if name in ("regex", "grammar") and (not isinstance(value, str) or not value):
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if name == "choices" and (not isinstance(value, (list, tuple)) or not value
+                                  or not all(isinstance(c, str) and c for c in value)):
+            raise ValueError(f"choices must be a non-empty list of non-empty strings, got {value!r}")
+        if self.ignore_eos:
+            raise ValueError(f"ignore_eos cannot be combined with {name}: eos is how the grammar ends the output")
+        if self.num_beam_groups > 1:
+            raise ValueError(f"{name} is not supported with diverse beam search (num_beam_groups > 1)")
+
     def check_token_ids(self, vocab_size: int) -> None:
         """Every token id the config names must be < vocab_size (called once the model is known)."""
         named = {
@@ -158,6 +252,8 @@ class GenerationConfig:
             "logit_bias": list(self.logit_bias or {}),
             "bad_words_ids": [t for seq in self.bad_words_ids or [] for t in seq],
             "allowed_token_ids": self.allowed_token_ids or [],
+            "negative_prompt": self.negative_prompt if isinstance(self.negative_prompt, (list, tuple)) else [],
+            "dry_sequence_breakers": [t for b in self.dry_sequence_breakers if not isinstance(b, str) for t in b],
         }
         for name, ids in named.items():
             check_token_ids(ids, vocab_size, f"{name}: token ids")
@@ -168,6 +264,8 @@ class GenerationConfig:
         unused = [n for n, default in (("temperature", 1.0), ("top_p", 1.0), ("typical_p", 1.0))
                   if getattr(self, n) != default]
         unused += ["min_p"] if self.min_p is not None else []
+        unused += [n for n in ("xtc_probability", "top_n_sigma", "epsilon_cutoff", "eta_cutoff", "mirostat")
+                   if getattr(self, n)]
         if self.seed is not None:
             unused.append("seed")
         if unused:
@@ -197,3 +295,20 @@ def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> np.ndarray
         bad = arr[(arr < 0) | (arr >= vocab_size)]
         raise ValueError(f"{what} {bad[:5].tolist()} are outside the vocabulary [0, {vocab_size})")
     return arr
+
+
+def _schema_of(response_format) -> dict | str | None:
+    """The JSON Schema in an OpenAI `response_format`: {"type": "json_schema", "json_schema": {"schema":
+    ...}}; {"type": "json_object"} is any JSON object; {"type": "text"} is no constraint."""
+    if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_object", "text"):
+        raise ValueError("response_format must be {'type': 'json_schema', 'json_schema': {'schema': ...}}, "
+                         f"{{'type': 'json_object'}} or {{'type': 'text'}}, got {response_format!r}")
+    kind = response_format["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or "schema" not in spec:
+        raise ValueError(f"response_format.json_schema must hold a 'schema', got {spec!r}")
+    return spec["schema"]

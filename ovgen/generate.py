@@ -15,11 +15,14 @@ import numpy as np
 
 from .backend import check_token_ids
 from .beam import beam_search, check_beam_config
+from .choice import token_choice
 from .config import GenerationConfig
-from .processors import Processor, build_chain
+from .processors import Processor
 from .profiling import Profile, summarize
-from .search import Sampler, TokenRecord, decode, greedy
+from .search import TokenRecord, decode, sequence_records
+from .speculative import DraftModel, PromptLookup, speculative_decode
 from .stopping import StopStrings, Stopping
+from .structured import constraint_of, grammar_stage
 from .tokenizer import IncrementalDecoder
 
 Prompt = str | Sequence[dict] | Sequence[int] | np.ndarray
@@ -112,25 +115,81 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
     return ids
 
 
+class Stream:
+    """What `stream()` returns: iterate it for the TokenRecords. The prompt's token ids and the
+    validated config are known (and every error raised) before the first record is asked for."""
+
+    def __init__(self, model, prompt_ids: list[int], config: GenerationConfig, records: Iterator[TokenRecord]):
+        self.model, self.prompt_ids, self.config, self._records = model, prompt_ids, config, records
+
+    def __iter__(self) -> Iterator[TokenRecord]:
+        return self._records
+
+    def __next__(self) -> TokenRecord:
+        return next(self._records)
+
+    def close(self) -> None:
+        self._records.close()
+
+
 def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None, *, session=None,
-           processors: Sequence[Processor] = (), chat_template: str | None = None,
-           overlap: bool = True) -> Iterator[TokenRecord]:
+           processors: Sequence[Processor] = (), chooser=None, assistant=None, proposer=None,
+           prefix_cache=None, chat_template: str | None = None, overlap: bool = True) -> Stream:
     """Generate, yielding one TokenRecord per token as soon as it is chosen (its `.text` is the
     streamed delta). With num_return_sequences > 1, sequences follow one another (`.sequence`).
-    With num_beams > 1 the records come once the search has ended (see `_beam_records`).
+    With num_beams > 1 the records come once the search has ended.
 
     `session`: reuse a Session (its KV state is replaced; see `chat.Chat` for prefix reuse).
-    `processors`: user callables `(token_ids, logits) -> logits`, run after the built-in penalties and
-    before the sampling warpers (see `processors.build_chain` for the whole order).
+    `processors`: user callables `(token_ids, logits) -> logits`, transformers processors, or
+    `processors.Stage`s, run after the built-in penalties and before the sampling warpers (the
+    whole order: ovgen/processors.py). `chooser`: replaces greedy / the sampler (ovgen/choice.py).
+    `assistant`: a draft Model (or Session) for speculative decoding; `proposer`: any object with
+    `propose(tokens, k)` and `feedback(proposed, accepted)`; `config.prompt_lookup` proposes from
+    the sequence itself (ovgen/speculative.py). The first record of each verification carries
+    its `draft` step (proposed, accepted, timings).
+    `prefix_cache`: a `prefix.PrefixCache`; the prompt reuses its longest cached prefix.
     `overlap`: the next token's infer runs while the consumer handles a record (search.decode); the
     consumer must then not call the session itself before asking for the next record."""
     cfg = resolve_config(model, config)
     ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
+    extra = constraint_stages(model, cfg)  # a grammar compiles now: its errors come before any inference
     session = session or model.session()
-    yield from run(model, session, ids, cfg, processors, overlap=overlap)
+    proposer = proposer_for(model, session, cfg, assistant, proposer)
+    records = run(model, session, ids, cfg, processors, chooser=chooser, overlap=overlap, extra=extra,
+                  proposer=proposer, prefix_cache=prefix_cache)
+    return Stream(model, ids, cfg, records)
 
 
-def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *, logits=None, overlap=True):
+def constraint_stages(model, cfg: GenerationConfig) -> list:
+    """The structured-output mask for the config's constraint (json_schema, regex, grammar, choices),
+    one matcher per beam; [] without one."""
+    stage = grammar_stage(model, cfg, rows=max(1, cfg.num_beams)) if constraint_of(cfg) else None
+    return [stage] if stage is not None else []
+
+
+def proposer_for(model, session, cfg: GenerationConfig, assistant=None, proposer=None):
+    """The proposer speculative decoding uses (None: none asked for), checked before inference."""
+    if proposer is None and assistant is None and not cfg.prompt_lookup:
+        return None
+    if sum(x is not None and x is not False for x in (proposer, assistant, cfg.prompt_lookup or None)) > 1:
+        raise ValueError("choose one of prompt_lookup, assistant and proposer")
+    if cfg.num_beams > 1:
+        raise ValueError(f"speculative decoding verifies one sequence: num_beams must be 1, got {cfg.num_beams}")
+    if not getattr(session, "_has_keep", False):
+        raise NotImplementedError("speculative decoding needs several positions' logits from one infer "
+                                  "(an OpenVINO IR loaded with last_logits_only=True; not the onnxruntime-genai path)")
+    if assistant is not None:
+        if getattr(assistant, "vocab_size", None) not in (None, model.vocab_size):
+            raise ValueError(f"assistant's vocabulary ({assistant.vocab_size}) differs from the model's "
+                             f"({model.vocab_size}): a draft must share the tokenizer")
+        return DraftModel(assistant, cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule)
+    if cfg.prompt_lookup:
+        return PromptLookup(cfg.max_ngram_size, cfg.num_assistant_tokens, cfg.eos_token_id)
+    return proposer
+
+
+def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *, chooser=None, logits=None,
+        overlap=True, extra=(), proposer=None, prefix_cache=None) -> Iterator[TokenRecord]:
     """The loop over a validated config and checked ids. `logits`: the caller has already run the
     prompt through `session` (chat prefix reuse) and passes its last-position logits."""
     max_new = cfg.max_new_tokens
@@ -140,61 +199,53 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
         yield from session.beam_records(ids, cfg, max_new, processors)
         return
     if cfg.num_beams > 1:  # BeamSearch checks the beam settings before it runs anything
-        yield from _beam_records(model, session, ids, cfg, processors, max_new, logits)
+        hyps, steps = beam_search(session, ids, cfg, max_new_tokens=max_new, processors=processors, logits=logits,
+                                  model=model, extra=extra)
+        yield from sequence_records(model.tokenizer, hyps, steps)
         return
     if max_new == 0:
         return
     session.reserve(len(ids) + max_new)  # a runtime that allocates its KV buffer whole sizes it now
     t_start = perf_counter_ns()
-    logits = session.prefill(ids) if logits is None else logits
-    first = np.array(logits, copy=True)
+    if logits is None:
+        logits = prefix_cache.prefill(session, ids) if prefix_cache is not None else session.prefill(ids)
+    first = np.array(logits, copy=True) if cfg.num_return_sequences > 1 else None
     prefill_ns = session.infer_ns
     snap = session.snapshot() if cfg.num_return_sequences > 1 else None
-    sampler = Sampler(cfg.seed) if cfg.do_sample and cfg.temperature > 0 else None
+    choice = token_choice(cfg, prompt_len=len(ids), processors=processors, model=model, chooser=chooser, extra=extra)
     for seq in range(cfg.num_return_sequences):
-        if seq:
+        if seq:  # the next sequence starts from the prompt again; the chooser's generator runs on
             session.restore(snap)
             session.infer_ns = prefill_ns
-        chain = build_chain(cfg, prompt_len=len(ids), user=processors)
+        choice.chain.reset()
         stopping = Stopping(eos_token_ids=cfg.eos_token_id, max_new_tokens=max_new, max_time=cfg.max_time,
                             ignore_eos=cfg.ignore_eos)
-        yield from decode(session, first if seq else logits, chain=chain, choose=sampler or greedy,
-                          stopping=stopping, detok=IncrementalDecoder(model.tokenizer),
-                          stop_strings=StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output),
-                          top_n=cfg.top_logprobs, sequence=seq, t_start_ns=t_start, overlap=overlap)
-
-
-def _beam_records(model, session, ids, cfg, processors, max_new, logits) -> Iterator[TokenRecord]:
-    """Beam search, then one TokenRecord per token of each returned sequence, best first. The best
-    sequence is only known at the end, so records come after the search; each token's timings are
-    those of the search step that chose it (`beam.BeamSearch.steps()` shows the search live)."""
-    hyps, steps = beam_search(session, ids, cfg, max_new_tokens=max_new, processors=processors, logits=logits)
-    for seq, h in enumerate(hyps):
-        detok = IncrementalDecoder(model.tokenizer)
-        last = len(h.token_ids) - 1
-        for i, tok in enumerate(h.token_ids):
-            text = detok.push(tok) + (detok.flush() if i == last else "")
-            st = steps[i]
-            yield TokenRecord(i, tok, text, h.logprobs[i], h.processed_logprobs[i],
-                              h.finish_reason if i == last else None, None, seq, st.model_ns, st.process_ns,
-                              st.choice_ns, 0, st.ready_ns, st.stage_ns, score=h.score)
+        loop = dict(choice=choice, stopping=stopping, detok=IncrementalDecoder(model.tokenizer),
+                    stop_strings=StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output),
+                    top_n=cfg.top_logprobs, sequence=seq, t_start_ns=t_start)
+        if proposer is not None:
+            yield from speculative_decode(session, first if seq else logits, proposer=proposer,
+                                          max_draft=cfg.num_assistant_tokens, **loop)
+        else:
+            yield from decode(session, first if seq else logits, overlap=overlap, **loop)
 
 
 def generate(model, prompt: Prompt, config: GenerationConfig | dict | None = None, *, session=None,
-             processors: Sequence[Processor] = (), on_token: Callable[[TokenRecord], None] | None = None,
-             chat_template: str | None = None, overlap: bool = True) -> GenerationResult:
-    """Generate to the end and return ids, text, finish reasons and metrics. `on_token(record)` is
-    called for every token as it is chosen (streaming), while the next token's infer runs
+             processors: Sequence[Processor] = (), chooser=None, assistant=None, proposer=None, prefix_cache=None,
+             on_token: Callable[[TokenRecord], None] | None = None, chat_template: str | None = None,
+             overlap: bool = True) -> GenerationResult:
+    """Generate to the end (a consumer of `stream`) and return ids, text, finish reasons and metrics.
+    `on_token(record)` is called for every token as it is chosen, while the next token's infer runs
     (`overlap`, see `stream`). `result.profile` has every token's timings and the exports."""
-    cfg = resolve_config(model, config)
-    ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
     t_start = perf_counter_ns()
+    s = stream(model, prompt, config, session=session, processors=processors, chooser=chooser, assistant=assistant,
+               proposer=proposer, prefix_cache=prefix_cache, chat_template=chat_template, overlap=overlap)
     records: list[TokenRecord] = []
-    for rec in run(model, session or model.session(), ids, cfg, processors, overlap=overlap):
+    for rec in s:
         records.append(rec)
         if on_token is not None:
             on_token(rec)
-    return collect(ids, records, cfg.num_return_sequences, t_start)
+    return collect(s.prompt_ids, records, s.config.num_return_sequences, t_start)
 
 
 def collect(ids: list[int], records: list[TokenRecord], n_sequences: int, t_start_ns: int) -> GenerationResult:
@@ -207,4 +258,3 @@ def collect(ids: list[int], records: list[TokenRecord], n_sequences: int, t_star
                                    recs))
     first = seqs[0].records if seqs else []
     return GenerationResult(list(ids), seqs, summarize(first, t_start_ns, prompt_tokens=len(ids)), t_start_ns)
-

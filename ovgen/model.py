@@ -14,7 +14,7 @@ from typing import Any
 
 import openvino as ov
 
-from ovgen.kernels.graph import add_logsumexp_output, add_topk_output, slice_last_position
+from ovgen.kernels.graph import add_logsumexp_output, add_topk_output, slice_last_position, slice_logits_to_keep
 
 from . import precision as P
 from .backend import ModelFiles, generation_defaults
@@ -153,13 +153,17 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
                  tokenizer_backend=tokenizer, precision=precision, report=report)
 
 
-def build_ir(folder: Path, last_logits_only: bool = True) -> tuple[ov.Model, bool, int, int]:
+def build_ir(folder: Path, last_logits_only: bool = True, *, keep_input: bool = True
+             ) -> tuple[ov.Model, bool, int, int]:
     """The IR as ovgen compiles it: (ir, sliced, vocab, top candidates). Graph passes: the LM head on
-    the last position only (`last_logits_only`), a logsumexp output (each token's log-probability
-    in O(1)), and the top-64 logits as candidates (sampling with top-k and greedy read them instead
-    of scanning the vocabulary in NumPy)."""
+    the last position(s) only (`last_logits_only`; with `keep_input` their number is the
+    `logits_to_keep` input, 1 but when proposed tokens are verified), a logsumexp output (each
+    token's log-probability in O(1)), and the top-64 logits as candidates (sampling with top-k and
+    greedy read them instead of scanning the vocabulary in NumPy). `keep_input=False` gives the IR
+    with the inputs an exporter wrote (for references such as optimum-intel's model class)."""
     ir = read_ir(folder)
-    sliced = slice_last_position(ir) if last_logits_only else False
+    slicer = slice_logits_to_keep if keep_input else slice_last_position
+    sliced = slicer(ir) if last_logits_only else False
     add_logsumexp_output(ir)
     vocab = ir.output("logits").get_partial_shape()[-1]
     if not vocab.is_static:

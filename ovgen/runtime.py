@@ -18,7 +18,10 @@ PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", 
 
 @functools.lru_cache(maxsize=1)
 def core() -> ov.Core:
-    """One process-wide Core (creating one loads every device plugin: slow)."""
+    """One process-wide Core (creating one loads every device plugin: slow). openvino_tokenizers is
+    imported first: it adds its string ops to Cores created after its import, and only to those."""
+    import openvino_tokenizers  # noqa: F401
+
     return ov.Core()
 
 

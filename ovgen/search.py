@@ -1,9 +1,9 @@
-"""Token choice and the decode loop: greedy and multinomial sampling, driven by a Session.
+"""The decode loop: one TokenRecord per generated token, driven by a Session and the token-choice stage.
 
-`decode()` is a generator yielding one `TokenRecord` per token (mlx-lm's `generate_step` shape);
-`generate()`, streaming, the CLI and benchmarks are all consumers of it. Per token it runs:
+`decode()` is a generator (mlx-lm's `generate_step` shape); `generate()`, streaming, chat, the CLI
+and the benchmarks are all consumers of it. Per token:
 
-    logits --chain--> processed --choose--> token --stopping/detok--> record --Session.step--> logits
+    logits --choice.choose (ovgen/choice.py)--> token --stopping / detok--> record --Session.step--> logits
 
 The last token of a generation is not run through the model (nothing needs its logits), so after
 `decode()` ends the Session holds the prompt and every generated token but the last.
@@ -11,15 +11,19 @@ The last token of a generation is not run through the model (nothing needs its l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
 import numpy as np
 
-from ovgen.kernels.sampling import multinomial, softmax, top_k_indices
+from ovgen.kernels.sampling import top_k_indices
 
+from .choice import Greedy, Sampler, TokenChoice
 from .stopping import StopStrings, Stopping
+from .tokenizer import IncrementalDecoder
+
+__all__ = ["Greedy", "Sampler", "TokenRecord", "decode", "greedy", "top_logprobs"]
 
 
 @dataclass(slots=True)
@@ -33,7 +37,7 @@ class TokenRecord:
     processed_logprob: float  # log-probability under the processed (sampled-from) distribution
     finish_reason: str | None = None
     top_logprobs: list[tuple[int, float]] | None = None  # top-N (token, raw logprob), when asked
-    sequence: int = 0  # which returned sequence (num_return_sequences)
+    sequence: int = 0  # which returned sequence (num_return_sequences), or batch row
     model_ns: int = 0  # infer() that produced this token's logits (the prefill, for index 0)
     process_ns: int = 0  # processor chain
     choice_ns: int = 0  # token choice + log-probabilities
@@ -45,6 +49,11 @@ class TokenRecord:
     start_ns: int = 0  # perf_counter_ns() when the loop got the logits (processing starts)
     callback_ns: int = 0  # the consumer's time with this record (on_token, streaming), until it asked for the next
     overlapped: bool = False  # the next token's infer ran during detokenisation / the callback
+    top_choice: bool | None = None  # the chosen token was the model's own most likely one (None: not known cheaply)
+    allowed: int | None = None  # how many tokens a grammar mask allowed at this step (None: no mask)
+    subset: bool = False  # chosen on the graph's top candidates (False: on the whole vocabulary)
+    accept_ns: int = 0  # the chain taking the token: a grammar advances and computes its next mask
+    draft: object = None  # speculative decoding: the verification step this token opened (speculative.SpecStep)
 
     @property
     def read_ns(self) -> int:
@@ -58,101 +67,52 @@ def greedy(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
-class Sampler:
-    """Multinomial sampling from softmax(logits). Owns its `np.random.Generator`: the same seed
-    gives the same tokens, run after run, independent of any global RNG.
-
-    After each call, `self.logprob` is the drawn token's log-probability under the distribution
-    it was drawn from (the decode loop reports it as `processed_logprob`)."""
-
-    def __init__(self, seed: int | None = None, rng: np.random.Generator | None = None):
-        self.rng = rng if rng is not None else np.random.default_rng(seed)
-        self.logprob = 0.0
-
-    def __call__(self, logits: np.ndarray) -> int:
-        # logits: [vocab] float32. After top-k/top-p most entries are -inf: draw among the rest.
-        support = np.flatnonzero(logits != -np.inf)
-        if support.size == 0:
-            raise ValueError("every token is masked (all logits are -inf); nothing can be sampled")
-        probs = softmax(logits[support])
-        i = int(multinomial(probs, self.rng))
-        self.logprob = float(np.log(probs[i]))
-        return int(support[i])
-
-
-def logprob(logits: np.ndarray, token: int, scratch: np.ndarray | None = None) -> float:
-    """log softmax(logits)[token], without materialising the log-softmax (`scratch`: a float32
-    buffer of the same shape, reused across calls to avoid allocating per token)."""
-    m = logits.max()
-    if not np.isfinite(m):
-        return float("-inf")
-    buf = np.subtract(logits, m, out=scratch)
-    np.exp(buf, out=buf)
-    return float(logits[token] - m) - float(np.log(buf.sum(dtype=np.float64)))
-
-
 def top_logprobs(logits: np.ndarray, n: int, logsumexp: float) -> list[tuple[int, float]]:
-    """The n most likely tokens and their log-probabilities, most likely first."""
+    """The n most likely tokens and their log-probabilities, most likely first (lowest id at ties)."""
     return [(int(t), float(logits[t] - logsumexp)) for t in top_k_indices(logits, n)]
 
 
-def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray], int], stopping: Stopping,
-           detok, stop_strings: StopStrings, top_n: int = 0, sequence: int = 0,
-           t_start_ns: int | None = None, overlap: bool = True) -> Iterator[TokenRecord]:
+def decode(session, logits: np.ndarray, *, choice: TokenChoice, stopping: Stopping, detok,
+           stop_strings: StopStrings, top_n: int = 0, sequence: int = 0, t_start_ns: int | None = None,
+           overlap: bool = True) -> Iterator[TokenRecord]:
     """Yield one TokenRecord per generated token, from the logits of the last prefilled position.
 
-    `chain(token_ids, logits)` processes, `choose(processed)` picks; the session advances by one
-    token per yielded record (except after the last).
-
-    `overlap`: once a token is chosen and generation goes on, the next infer starts asynchronously
-    (`Session.start_step`) before detokenisation (after it when stop strings need the text) and runs
-    while the consumer handles the record; the loop waits for it when the consumer asks for the next.
+    The session advances by one token per yielded record (except after the last). `overlap`: once a
+    token is chosen and generation goes on, the next infer starts asynchronously
+    (`Session.start_step`) before the chain's `accept` (a grammar computes its next mask then) and
+    detokenisation (after them when stop strings need the text), and runs while the consumer
+    handles the record; the loop waits for it when the consumer asks for the next.
     """
     t_start_ns = t_start_ns or perf_counter_ns()
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
-    scratch = np.empty(logits.shape, np.float32)
-    n = 0
-    started = 0  # the id of the step started asynchronously (0: none)
+    n, started = 0, 0  # tokens so far; the id of the step started asynchronously (0: none)
     try:
         while True:
             t0 = perf_counter_ns()
-            # Sampling with top-k: the chain runs on the graph's top candidates when that is exact.
-            small = (chain.run_on_candidates(session.tokens[0], *session.top)
-                     if chain.top_k and session.top is not None and isinstance(choose, Sampler) else None)
-            processed = chain(session.tokens[0], logits) if small is None else None
-            t1 = perf_counter_ns()
-            if processed is not None and processed is not logits and not np.isfinite(processed.max()):
-                raise ValueError("every token is masked after processing (all logits are -inf)")
-            if small is not None:
-                token = int(small[1][choose(small[0])])
-            elif processed is logits and choose is greedy and session.argmax is not None:
-                token = session.argmax  # from the graph's top candidates: same rule, no scan in NumPy
-            else:
-                token = choose(processed)
+            ch = choice.choose(session.tokens[0], logits, session.logsumexp, session.top)
+            token = ch.token
             lp = float(logits[token] - session.logsumexp)
-            if processed is logits:
-                plp = lp
-            else:  # a Sampler knows the drawn token's logprob (the candidate path always has one)
-                plp = choose.logprob if isinstance(choose, Sampler) else logprob(processed, token, scratch)
             top = top_logprobs(logits, top_n, session.logsumexp) if top_n else None
+            top_choice = ch.top_choice
+            if top_choice is None and (peak := session.argmax) is not None:
+                top_choice = token == peak
             t2 = perf_counter_ns()
             n += 1
             reason = stopping.check(token, n, (t2 - t_start_ns) / 1e9)
             # From here on nothing reads `logits`: the next infer may write them.
             if overlap and not reason and not stop_strings.stops:
                 started = session.start_step(token)
-            text, matched = stop_strings.feed(detok.push(token))
-            if matched:
-                reason = "stop_string"
-            elif reason:  # generation ends: release everything held back
-                rest, matched = stop_strings.feed(detok.flush())
-                text += rest if matched else rest + stop_strings.flush()
-                reason = "stop_string" if matched else reason
+            ta = perf_counter_ns()
+            choice.accept(token)
+            tb = perf_counter_ns()
+            text, reason = _text(detok, stop_strings, token, reason)
             if overlap and not reason and not started:
                 started = session.start_step(token)
             t3 = perf_counter_ns()
-            rec = TokenRecord(n - 1, token, text, lp, plp, reason, top, sequence, model_ns, t1 - t0, t2 - t1,
-                              t3 - t2, t3, dict(chain.timings_ns), None, infer_start, t0, 0, bool(started))
+            process_ns = choice.process_ns
+            rec = TokenRecord(n - 1, token, text, lp, ch.logprob, reason, top, sequence, model_ns, process_ns,
+                              t2 - t0 - process_ns, t3 - t2 - (tb - ta), t3, dict(choice.timings_ns), None, infer_start,
+                              t0, 0, bool(started), top_choice, choice.chain.allowed, ch.subset, tb - ta)
             yield rec
             rec.callback_ns = perf_counter_ns() - t3
             if reason:
@@ -163,3 +123,32 @@ def decode(session, logits: np.ndarray, *, chain, choose: Callable[[np.ndarray],
     finally:
         if started:  # the consumer stopped early: let the running infer finish before anyone reuses the
             session.settle(started)  # session (unless another call already did)
+
+
+def _text(detok, stop_strings: StopStrings, token: int, reason: str | None) -> tuple[str, str | None]:
+    """The text delta `token` releases, and the finish reason (a stop string may end it here)."""
+    text, matched = stop_strings.feed(detok.push(token))
+    if matched:
+        return text, "stop_string"
+    if reason:  # generation ends: release everything held back
+        rest, matched = stop_strings.feed(detok.flush())
+        text += rest if matched else rest + stop_strings.flush()
+        return text, "stop_string" if matched else reason
+    return text, reason
+
+
+def sequence_records(tokenizer, sequences, steps=None) -> Iterator[TokenRecord]:
+    """One TokenRecord per token of each finished sequence, best first (beam search: they are only
+    known at the end). `sequences`: objects with token_ids, logprobs, processed_logprobs,
+    finish_reason and score (beam.Hypothesis); `steps[i]`, when given, holds the timings of the step
+    that chose token i (beam.BeamStep)."""
+    for seq, h in enumerate(sequences):
+        detok = IncrementalDecoder(tokenizer)
+        last = len(h.token_ids) - 1
+        for i, tok in enumerate(h.token_ids):
+            text = detok.push(tok) + (detok.flush() if i == last else "")
+            st = steps[i] if steps else None
+            yield TokenRecord(i, tok, text, h.logprobs[i], h.processed_logprobs[i],
+                              h.finish_reason if i == last else None, None, seq,
+                              st.model_ns if st else 0, st.process_ns if st else 0, st.choice_ns if st else 0, 0,
+                              st.ready_ns if st else 0, st.stage_ns if st else {}, score=h.score)

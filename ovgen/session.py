@@ -1,37 +1,30 @@
 """Session: one InferRequest, its KV state and the token history - the only owner of state.
 
-The IR is stateful: the KV cache lives inside the InferRequest (`query_state()`), one row per
-batch entry. `tokens: [rows, T] int64` always equals what the KV state holds, so any operation
-(snapshot, rewind, reorder) keeps the two in step.
+The IR is stateful: the KV cache lives inside the InferRequest (`query_state()`), one row per batch
+entry. `tokens: [rows, T] int64` always equals the tokens the KV state holds; the state may also hold
+*holes*: positions a `rewind` dropped, masked out of attention by the attention mask instead of being
+copied away (an O(1) trim; `kvstate.compact` removes them once they are many). So per infer:
 
-Input tensors per infer (shapes as the IR declares them):
-    input_ids      [rows, t]        new tokens only
-    attention_mask [rows, past + t] all ones (no padding inside a session)
-    position_ids   [rows, t]        past .. past + t - 1
-    beam_idx       [rows]           which row of the previous state each row continues from
+    input_ids      [rows, t]             new tokens only
+    attention_mask [rows, kv + t]        1 over held tokens and the new ones, 0 over holes
+    position_ids   [rows, t]             length .. length + t - 1 (holes take no position)
+    beam_idx       [rows]                which row of the previous state each row continues from
+    logits_to_keep [1]                   how many last positions get logits (1; k + 1 to verify k drafts)
+
+Masked positions contribute exactly nothing (exp(-inf) = 0: tested bit for bit against different
+garbage in the holes); the attention kernels' blocking does see the longer physical length, so
+logits after a trim may differ from a never-trimmed run's in the last bits, as a multi-token infer's do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from time import perf_counter_ns
 
 import numpy as np
 import openvino as ov
 
+from . import kvstate
 from .backend import check_token_ids
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Copies of the KV state tensors and the token history at one point, with the last logits'
-    logsumexp and top candidates (so a restored session reports them for the logits of that point)."""
-
-    states: dict[str, np.ndarray]
-    tokens: np.ndarray
-    beam_idx: np.ndarray | None
-    logsumexp: np.ndarray | np.floating = np.float32(0)
-    top: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class TokenHistory:
@@ -71,13 +64,15 @@ class TokenHistory:
 
 
 class Session(TokenHistory):
-    """Prefill, step, snapshot/restore, rewind and reorder over one InferRequest.
+    """Prefill, step, snapshot/restore, rewind, reorder, save/load over one InferRequest.
 
-    `prefill` and `step` return a NumPy view of the last position's logits, valid until the next
-    call that runs the model: `[vocab]` when the session has one row, `[rows, vocab]` otherwise.
+    `prefill`, `append` and `step` return a NumPy view of the last position's logits, valid until
+    the next call that runs the model: `[vocab]` with one row, `[rows, vocab]` otherwise
+    (`append(ids, logits_to_keep=k)`: the last k positions', `[k, vocab]` / `[rows, k, vocab]`).
     """
 
     reorder_kv = True  # the IR's beam_idx input gathers KV rows inside the next infer
+    max_hole_fraction = 0.5  # compact the KV state when holes exceed this share of it (and 256 positions)
 
     def __init__(self, model):
         super().__init__()
@@ -85,6 +80,7 @@ class Session(TokenHistory):
         self.request = model.compiled.create_infer_request()
         self._has_positions = "position_ids" in model.input_names
         self._has_beam_idx = "beam_idx" in model.input_names
+        self._has_keep = "logits_to_keep" in model.input_names
         self._beam_idx: np.ndarray | None = None  # pending reorder, applied by the next infer
         self.infer_ns = 0  # wall time of the last infer() call
         # log(sum(exp(logits))) of the last position, per row (a graph output: see kernels.graph)
@@ -92,8 +88,11 @@ class Session(TokenHistory):
         # (values, ids) of the model.top_candidates largest last logits, ids ascending, one row only,
         # None otherwise (every other logit is <= values.min()): a graph output, see kernels.graph
         self.top: tuple[np.ndarray, np.ndarray] | None = None
+        self.kv = 0  # positions in the KV state: held tokens plus holes
+        self.holes = 0
+        self._mask = np.ones((1, 1024), np.int64)  # attention mask over the KV positions, [rows, capacity]
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
-        self._out: tuple | None = None  # preset output buffers: (rows, logits, logsumexp, top)
+        self._out: tuple | None = None  # preset output buffers: (rows, keep, logits, logsumexp, top)
         self._pending: int | None = None  # the token of a step started by start_step()
         self._step_id = 0  # counts started steps (start_step returns it)
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
@@ -114,6 +113,11 @@ class Session(TokenHistory):
         peak = values[i]  # (the end values first: a scalar read costs less than a reduction)
         return int(ids[i]) if peak > values[0] or peak > values[-1] or peak > values.min() else None
 
+    @property
+    def mask(self) -> np.ndarray:
+        """[rows, kv] the attention mask over the KV state (0 at holes)."""
+        return self._mask[:, :self.kv]
+
     # ---- running the model --------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything: empty KV state, empty history."""
@@ -122,6 +126,9 @@ class Session(TokenHistory):
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx = None
         self.top = None
+        self.kv = self.holes = 0
+        if self._mask.shape[0] != 1:
+            self._set_mask(np.ones((1, self._mask.shape[1]), np.int64))
 
     def reserve(self, n: int) -> None:
         """Room for `n` tokens in all: nothing to do, the IR's KV state grows as needed (runtimes
@@ -132,14 +139,20 @@ class Session(TokenHistory):
         self.reset()
         return self.append(token_ids)
 
-    def append(self, token_ids) -> np.ndarray:
-        """Run `token_ids: [T]` (or `[rows, T]`) after what the session holds (chat turns, forced text)."""
+    def append(self, token_ids, logits_to_keep: int = 1) -> np.ndarray:
+        """Run `token_ids: [T]` (or `[rows, T]`) after what the session holds (chat turns, forced
+        text, verifying proposed tokens: `logits_to_keep = T` gives every position's logits)."""
         self.settle()
         ids = np.asarray(token_ids, dtype=np.int64)
         ids = ids[None, :] if ids.ndim == 1 else ids
         if ids.shape[1] == 0:
             raise ValueError("token_ids is empty; a prompt needs at least one token")
-        return self._infer(ids)
+        if not 1 <= logits_to_keep <= ids.shape[1]:
+            raise ValueError(f"logits_to_keep must be in [1, {ids.shape[1]}], got {logits_to_keep}")
+        if logits_to_keep > 1 and not self._has_keep:
+            raise NotImplementedError("this model has no logits_to_keep input (loaded with last_logits_only=False?): "
+                                      "it cannot return several positions' logits")
+        return self._infer(ids, logits_to_keep)
 
     def step(self, token_ids) -> np.ndarray:
         """Run one token per row: `token_ids` is an int (one row) or `[rows]`."""
@@ -147,14 +160,28 @@ class Session(TokenHistory):
         if isinstance(token_ids, (int, np.integer)) and self._fast_ok():
             return self._step_one(int(token_ids))
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
-        return self._infer(ids)
+        return self._infer(ids, 1)
+
+    # ---- the attention mask -------------------------------------------------------------------------
+    def _set_mask(self, mask: np.ndarray) -> None:
+        self._mask = np.ascontiguousarray(mask)
+        self._fast = None  # its mask tensor viewed the old buffer
+
+    def _open(self, t: int) -> None:
+        """Mark the next t KV positions held (growing the mask buffer as needed)."""
+        need = self.kv + t
+        if need > self._mask.shape[1]:
+            grown = np.ones((self._mask.shape[0], max(2 * need, 1024)), np.int64)
+            grown[:, :self.kv] = self._mask[:, :self.kv]
+            self._set_mask(grown)
+        self._mask[:, self.kv:need] = 1
 
     # ---- the one-token fast path ----------------------------------------------------------------
     # Right after infer() the weights streamed through the caches have evicted Python's working set,
     # so every tensor created or set per token costs tens of microseconds. The common decode step
     # (one row, one token, no pending reorder) therefore writes two scalars into input tensors set
-    # on the request once, shrinks/grows a preset all-ones attention mask with set_shape, and reads
-    # the logits from output buffers set once (see _outputs).
+    # on the request once, grows a preset attention mask (a view of `_mask`) with set_shape, and
+    # reads the logits from output buffers set once (see _outputs).
     def _fast_ok(self) -> bool:
         return (self.rows == 1 and self._beam_idx is None and self._len > 0 and self._has_positions
                 and self._has_beam_idx and self.model.sliced)
@@ -169,27 +196,30 @@ class Session(TokenHistory):
     def _prepare_one(self, token: int) -> None:
         if not 0 <= token < self.model.vocab_size:
             check_token_ids([token], self.model.vocab_size)
-        past = self._len
+        if self.kv + 1 > self._mask.shape[1]:
+            self._open(1)
         f = self._fast
-        if f is None or past + 1 > f.capacity:
-            f = self._fast = _FastStep(max(1024, 2 * (past + 1)))
+        if f is None:
+            f = self._fast = _FastStep(self._mask, self._has_keep)
         if not f.installed:
             for name, tensor in f.inputs.items():
                 self.request.set_tensor(name, tensor)
             f.installed = True
         f.ids[0, 0] = token
-        f.pos[0, 0] = past
-        f.mask.set_shape([1, past + 1])
-        self._outputs(1)
+        f.pos[0, 0] = self._len
+        self._mask[0, self.kv] = 1
+        f.mask.set_shape([1, self.kv + 1])
+        self._outputs(1, 1)
 
     def _after_one(self, token: int) -> np.ndarray:
-        _, logits, lse, cand = self._out
+        _, _, logits, lse, cand = self._out
         self.top = cand
         if self._len + 1 > self._hist.shape[1]:
             self._push(np.array([[token]], dtype=np.int64))
         else:
             self._hist[0, self._len] = token
             self._len += 1
+        self.kv += 1
         self.logsumexp = lse[0, 0, 0]
         return logits[0, 0]
 
@@ -223,43 +253,54 @@ class Session(TokenHistory):
         if self._pending is not None and step_id in (None, self._step_id):
             self.finish_step()
 
-    def _outputs(self, rows: int):
-        """Output buffers of `rows` rows set on the request once (logits are [rows, 1, vocab] since
-        the graph is sliced to the last position), so reading them costs no get_tensor()."""
-        if self._out is None or self._out[0] != rows:
-            logits = np.empty((rows, 1, self.model.vocab_size), dtype=np.float32)
-            lse = np.empty((rows, 1, 1), dtype=np.float32)
+    def _outputs(self, rows: int, keep: int):
+        """Output buffers of [rows, keep, ...] set on the request (logits, logsumexp, top
+        candidates of the last position), reused while the shape holds: reading them costs no
+        get_tensor()."""
+        if self._out is None or self._out[:2] != (rows, keep):
+            logits = np.empty((rows, keep, self.model.vocab_size), dtype=np.float32)
+            lse = np.empty((rows, keep, 1), dtype=np.float32)
             self.request.set_tensor("logits", ov.Tensor(logits, shared_memory=True))
             self.request.set_tensor("logsumexp", ov.Tensor(lse, shared_memory=True))
             cand = None
             if self.model.top_candidates:
                 k = self.model.top_candidates
-                values, ids = np.empty((rows, 1, k), np.float32), np.empty((rows, 1, k), np.int64)
+                values, ids = np.empty((rows, keep, k), np.float32), np.empty((rows, keep, k), np.int64)
                 self.request.set_tensor("topk_values", ov.Tensor(values, shared_memory=True))
                 self.request.set_tensor("topk_ids", ov.Tensor(ids, shared_memory=True))
-                cand = (values[0, 0], ids[0, 0])
-            self._out = (rows, logits, lse, cand)
+                cand = (values[0, -1], ids[0, -1])
+            self._out = (rows, keep, logits, lse, cand)
         return self._out
 
-    def _infer(self, ids: np.ndarray) -> np.ndarray:
-        # ids: [rows, t] int64
+    def _inputs(self, ids: np.ndarray, keep: int) -> dict:
         rows, t = ids.shape
-        check_token_ids(ids, self.model.vocab_size)
-        past = self.length
+        past = self._len
         if self._beam_idx is None and rows != self.rows:
             if self.rows != 1:
                 raise ValueError(f"{rows} rows of token ids for a session of {self.rows} rows; "
                                  "use reorder() to change the number of rows")
             self.tokens = np.repeat(self.tokens, rows, axis=0)  # fan out one row: beam_idx = zeros
+            self._set_mask(np.repeat(self._mask, rows, axis=0))
             if past:
                 self._beam_idx = np.zeros(rows, dtype=np.int32)
-        inputs = {"input_ids": ids, "attention_mask": np.ones((rows, past + t), dtype=np.int64)}
+        self._open(t)
+        mask = self._mask[:, :self.kv + t]
+        inputs = {"input_ids": ids, "attention_mask": mask if rows == 1 else np.ascontiguousarray(mask)}
         if self._has_positions:
             inputs["position_ids"] = np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (rows, t))
         if self._has_beam_idx:
             inputs["beam_idx"] = self._beam_idx if self._beam_idx is not None else np.arange(rows, dtype=np.int32)
+        if self._has_keep:
+            inputs["logits_to_keep"] = np.array([keep], np.int64)
+        return inputs
+
+    def _infer(self, ids: np.ndarray, keep: int) -> np.ndarray:
+        # ids: [rows, t] int64
+        rows, t = ids.shape
+        check_token_ids(ids, self.model.vocab_size)
+        inputs = self._inputs(ids, keep)
         if self.model.sliced:
-            self._outputs(rows)
+            self._outputs(rows, keep)
         if self._fast is not None:
             self._fast.installed = False  # infer(inputs) replaces the request's input tensors
         self.infer_start_ns = t0 = perf_counter_ns()
@@ -267,8 +308,9 @@ class Session(TokenHistory):
         self.infer_ns = perf_counter_ns() - t0
         self._beam_idx = None
         self._push(ids)
+        self.kv += t
         if self.model.sliced:
-            _, logits, lse, cand = self._out
+            _, _, logits, lse, cand = self._out
         else:
             logits = self.request.get_tensor("logits").data  # [rows, t, vocab], a view
             lse = self.request.get_tensor("logsumexp").data  # [rows, t, 1]
@@ -277,50 +319,57 @@ class Session(TokenHistory):
                 cand = tuple(self.request.get_tensor(n).data[0, -1] for n in ("topk_values", "topk_ids"))
         self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
         self.top = cand if rows == 1 else None
+        if keep > 1:
+            self.kept_logsumexp = lse[..., 0] if rows > 1 else lse[0, :, 0]  # [keep] (or [rows, keep])
+            return logits[0, -keep:] if rows == 1 else logits[:, -keep:]
         return logits[0, -1] if rows == 1 else logits[:, -1]
 
-    # ---- state management ---------------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
+    # ---- state management (ovgen/kvstate.py) ------------------------------------------------------------
+    def snapshot(self) -> kvstate.Snapshot:
         """Copy the KV state and history (restore() returns to exactly this point)."""
         self.settle()
-        states = {s.name: np.array(s.state.data, copy=True) for s in self.request.query_state()}
-        beam = None if self._beam_idx is None else self._beam_idx.copy()
-        top = None if self.top is None else (self.top[0].copy(), self.top[1].copy())
-        return Snapshot(states, self.tokens.copy(), beam, np.copy(self.logsumexp), top)
+        return kvstate.snapshot(self)
 
-    def restore(self, snap: Snapshot) -> None:
+    def restore(self, snap: kvstate.Snapshot) -> None:
         """Put back a snapshot taken from a session over the same compiled model."""
         self.settle()
-        for s in self.request.query_state():
-            if s.name not in snap.states:
-                raise ValueError(f"snapshot has no state named {s.name!r}; it is from another model")
-            s.state = ov.Tensor(np.array(snap.states[s.name], copy=True))
-        self.tokens = snap.tokens.copy()
-        self._beam_idx = None if snap.beam_idx is None else snap.beam_idx.copy()
-        self.logsumexp = np.copy(snap.logsumexp)
-        self.top = None if snap.top is None else (snap.top[0].copy(), snap.top[1].copy())
+        kvstate.restore(self, snap)
 
     def rewind(self, n: int) -> None:
-        """Drop the last `n` tokens from the KV state and history (0 <= n <= length)."""
+        """Drop the last `n` tokens (0 <= n <= length): O(n), they become holes in the attention
+        mask; the KV state is compacted once holes pass `max_hole_fraction` of it."""
         self.settle()
         if not 0 <= n <= self.length:
             raise ValueError(f"rewind n must be in [0, {self.length}], got {n}")
         if n == 0:
             return
-        keep = self.length - n
-        if keep == 0:
+        if n == self.length:
             self.reset()
             return
-        for s in self.request.query_state():
-            data = s.state.data
-            axis = _seq_axis(data.shape, self.length)
-            s.state = ov.Tensor(np.ascontiguousarray(np.take(data, np.arange(keep), axis=axis)))
-        self.tokens = self.tokens[:, :keep].copy()
+        kvstate.drop_last(self, n)
         self.top = None  # the logits of the new last position are not known until the next run
+        if self.holes > 256 and self.holes > self.max_hole_fraction * self.kv:
+            kvstate.compact(self)
+
+    def compact(self) -> None:
+        """Copy the held positions into fresh state tensors, leaving no holes: O(length)."""
+        self.settle()
+        kvstate.compact(self)
+
+    def save(self, path) -> None:
+        """Write the KV state and history to `path` (ovgen/kvstate.py: a versioned .npz that names
+        the model and its precision; `load` refuses anything else)."""
+        self.settle()
+        kvstate.save(self, path)
+
+    def load(self, path) -> None:
+        """Replace this session's state with one `save` wrote for the same model and precision."""
+        self.settle()
+        kvstate.load(self, path)
 
     def reorder(self, beam_idx) -> None:
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
-        inside the next infer (the IR's beam_idx input); the history is reordered now."""
+        inside the next infer (the IR's beam_idx input); the history and mask are reordered now."""
         self.settle()
         idx = np.asarray(beam_idx, dtype=np.int32).reshape(-1)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= self.rows:
@@ -330,32 +379,23 @@ class Session(TokenHistory):
         prev = self._beam_idx
         self._beam_idx = idx if prev is None else prev[idx]  # compose with a pending reorder
         self.tokens = self.tokens[idx]
+        if self._mask.shape[0] > 1 or idx.size > 1:
+            self._set_mask(self._mask[np.minimum(idx, self._mask.shape[0] - 1)])
         self.top = None
 
 
-def _seq_axis(shape, length: int) -> int:
-    """The KV tensor's sequence axis: [batch, kv_heads, seq, head_dim] puts it at 2; fall back to
-    whichever non-batch axis has the session's length."""
-    if len(shape) == 4 and shape[2] == length:
-        return 2
-    for axis in range(1, len(shape)):
-        if shape[axis] == length:
-            return axis
-    raise RuntimeError(f"cannot find the sequence axis of a KV state of shape {shape} (length {length})")
-
-
 class _FastStep:
-    """Input tensors for one-token steps: ids and positions [1, 1], beam_idx [1], and an all-ones
-    attention mask allocated for `capacity` positions whose shape is set per step."""
+    """Input tensors for one-token steps: ids and positions [1, 1], beam_idx [1], logits_to_keep [1]
+    and the attention mask - a view of the session's mask buffer whose shape is set per step."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
+    def __init__(self, mask: np.ndarray, keep: bool):
         self.ids = np.zeros((1, 1), dtype=np.int64)
         self.pos = np.zeros((1, 1), dtype=np.int64)
         self.beam = np.zeros(1, dtype=np.int32)
-        self.mask = ov.Tensor(ov.Type.i64, ov.Shape([1, capacity]))
-        self.mask.data[:] = 1
+        self.mask = ov.Tensor(mask[:1], shared_memory=True)
         self.inputs = {"input_ids": ov.Tensor(self.ids, shared_memory=True),
                        "position_ids": ov.Tensor(self.pos, shared_memory=True),
                        "beam_idx": ov.Tensor(self.beam, shared_memory=True), "attention_mask": self.mask}
+        if keep:
+            self.inputs["logits_to_keep"] = ov.Tensor(np.ones(1, np.int64), shared_memory=True)
         self.installed = False

@@ -20,6 +20,7 @@ class Tokenizer:
     def __init__(self, model_dir: str | Path, backend: str = "hf"):
         self.dir = Path(model_dir)
         self.backend = backend
+        self.cache: dict = {}  # what samplers derive from the vocabulary once (DRY breakers, grammar matchers)
         cfg_path = self.dir / "tokenizer_config.json"
         self.config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
         if backend == "hf":
@@ -68,6 +69,14 @@ class Tokenizer:
             return ""
         out = self._ov_detok(np.asarray([ids], dtype=np.int64))
         return str(out[self._ov_detok.output(0)][0])
+
+    def token_texts(self) -> list[str]:
+        """Every token's own text (special tokens included), by id; computed once."""
+        if "token_texts" not in self.cache:
+            self.cache["token_texts"] = [self.decode([i], skip_special_tokens=False) for i in range(self.vocab_size)] \
+                if self.backend != "hf" else self._tok.decode_batch([[i] for i in range(self.vocab_size)],
+                                                                    skip_special_tokens=False)
+        return self.cache["token_texts"]
 
     # ---- chat ---------------------------------------------------------------------------------
     def chat_template(self) -> str | None:

@@ -28,8 +28,8 @@ class RoundedSession(Session):
         self.top = None
         return logits
 
-    def _infer(self, ids):
-        return self._round(super()._infer(ids))
+    def _infer(self, ids, keep=1):
+        return self._round(super()._infer(ids, keep))
 
     def _step_one(self, token):
         return self._round(super()._step_one(token))
@@ -49,7 +49,7 @@ def rounded_hf(model):
             out.logits = torch.from_numpy(bf16_round(out.logits.float().numpy()))
             return out
 
-    ir, *_ = build_ir(model.path)
+    ir, *_ = build_ir(model.path, keep_input=False)
     hf = Rounded(ir, config=AutoConfig.from_pretrained(model.path), ov_config=model.ov_config,
                  model_save_dir=model.path)
     return record_topk(hf)

@@ -21,7 +21,7 @@ def model(model_dir):
 def require_flavour(name: str):
     """A prepared flavour folder; fails (not skips) when missing: the README test command makes it."""
     path = flavour_dir(name)
-    assert is_complete(path), f"{path} is missing; run `ovgen prepare --flavours hf,optimum,onnx,phi3-tiny` first"
+    assert is_complete(path), f"{path} is missing; run `ovgen prepare --flavours hf,optimum,onnx,draft,phi3-tiny` first"
     return path
 
 

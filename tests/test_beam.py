@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 import ovgen
-from ovgen.beam import BeamSearch, _sample_without_replacement
+from ovgen.beam import BeamSearch
+from ovgen.choice import beam_candidates
 from ovgen.config import GenerationConfig
 
 
@@ -19,7 +20,7 @@ def test_sampling_without_replacement_has_the_law_of_successive_draws():
     n, v = 20_000, logits.size
     counts = np.zeros((v, v))
     for _ in range(n):
-        a, b = _sample_without_replacement(logits, 2, rng)
+        a, b = beam_candidates(logits, 2, rng)
         counts[a, b] += 1
     p = np.exp(logits.astype(np.float64))
     p /= p.sum()
@@ -34,7 +35,7 @@ def test_sampling_without_replacement_has_the_law_of_successive_draws():
 def test_sampling_refuses_when_too_few_candidates_remain():
     logits = np.array([0.0, -np.inf, -np.inf, 1.0], np.float32)
     with pytest.raises(ValueError, match="non-zero probability"):
-        _sample_without_replacement(logits, 3, np.random.default_rng(0))
+        beam_candidates(logits, 3, np.random.default_rng(0))
 
 
 def test_beam_sample_is_reproducible_by_seed(model):

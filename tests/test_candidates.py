@@ -1,5 +1,5 @@
-"""Sampling on the graph's top candidates (Session.top + Chain.run_on_candidates) must choose exactly
-what the whole-vocabulary chain chooses: same tokens, same processed log-probabilities."""
+"""The token-choice stage on the graph's top candidates (Session.top) must choose exactly what it
+chooses on the whole vocabulary: same tokens, same processed log-probabilities."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 import ovgen
+from ovgen.choice import build_chain, token_choice
 from ovgen.config import GenerationConfig
 from ovgen.kernels import penalties as P
 from ovgen.kernels.sampling import multinomial
-from ovgen.processors import build_chain
-from ovgen.search import Sampler
 
 from conftest import PROMPTS
 
@@ -23,6 +22,15 @@ CONFIGS = [
     {"top_k": 40, "top_p": 0.95, "repetition_penalty": 1.3, "temperature": 1.5},
     {"top_k": 60, "repetition_penalty": 1.1},
 ]
+# stages that close only after top-k, or lower logits token by token: exact on candidates too
+MORE = [
+    {"top_k": 50, "min_p": 0.1, "typical_p": 0.9, "repetition_penalty": 1.2},
+    {"top_k": 30, "no_repeat_ngram_size": 2, "presence_penalty": 0.5, "frequency_penalty": 0.3},
+    {"top_k": 40, "epsilon_cutoff": 0.01, "eta_cutoff": 0.01},
+    {"top_k": 40, "dry_multiplier": 0.8, "dry_sequence_breakers": [[5]], "logit_bias": {3: -2.0}},
+    {"top_k": 40, "xtc_probability": 0.5, "xtc_threshold": 0.05, "seed": 3},
+    {"top_k": 50, "mirostat": 2, "mirostat_tau": 3.0},
+]
 
 
 def _candidates(logits: np.ndarray, m: int):
@@ -31,63 +39,89 @@ def _candidates(logits: np.ndarray, m: int):
     return logits[ids], ids
 
 
-@pytest.mark.parametrize("settings", CONFIGS)
-def test_run_on_candidates_equals_the_whole_vocabulary_chain(settings):
+def _choose(cfg, history, logits, top, seed):
+    tc = token_choice(cfg, prompt_len=1)
+    if cfg.do_sample:
+        tc.chooser.rng = np.random.default_rng(seed)
+    tc.chain.reset()
+    return tc.choose(history, logits, np.float32(0), top)
+
+
+@pytest.mark.parametrize("settings", CONFIGS + MORE)
+def test_candidates_choose_what_the_whole_vocabulary_chooses(settings):
+    """Random rows (a third with ties around the 64th value): whenever the stage decides on the 64
+    candidates it picks the same token, with the same processed log-probability, as on the whole
+    vocabulary; and it does decide often."""
     rng = np.random.default_rng(0)
-    cfg = GenerationConfig(do_sample=True, **settings)
-    used = fallback = 0
+    cfg = GenerationConfig(**{"do_sample": True, **settings})
+    used = 0
     for trial in range(300):
-        vocab = 3000
-        logits = (rng.standard_normal(vocab) * rng.uniform(0.5, 4)).astype(np.float32)
-        if trial % 3 == 0:  # ties around the 64th value
+        logits = (rng.standard_normal(3000) * rng.uniform(0.5, 4)).astype(np.float32)
+        if trial % 3 == 0:
             logits = np.round(logits, 1)
-        history = rng.integers(0, vocab, rng.integers(1, 400))
+        history = rng.integers(0, 3000, rng.integers(1, 400))
         if trial % 2:  # the likeliest tokens already generated: the penalty reorders the top
             history = np.concatenate([history, np.argsort(logits)[-rng.integers(1, 40):]])
-        chain = build_chain(cfg, prompt_len=1)
-        assert chain.top_k == settings["top_k"]
-        full = chain(history, logits)
-        got = chain.run_on_candidates(history, *_candidates(logits, 64))
-        if got is None:
-            fallback += 1
-            continue
-        used += 1
-        values, ids = got
-        np.testing.assert_array_equal(values, full[ids])  # bit-identical
-        rest = np.delete(full, ids)
-        assert (rest == -np.inf).all(), "a token outside the candidates survived the whole-vocabulary chain"
-        a, b = Sampler(seed=trial), Sampler(seed=trial)
-        assert ids[a(values)] == b(full) and a.logprob == b.logprob
-    assert used > 100 and (fallback > 0 or settings.get("repetition_penalty", 1) == 1)
+        a = _choose(cfg, history, logits, _candidates(logits, 64), trial)
+        b = _choose(cfg, history, logits, None, trial)
+        assert (a.token, a.logprob) == (b.token, b.logprob), (settings, trial)
+        used += a.subset
+    assert used > 100
 
 
 def test_candidates_are_refused_when_they_cannot_be_exact():
     cfg = GenerationConfig(do_sample=True, top_k=50, repetition_penalty=1.5)
     logits = np.linspace(10, 0, 1000, dtype=np.float32)
     values, ids = _candidates(logits, 64)
+    chain = build_chain(cfg, prompt_len=1)
     # all 64 candidates generated before: penalised below the 64th raw logit, so tokens outside
     # the candidates may belong to the top 50
-    assert build_chain(cfg, prompt_len=1).run_on_candidates(np.arange(64), values, ids) is None
-    assert build_chain(cfg, prompt_len=1).run_on_candidates(np.array([999]), values, ids) is not None
-    # fewer candidates than top_k, or an edited chain: the whole vocabulary
-    assert build_chain(cfg.replace(top_k=65), prompt_len=1).run_on_candidates(np.array([999]), values, ids) is None
-    chain = build_chain(cfg, prompt_len=1)
-    chain.processors.reverse()
-    assert chain.run_on_candidates(np.array([999]), values, ids) is None
+    assert chain.on_subset(np.arange(64), values, ids, float(values.min()), 1000) is None
+    assert chain.on_subset(np.array([999]), values, ids, float(values.min()), 1000) is not None
+    # fewer candidates than top_k, or a stage that needs the whole distribution before top-k closes it
+    assert build_chain(cfg.replace(top_k=65), prompt_len=1).on_subset(np.array([999]), values, ids,
+                                                                       float(values.min()), 1000) is None
+    chain = build_chain(cfg.replace(top_p=0.9), prompt_len=1)
+    assert chain.on_subset(np.array([999]), values, ids, float(values.min()), 1000) is not None
+    chain.stages.reverse()  # top-p first: the nucleus of an open subset is not the whole vocabulary's
+    assert chain.on_subset(np.array([999]), values, ids, float(values.min()), 1000) is None
 
 
 @pytest.mark.parametrize("settings", [
     {"top_k": 0, "top_p": 0.9},  # no top-k: the nucleus may reach beyond any fixed set
-    {"top_k": 50, "repetition_penalty": 0.8},  # a penalty < 1 raises logits
-    {"top_k": 50, "min_p": 0.1},
-    {"top_k": 50, "typical_p": 0.9},
-    {"top_k": 50, "no_repeat_ngram_size": 3},
-    {"top_k": 50, "do_sample": False},
+    {"top_k": 50, "repetition_penalty": 0.8},  # a penalty < 1 raises logits before top-k closes the set
+    {"top_k": 0, "min_p": 0.1},
+    {"top_k": 50, "logit_bias": {7: 5.0}},  # a positive bias may lift an outsider
+    {"top_k": 50, "top_n_sigma": 1.0},  # llama.cpp's σ is over every finite logit (it runs before top-k)
 ])
-def test_chains_that_cannot_run_on_candidates(settings):
+def test_chains_that_cannot_run_on_open_candidates(settings):
     cfg = GenerationConfig(**{"do_sample": True, **settings})
-    assert build_chain(cfg, prompt_len=1).top_k == 0
-    assert build_chain(GenerationConfig(do_sample=True, top_k=50), prompt_len=1, user=[lambda i, x: x]).top_k == 0
+    values, ids = _candidates(np.linspace(10, 0, 1000, dtype=np.float32), 64)
+    assert build_chain(cfg, prompt_len=1).on_subset(np.array([999]), values, ids, float(values.min()), 1000) is None
+
+
+def test_greedy_after_processors_takes_the_whole_vocabulary():
+    """Its record carries the processed log-probability, whose normaliser needs every token's
+    processed score: on an open subset greedy declines (plain greedy decides on the candidates)."""
+    logits = np.linspace(10, 0, 1000, dtype=np.float32)
+    top = _candidates(logits, 64)
+    assert _choose(GenerationConfig(repetition_penalty=1.3), np.array([5]), logits, top, 0).subset is False
+    assert _choose(GenerationConfig(), np.array([5]), logits, top, 0).subset is True
+
+
+def test_a_user_processor_runs_on_candidates_only_when_it_says_so():
+    cfg = GenerationConfig(do_sample=True, top_k=50)
+    values, ids = _candidates(np.linspace(10, 0, 1000, dtype=np.float32), 64)
+
+    def ban_seven(token_ids, logits):
+        logits[7] = -np.inf
+        return logits
+
+    assert build_chain(cfg, prompt_len=1, user=[ban_seven]).on_subset(np.array([1]), values, ids, 0.0, 1000) is None
+    ban_seven.subset = "lowers"
+    out = build_chain(cfg, prompt_len=1, user=[ban_seven]).on_subset(np.array([1]), values, ids,
+                                                                      float(values.min()), 1000)
+    assert out is not None and out[0][list(ids).index(7)] == -np.inf
 
 
 def test_repetition_penalty_on_candidates_is_bit_identical():
@@ -134,7 +168,7 @@ def test_graph_topk_output_holds_the_largest_logits(model):
     np.testing.assert_array_equal(s.top[0], values)
 
 
-@pytest.mark.parametrize("settings", CONFIGS)
+@pytest.mark.parametrize("settings", CONFIGS + MORE[:2])
 def test_generation_on_candidates_matches_the_whole_vocabulary(model, settings):
     """The real model: the same seeds give the same tokens and processed log-probabilities with the
     candidates as with a model that has none (every step on the whole vocabulary)."""

@@ -16,7 +16,7 @@ import ovgen
 from ovgen.beam import beam_search
 from ovgen.config import GenerationConfig
 from ovgen.kernels.sampling import softmax
-from ovgen.processors import build_chain
+from ovgen.choice import build_chain
 from ovgen.search import Sampler
 from ovgen.tokenizer import render_chat_template
 
@@ -60,7 +60,7 @@ def test_too_long_prompt_is_refused_unless_truncation_is_asked(model, monkeypatc
     ids = (np.arange(limit + 10) % 5000 + 100).tolist()
     calls = []
     real = ovgen.Session._infer
-    monkeypatch.setattr(ovgen.Session, "_infer", lambda self, x: calls.append(x) or real(self, x))
+    monkeypatch.setattr(ovgen.Session, "_infer", lambda self, x, keep=1: calls.append(x) or real(self, x, keep))
     with pytest.raises(ValueError, match=rf"prompt has {limit + 10} tokens; .* is {limit}; set truncate_prompt=True"):
         ovgen.generate(model, ids, {"max_new_tokens": 4})
     assert calls == []

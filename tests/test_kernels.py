@@ -135,6 +135,11 @@ CASES = [
      lambda i, x: P.apply_logit_bias(x, {3: 2.0, 9: -1.5})),
     ("suppress", lambda: hf.SuppressTokensLogitsProcessor([2, 11]),
      lambda i, x: P.apply_banned_tokens(x, np.array([2, 11]))),
+    ("epsilon", lambda: hf.EpsilonLogitsWarper(0.01), lambda i, x: S.apply_epsilon_cutoff(x, 0.01)),
+    ("epsilon_keep", lambda: hf.EpsilonLogitsWarper(0.2, min_tokens_to_keep=3),
+     lambda i, x: S.apply_epsilon_cutoff(x, 0.2, 3)),
+    ("eta", lambda: hf.EtaLogitsWarper(0.01), lambda i, x: S.apply_eta_cutoff(x, 0.01)),
+    ("eta_keep", lambda: hf.EtaLogitsWarper(0.3, min_tokens_to_keep=2), lambda i, x: S.apply_eta_cutoff(x, 0.3, 2)),
 ]
 
 
@@ -154,7 +159,7 @@ def test_matches_transformers(name, make_ref, ours, seed):
 @pytest.mark.parametrize("seed", range(5))
 def test_min_new_tokens_matches_transformers(seed):
     from ovgen.config import GenerationConfig
-    from ovgen.processors import build_chain
+    from ovgen.choice import build_chain
 
     ids, logits = random_case(seed)
     cfg = GenerationConfig(min_new_tokens=5, eos_token_id=[3, 7])

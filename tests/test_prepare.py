@@ -101,8 +101,8 @@ def test_unknown_flavour_is_refused():
 
 
 def test_flavours_are_complete():
-    """Made by the README test command (`ovgen prepare --flavours hf,optimum,onnx`)."""
+    """Made by the README test command (`ovgen prepare --flavours hf,optimum,onnx,draft`)."""
     for name, marker in (("hf", "model.safetensors"), ("optimum", "openvino_model.xml"),
-                         ("onnx", "genai_config.json")):
+                         ("onnx", "genai_config.json"), ("draft", "openvino_model.xml")):
         assert (prep.flavour_dir(name) / marker).is_file(), name
     assert shutil.which("optimum-cli") or Path(sys.executable).with_name("optimum-cli").exists()

@@ -10,7 +10,7 @@ from scipy import stats
 import ovgen
 from ovgen.config import GenerationConfig
 from ovgen.kernels.sampling import softmax
-from ovgen.processors import build_chain
+from ovgen.choice import build_chain
 from ovgen.search import Sampler
 
 

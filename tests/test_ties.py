@@ -168,7 +168,7 @@ def test_native_beam_search_parts_from_transformers_only_at_ties(native):
 
     from ovgen.model import build_ir
 
-    ir, *_ = build_ir(native.path)
+    ir, *_ = build_ir(native.path, keep_input=False)
     hf = record_topk(OVModelForCausalLM(ir, config=AutoConfig.from_pretrained(native.path),
                                         ov_config=native.ov_config, model_save_dir=native.path))
     cfg = GenerationConfig(num_beams=4, num_return_sequences=2, max_new_tokens=32,

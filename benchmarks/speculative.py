@@ -1,0 +1,175 @@
+"""Speculative decoding, measured: prompt lookup and a draft model against plain greedy and against
+openvino-genai's prompt-lookup pipeline, on input-grounded prompts; and what a KV trim costs
+against the context length (ovgen's holes vs copying the state, as openvino-genai's trim_kv_cache does).
+
+Per prompt, rounds interleaved in a balanced order; TPOT = (last - first stamp) / (n - 1) of one
+run; ratios are medians of per-round ratios against plain greedy; every mode's tokens are compared
+with plain greedy's.
+
+    python benchmarks/speculative.py [--rounds 5] [--new-tokens 96] [--plot trim.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from time import perf_counter_ns
+
+import numpy as np
+
+import ovgen
+from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
+from _timing import balanced, median_ratio
+from ovgen import kvstate
+from ovgen.bench import synthetic_prompt
+from ovgen.generate import prompt_ids
+from ovgen.prepare import flavour_dir
+
+CODE = '''import json
+
+
+def load_config(path):
+    """Read a JSON config file and return it as a dict."""
+    with open(path) as f:
+        config = json.load(f)
+    if "name" not in config:
+        raise ValueError("config needs a name")
+    return config
+
+
+def save_config(path, config):
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+'''
+TEXT = ("The lighthouse stood on a rock a mile from the shore. Every night the keeper climbed its one hundred and "
+        "twelve steps to light the lamp, and every morning he wrote the weather in a small green book.")
+PROMPTS = {
+    "code_edit": "# Original:\n" + CODE + "\n# The same code, with load_config renamed to read_config:\n",
+    "summarise_quote": [{"role": "user", "content": f"Text: {TEXT}\n\nQuote the first sentence of the text exactly, "
+                                                    "then the second one."}],
+    "extract_fields": [{"role": "user", "content": "From this record, list name, email and city as 'field: value' "
+                                                   "lines.\nRecord: name=Maria Gonzalez; email=maria.gonzalez@example.org;"
+                                                   " city=Valencia; phone=+34 600 123 456"}],
+}
+
+
+def ovgen_mode(model, cfg, **kw):
+    def run(ids):
+        stamps = []
+        res = ovgen.generate(model, ids, cfg, on_token=lambda r: stamps.append(perf_counter_ns()), **kw)
+        return res.sequences[0].token_ids, stamps, res.sequences[0].records
+    return run
+
+
+def genai_mode(model, n):
+    import openvino as ov
+    import openvino_genai as og
+
+    from ovgen.compare import token_streamer
+
+    pipe = og.LLMPipeline(str(model.path), "CPU", prompt_lookup=True, **model.ov_config)
+    cfg = og.GenerationConfig()
+    cfg.max_new_tokens, cfg.ignore_eos, cfg.num_assistant_tokens, cfg.max_ngram_size = n, True, 10, 3
+
+    def run(ids):
+        stamps = []
+        inputs = og.TokenizedInputs(ov.Tensor(np.array([ids], np.int64)), ov.Tensor(np.ones((1, len(ids)), np.int64)))
+        out = pipe.generate(inputs, cfg, streamer=token_streamer(lambda t: stamps.append(perf_counter_ns())))
+        return [int(t) for t in out.tokens[0]], stamps, []
+    return run
+
+
+def tpot(stamps) -> float:
+    return (stamps[-1] - stamps[0]) / 1e6 / max(1, len(stamps) - 1)
+
+
+def compare(model, draft, rounds: int, n: int) -> dict:
+    base = {"max_new_tokens": n, "ignore_eos": True}
+    modes = {"greedy": ovgen_mode(model, base),
+             "prompt_lookup": ovgen_mode(model, {**base, "prompt_lookup": True, "num_assistant_tokens": 10}),
+             "prompt_lookup_heuristic": ovgen_mode(model, {**base, "prompt_lookup": True, "num_assistant_tokens": 10,
+                                                           "num_assistant_tokens_schedule": "heuristic"}),
+             "draft_model": ovgen_mode(model, {**base, "num_assistant_tokens": 3}, assistant=draft),
+             "genai_prompt_lookup": genai_mode(model, n)}
+    out = {}
+    for name, prompt in PROMPTS.items():
+        ids = prompt_ids(model, prompt)
+        for run in modes.values():  # warm-up
+            run(ids)
+        t = {m: [] for m in modes}
+        tokens, acc = {}, {}
+        for r in range(rounds):
+            for m in balanced(list(modes), r):
+                toks, stamps, recs = modes[m](ids)
+                t[m].append(tpot(stamps))
+                tokens[m] = toks
+                steps = [x.draft for x in recs if x.draft is not None]
+                if steps:
+                    acc[m] = (sum(s.accepted for s in steps), sum(len(s.proposed) for s in steps))
+        out[name] = {m: {"tpot_ms": float(np.median(v)), "speedup_vs_greedy": median_ratio(t["greedy"], v),
+                         "same_tokens_as_greedy": tokens[m] == tokens["greedy"],
+                         **({"accepted": acc[m][0], "proposed": acc[m][1],
+                             "acceptance": acc[m][0] / max(1, acc[m][1])} if m in acc else {})}
+                     for m, v in t.items()}
+        out[name]["ovgen_pl_over_genai_pl_tpot"] = median_ratio(t["prompt_lookup"], t["genai_prompt_lookup"])
+        print(name, json.dumps(out[name]))
+    return out
+
+
+def trim_cost(model, contexts=(128, 256, 512, 1024, 2048), k: int = 8, reps: int = 5) -> dict:
+    """ms to drop the last k tokens: ovgen's rewind (holes) vs a copy of the kept state (what
+    openvino-genai's trim_kv_cache and ovgen's compaction do)."""
+    s = model.session()
+    out = {}
+    for n in contexts:
+        ids = synthetic_prompt(model.tokenizer, n)
+        holes, copy = [], []
+        for _ in range(reps):
+            s.prefill(ids)
+            s.append(list(range(200, 200 + k)))
+            t0 = perf_counter_ns()
+            s.rewind(k)
+            holes.append((perf_counter_ns() - t0) / 1e6)
+            t0 = perf_counter_ns()
+            kvstate.compact(s)
+            copy.append((perf_counter_ns() - t0) / 1e6)
+        out[n] = {"holes_ms": float(np.median(holes)), "copy_ms": float(np.median(copy))}
+        print("trim", n, out[n])
+    return out
+
+
+def plot(trim: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ctx = sorted(trim)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ctx, [trim[c]["copy_ms"] for c in ctx], "o-", label="copy the kept state (genai trim_kv_cache)")
+    ax.plot(ctx, [trim[c]["holes_ms"] for c in ctx], "o-", label="ovgen rewind (attention-mask holes)")
+    ax.set(xlabel="context (tokens)", ylabel="ms to drop 8 tokens", xscale="log", yscale="log", title="KV trim cost")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--new-tokens", type=int, default=96)
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--out", default=default_path("speculative"))
+    args = ap.parse_args()
+    model = ovgen.load()
+    draft = ovgen.load(flavour_dir("draft"))
+    results = compare(model, draft, args.rounds, args.new_tokens)
+    trim = trim_cost(model)
+    if args.plot:
+        plot(trim, args.plot)
+    save_result(args.out, "speculative", rounds=args.rounds, new_tokens=args.new_tokens, report=model.report,
+                draft_layers=draft.config.get("num_hidden_layers"), results=results, trim=trim)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""What beam search keeps: the beams' histories, the hypotheses it returns and the steps it shows
+(shared by ovgen/beam.py and ovgen/beam_groups.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NEG = np.float32(-1.0e9)  # HF's "very large negative" score for masked beams
+
+
+@dataclass
+class Hypothesis:
+    """A finished (or, at the end, still running) beam."""
+
+    token_ids: list[int]  # generated tokens only (the eos token included when it ended the beam)
+    score: float | None  # sum of processed log-probs / len(token_ids) ** length_penalty
+    logprobs: list[float]  # each token's raw model log-probability
+    processed_logprobs: list[float]  # each token's processed log-prob (they sum to the unnormalised score)
+    finish_reason: str  # "stop" (eos) or "length"
+
+
+@dataclass
+class BeamStep:
+    """One model step of the search: the running beams after it, and its timings."""
+
+    index: int  # step number from 0 (= generated length - 1)
+    tokens: np.ndarray  # [num_beams] token each running beam just appended
+    beam_idx: np.ndarray  # [num_beams] which previous beam each running beam continues
+    scores: np.ndarray  # [num_beams] running (unnormalised) scores
+    finished: int  # finished hypotheses held so far
+    model_ns: int  # the infer() that produced this step's logits (the prefill, for step 0)
+    process_ns: int  # processor chain (all groups)
+    choice_ns: int  # top-K / sampling and bookkeeping
+    ready_ns: int  # perf_counter_ns() at the end of the step
+    stage_ns: dict[str, int] = field(default_factory=dict)
+    # the top-K continuations over all beams this step chose from, best first (num_beam_groups == 1):
+    # flat indices beam * vocab + token, and their accumulated scores (HF's `topk_indices` / `_log_probs`)
+    candidates: np.ndarray | None = None
+    candidate_scores: np.ndarray | None = None
+
+
+@dataclass
+class Beams:
+    """Per-beam token history and per-token log-probs (generated part only), gathered together."""
+
+    tokens: np.ndarray  # [n, max_new] int64
+    raw: np.ndarray  # [n, max_new] float32
+    processed: np.ndarray  # [n, max_new] float32
+
+    @classmethod
+    def empty(cls, n: int, max_new: int) -> "Beams":
+        return cls(np.zeros((n, max_new), np.int64), np.zeros((n, max_new), np.float32),
+                   np.zeros((n, max_new), np.float32))
+
+    def take(self, idx) -> "Beams":
+        return Beams(self.tokens[idx], self.raw[idx], self.processed[idx])
+
+    def put(self, dst, src: "Beams", idx) -> None:
+        self.tokens[dst], self.raw[dst], self.processed[dst] = src.tokens[idx], src.raw[idx], src.processed[idx]
+
+    def set_step(self, rows, cur: int, tokens, raw, processed) -> None:
+        self.tokens[rows, cur], self.raw[rows, cur], self.processed[rows, cur] = tokens, raw, processed
+
+    def concat(self, other: "Beams") -> "Beams":
+        return Beams(*(np.concatenate([a, b]) for a, b in ((self.tokens, other.tokens), (self.raw, other.raw),
+                                                             (self.processed, other.processed))))
+
+    def hypothesis(self, i: int, length: int, score: float, eos: frozenset) -> Hypothesis:
+        ids = self.tokens[i, :length].tolist()
+        reason = "stop" if ids and ids[-1] in eos else "length"
+        return Hypothesis(ids, float(score), self.raw[i, :length].tolist(), self.processed[i, :length].tolist(),
+                          reason)

@@ -1,0 +1,82 @@
+"""A prefix cache: prompts computed once (a system prompt, a chat's earlier turns, a shared document)
+are reused by any later prompt that starts with them, on any Session over the same compiled model.
+
+`generate(..., prefix_cache=cache)`: the cached prompt sharing the longest prefix with the new one
+is restored (`Session.restore`: a copy of its KV state, O(prefix)), rewound to the shared part (an
+O(1) trim) and only the rest is run; the whole prompt is then cached for the next one. So a second
+question under the same system prompt recomputes only the question. The tokens equal a fresh run's up to the last bits a chunked prefill
+computes differently (tested). Entries are evicted least-recently-used past `max_bytes`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+
+class PrefixCache:
+    def __init__(self, max_bytes: int = 512 << 20, min_tokens: int = 16):
+        self.max_bytes, self.min_tokens = max_bytes, min_tokens
+        self._entries: OrderedDict[tuple[int, ...], object] = OrderedDict()  # prompt ids -> Snapshot
+        self.hits = self.misses = 0
+        self.reused_tokens = 0  # prompt tokens not recomputed, over all lookups
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_size(s) for s in self._entries.values())
+
+    def lookup(self, ids) -> tuple[int, tuple[int, ...], object | None]:
+        """(shared length, cached prompt, its snapshot) for the cached prompt sharing the longest
+        prefix with `ids` (at least `min_tokens`), or (0, (), None)."""
+        ids = tuple(int(t) for t in ids)
+        best, shared = (), 0
+        for key in self._entries:
+            n = _common(key, ids)
+            if n > shared:
+                best, shared = key, n
+        if shared < self.min_tokens:
+            self.misses += 1
+            return 0, (), None
+        self._entries.move_to_end(best)
+        self.hits += 1
+        self.reused_tokens += shared
+        return shared, best, self._entries[best]
+
+    def store(self, ids, snapshot) -> None:
+        """Cache `snapshot` (a Session's state holding exactly `ids`) unless it is too short."""
+        ids = tuple(int(t) for t in ids)
+        if len(ids) < self.min_tokens or _size(snapshot) > self.max_bytes:
+            return
+        self._entries[ids] = snapshot
+        self._entries.move_to_end(ids)
+        while self.nbytes > self.max_bytes:
+            self._entries.popitem(last=False)
+
+    def prefill(self, session, ids) -> np.ndarray:
+        """Run the prompt `ids` on `session` reusing the longest cached prefix, cache the prompt, and
+        return its last logits (what `session.prefill(ids)` returns)."""
+        n, key, snap = self.lookup(ids)
+        if snap is None:
+            logits = session.prefill(ids)
+        else:
+            session.restore(snap)
+            n = min(n, len(ids) - 1)  # run at least the last token: its logits start the generation
+            session.rewind(len(key) - n)
+            logits = session.append(list(ids[n:]))
+        if n < len(ids) and len(ids) >= self.min_tokens:
+            self.store(ids, session.snapshot())
+        return logits
+
+
+def _common(a: tuple, b: tuple) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+def _size(snap) -> int:
+    return sum(a.nbytes for a in snap.states.values()) if hasattr(snap, "states") else 0

@@ -1,0 +1,192 @@
+"""Speculative decoding on ovgen's loop: propose k tokens, verify them in one infer, keep the accepted
+ones and roll the KV state back past the rest (`Session.rewind`: an O(k) trim, ovgen/kvstate.py).
+
+    pending token t (chosen, not yet run) --proposer--> d1..dk
+    Session.append([t, d1..dk], logits_to_keep=k + 1) -> the target's logits after t, d1, .., dk
+    position i: the token-choice stage (ovgen/choice.py) on logits i with the history it would
+    have without speculation -> keep d(i+1) while it agrees, else emit the stage's own token and stop;
+    all k kept -> the last logits choose one more. Rewind the rejected drafts.
+
+Greedy: a draft token is kept when it is the stage's own choice there, so the output is plain
+greedy's (up to the last bits a multi-token infer computes differently, as any chunking does).
+Sampling: Leviathan et al. (arXiv 2211.17192, Alg. 1) with the proposal q a point mass (prompt
+lookup, a greedy draft model): keep d with probability min(1, p(d) / q(d)) = p(d), else draw from
+normalise(max(0, p - q)) = p without d; so every emitted token has the target's distribution p.
+Processors see exactly the histories they would see without speculation; each emitted token is
+`accept`ed in order, so stateful stages (a grammar, the repetition cache) follow the emitted text.
+
+Proposers (`propose(tokens, k) -> list[int]`, `feedback(proposed, accepted)`): `PromptLookup`
+(transformers' PromptLookupCandidateGenerator) and `DraftModel` (AssistedCandidateGenerator: a
+second, smaller model drafting greedily, k adapted +2 / -1 by the heuristic schedule). Any object
+with those two methods can propose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from time import perf_counter_ns
+
+import numpy as np
+
+from .choice import TokenChoice
+from .search import TokenRecord, _text, top_logprobs
+from .stopping import StopStrings, Stopping
+
+
+@dataclass
+class SpecStep:
+    """One verification: what was proposed, how many were kept, and the time each part took."""
+
+    proposed: list[int]
+    accepted: int
+    propose_ns: int
+    verify_ns: int
+
+
+class PromptLookup:
+    """transformers' PromptLookupCandidateGenerator: the longest n-gram (max_ngram_size down to 1)
+    ending the sequence is looked up in it, first match left to right; the tokens after the match
+    (at most k) are the proposal, cut before an eos token."""
+
+    def __init__(self, max_ngram_size: int = 3, num_tokens: int = 10, eos_token_ids=()):
+        self.max_ngram_size, self.num_tokens = max_ngram_size, num_tokens
+        self.eos = np.asarray(sorted(eos_token_ids), np.int64)
+
+    def propose(self, tokens: np.ndarray, k: int) -> list[int]:
+        n_all = tokens.shape[0]
+        for n in range(min(self.max_ngram_size, n_all - 1), 0, -1):
+            tail = tokens[n_all - n:]
+            starts = np.flatnonzero(tokens[:n_all - n] == tail[0])
+            for j in range(1, n):
+                starts = starts[tokens[starts + j] == tail[j]]
+            for s in starts.tolist():
+                found = tokens[s + n:min(s + n + min(k, self.num_tokens), n_all)]
+                if found.size:
+                    stop = np.flatnonzero(np.isin(found, self.eos))
+                    return found[:stop[0] if stop.size else found.size].tolist()
+        return []
+
+    def feedback(self, proposed: list[int], accepted: int) -> None:
+        pass
+
+
+class DraftModel:
+    """A draft model proposing greedily on its own Session (transformers' AssistedCandidateGenerator):
+    it catches up with the target's tokens (rewinding what was rejected), then drafts k tokens.
+    `schedule="heuristic"`: k grows by 2 after a fully accepted draft and shrinks by 1 otherwise."""
+
+    def __init__(self, assistant, num_tokens: int = 5, schedule: str = "constant"):
+        self.session = assistant.session() if hasattr(assistant, "session") else assistant
+        self.num_tokens, self.schedule = num_tokens, schedule
+
+    def propose(self, tokens: np.ndarray, k: int) -> list[int]:
+        s = self.session
+        held = s.tokens[0] if s.length else np.zeros(0, np.int64)
+        common = int(np.argmin(np.append(held[:tokens.shape[0]] == tokens[:held.shape[0]], False)))
+        common = min(common, tokens.shape[0] - 1)  # re-run at least one token: its logits start the draft
+        s.rewind(s.length - common)
+        logits = s.append(tokens[common:])
+        out = []
+        for _ in range(min(k, self.num_tokens)):
+            out.append(int(np.argmax(logits)))
+            if len(out) < min(k, self.num_tokens):
+                logits = s.step(out[-1])
+        return out
+
+    def feedback(self, proposed: list[int], accepted: int) -> None:
+        if self.schedule == "heuristic" and proposed:
+            self.num_tokens = self.num_tokens + 2 if accepted == len(proposed) else max(1, self.num_tokens - 1)
+
+
+def _accept_or_correct(choice: TokenChoice, history, logits, lse, draft: int | None):
+    """The token emitted at one verified position and whether it is the draft. Greedy (the stage's
+    chooser decides): the stage's own choice, kept when it equals the draft. Sampling: the draft
+    with probability p(draft), else a draw from p without it (point-mass q); no draft: a draw."""
+    sampler = getattr(choice.chooser, "rng", None) if choice.chooser.name == "sample" else None
+    if sampler is None or draft is None:
+        ch = choice.choose(history, logits, lse)
+        return ch.token, ch.logprob, draft is not None and ch.token == draft
+    ids, p = choice.distribution(history, logits, lse)
+    pos = int(np.searchsorted(ids, draft)) if ids is not None else draft
+    pd = float(p[pos]) if ids is None or (pos < ids.size and ids[pos] == draft) else 0.0
+    if sampler.random() < pd:
+        return draft, float(np.log(pd)), True
+    rest = p.copy()
+    if pd:
+        rest[pos] = 0.0
+    i = int(np.searchsorted(np.cumsum(rest), sampler.random() * rest.sum(), side="right"))
+    i = min(i, rest.size - 1)
+    token = int(ids[i]) if ids is not None else i
+    return token, float(np.log(p[i])), False
+
+
+def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, proposer, stopping: Stopping, detok,
+                       stop_strings: StopStrings, top_n: int = 0, sequence: int = 0, t_start_ns: int | None = None,
+                       max_draft: int = 10) -> Iterator[TokenRecord]:
+    """Like `search.decode`, verifying the proposer's drafts; the first record of each verification
+    carries its `SpecStep` in `record.draft`. The session ends holding every token but the last."""
+    t_start_ns = t_start_ns or perf_counter_ns()
+    emitted, model_ns = 0, session.infer_ns
+    rows = [(logits, session.logsumexp)]  # the logits to choose from, with their logsumexp
+    drafts: list[int] = []
+    step = None
+    base = session.length  # tokens in the KV state before the verified block
+    while True:
+        for i, (row, lse) in enumerate(rows):
+            t0 = perf_counter_ns()
+            draft = drafts[i] if i < len(drafts) else None
+            token, plp, kept = _accept_or_correct(choice, session.tokens[0, :base + i], row, lse, draft)
+            lp = float(row[token] - lse)
+            top = top_logprobs(row, top_n, lse) if top_n else None
+            t2 = perf_counter_ns()
+            emitted += 1
+            reason = stopping.check(token, emitted, (t2 - t_start_ns) / 1e9)
+            choice.accept(token)
+            text, reason = _text(detok, stop_strings, token, reason)
+            t3 = perf_counter_ns()
+            rec = TokenRecord(emitted - 1, token, text, lp, plp, reason, top, sequence, model_ns if i == 0 else 0,
+                              choice.process_ns, t2 - t0 - choice.process_ns, t3 - t2, t3, dict(choice.timings_ns),
+                              draft=step if i == 0 else None)
+            yield rec
+            if reason or not kept:
+                break
+        # rows 0..i-1 were kept drafts; the token emitted at row i is pending (not in the KV state)
+        kept_drafts = i
+        if step is not None:
+            step.accepted = kept_drafts
+            proposer.feedback(step.proposed, kept_drafts)
+        if session.length > base + kept_drafts:
+            session.rewind(session.length - base - kept_drafts)
+        if reason:
+            return
+        step, rows, drafts, base, model_ns = _verify(session, proposer, token, stopping, emitted, max_draft)
+
+
+def _verify(session, proposer, token: int, stopping: Stopping, emitted: int, max_draft: int):
+    """Propose after the pending `token` and run [token, drafts...] through the target in one infer."""
+    tokens = np.append(session.tokens[0], token)
+    room = stopping.max_new_tokens - emitted - 1  # the token after the drafts must fit too
+    limit = session.model.max_context
+    if limit:
+        room = min(room, limit - tokens.shape[0] - 1)
+    tp = perf_counter_ns()
+    drafts = proposer.propose(tokens, min(max_draft, room)) if room > 0 else []
+    drafts = drafts[:max(room, 0)]
+    tv = perf_counter_ns()
+    base = session.length + 1
+    out = session.append([token, *drafts], logits_to_keep=len(drafts) + 1)
+    model_ns = session.infer_ns
+    if drafts:
+        lse = session.kept_logsumexp
+        rows = [(out[j], lse[j]) for j in range(len(drafts) + 1)]
+    else:
+        rows = [(out, session.logsumexp)]
+    step = SpecStep(list(drafts), 0, tv - tp, model_ns)
+    return step, rows, drafts, base, model_ns
+
+
+def accepted_counts(records) -> tuple[int, int]:
+    """(proposed, accepted) over a generation's records (each verification's SpecStep)."""
+    steps = [r.draft for r in records if getattr(r, "draft", None) is not None]
+    return sum(len(s.proposed) for s in steps), sum(s.accepted for s in steps)
