@@ -21,6 +21,7 @@ from time import perf_counter_ns
 import numpy as np
 
 import ovgen
+from ovgen.generate import prompt_ids
 from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
 from _timing import balanced, median_ratio
 
@@ -66,7 +67,7 @@ def main() -> None:
     pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
     rows = {}
     for name, prompt, schema in (s for s in SCHEMAS if s[0] in CASES):
-        ids = ovgen.generate.__globals__["prompt_ids"](model, [{"role": "user", "content": prompt}])
+        ids = prompt_ids(model, [{"role": "user", "content": prompt}])
         constrained = {"max_new_tokens": 300, "json_schema": schema}
         n = len(ovgen_run(model, ids, constrained)[0].token_ids)  # warm-up; the answer's length
         plain = {"max_new_tokens": n, "ignore_eos": True}

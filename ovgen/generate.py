@@ -115,6 +115,14 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
     return ids
 
 
+def is_batch(prompt) -> bool:
+    """A list of prompts (texts, token-id lists or message lists), not one prompt (a text, token ids,
+    or one conversation's messages)."""
+    if isinstance(prompt, (str, np.ndarray)) or not isinstance(prompt, (list, tuple)) or not prompt:
+        return False
+    return isinstance(prompt[0], (str, list, tuple, np.ndarray))
+
+
 class Stream:
     """What `stream()` returns: iterate it for the TokenRecords. The prompt's token ids and the
     validated config are known (and every error raised) before the first record is asked for."""
@@ -134,7 +142,8 @@ class Stream:
 
 def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None, *, session=None,
            processors: Sequence[Processor] = (), chooser=None, assistant=None, proposer=None,
-           prefix_cache=None, chat_template: str | None = None, overlap: bool = True) -> Stream:
+           prefix_cache=None, chat_template: str | None = None, overlap: bool = True, configs=None,
+           batch_size: int = 8) -> Stream:
     """Generate, yielding one TokenRecord per token as soon as it is chosen (its `.text` is the
     streamed delta). With num_return_sequences > 1, sequences follow one another (`.sequence`).
     With num_beams > 1 the records come once the search has ended.
@@ -148,8 +157,14 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     the sequence itself (ovgen/speculative.py). The first record of each verification carries
     its `draft` step (proposed, accepted, timings).
     `prefix_cache`: a `prefix.PrefixCache`; the prompt reuses its longest cached prefix.
+    A list of prompts runs batched (ovgen/batch.py): `configs[i]` (a dict or GenerationConfig) is
+    prompt i's settings over `config`, at most `batch_size` rows share an infer, and each record's
+    `row` says which prompt it belongs to.
     `overlap`: the next token's infer runs while the consumer handles a record (search.decode); the
     consumer must then not call the session itself before asking for the next record."""
+    if is_batch(prompt):
+        return _batch_stream(model, prompt, config, configs, session=session, processors=processors,
+                             chat_template=chat_template, batch_size=batch_size)
     cfg = resolve_config(model, config)
     ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
     extra = constraint_stages(model, cfg)  # a grammar compiles now: its errors come before any inference
@@ -158,6 +173,36 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     records = run(model, session, ids, cfg, processors, chooser=chooser, overlap=overlap, extra=extra,
                   proposer=proposer, prefix_cache=prefix_cache)
     return Stream(model, ids, cfg, records)
+
+
+def _batch_stream(model, prompts, config, configs, *, session, processors, chat_template, batch_size) -> Stream:
+    """Validate every prompt and its settings (errors name the prompt), then the batched loop."""
+    from .batch import batch_stream
+
+    if configs is not None and len(configs) != len(prompts):
+        raise ValueError(f"configs has {len(configs)} entries for {len(prompts)} prompts")
+    cfgs, ids, extras = [], [], []
+    for i, prompt in enumerate(prompts):
+        try:
+            cfg = resolve_config(model, _merged(model, config, None if configs is None else configs[i]))
+            ids.append(prompt_ids(model, prompt, chat_template=chat_template, config=cfg))
+            extras.append(constraint_stages(model, cfg))
+            cfgs.append(cfg)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            raise type(e)(f"prompts[{i}]: {e}") from None
+    records = batch_stream(model, ids, cfgs, processors=processors, extras=extras, batch_size=batch_size,
+                           session=session)
+    return Stream(model, ids, cfgs, records)
+
+
+def _merged(model, config, row) -> GenerationConfig | dict | None:
+    """A row's settings over the call's: dicts merge; a GenerationConfig row replaces the call's."""
+    if row is None:
+        return config
+    if isinstance(row, GenerationConfig):
+        return row
+    base = resolve_config(model, config)
+    return base.replace(**row)
 
 
 def constraint_stages(model, cfg: GenerationConfig) -> list:
@@ -184,7 +229,8 @@ def proposer_for(model, session, cfg: GenerationConfig, assistant=None, proposer
                              f"({model.vocab_size}): a draft must share the tokenizer")
         return DraftModel(assistant, cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule)
     if cfg.prompt_lookup:
-        return PromptLookup(cfg.max_ngram_size, cfg.num_assistant_tokens, cfg.eos_token_id)
+        return PromptLookup(cfg.max_ngram_size, cfg.num_assistant_tokens, cfg.eos_token_id,
+                            cfg.num_assistant_tokens_schedule)
     return proposer
 
 
@@ -225,7 +271,7 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
                     top_n=cfg.top_logprobs, sequence=seq, t_start_ns=t_start)
         if proposer is not None:
             yield from speculative_decode(session, first if seq else logits, proposer=proposer,
-                                          max_draft=cfg.num_assistant_tokens, **loop)
+                                          **loop)
         else:
             yield from decode(session, first if seq else logits, overlap=overlap, **loop)
 
@@ -233,18 +279,22 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
 def generate(model, prompt: Prompt, config: GenerationConfig | dict | None = None, *, session=None,
              processors: Sequence[Processor] = (), chooser=None, assistant=None, proposer=None, prefix_cache=None,
              on_token: Callable[[TokenRecord], None] | None = None, chat_template: str | None = None,
-             overlap: bool = True) -> GenerationResult:
+             overlap: bool = True, configs=None, batch_size: int = 8) -> GenerationResult | list[GenerationResult]:
     """Generate to the end (a consumer of `stream`) and return ids, text, finish reasons and metrics.
     `on_token(record)` is called for every token as it is chosen, while the next token's infer runs
     (`overlap`, see `stream`). `result.profile` has every token's timings and the exports."""
     t_start = perf_counter_ns()
     s = stream(model, prompt, config, session=session, processors=processors, chooser=chooser, assistant=assistant,
-               proposer=proposer, prefix_cache=prefix_cache, chat_template=chat_template, overlap=overlap)
+               proposer=proposer, prefix_cache=prefix_cache, chat_template=chat_template, overlap=overlap,
+               configs=configs, batch_size=batch_size)
     records: list[TokenRecord] = []
     for rec in s:
         records.append(rec)
         if on_token is not None:
             on_token(rec)
+    if isinstance(s.config, list):  # a batch: one result per prompt
+        return [collect(ids, [r for r in records if r.row == i], cfg.num_return_sequences, t_start)
+                for i, (ids, cfg) in enumerate(zip(s.prompt_ids, s.config))]
     return collect(s.prompt_ids, records, s.config.num_return_sequences, t_start)
 
 

@@ -40,6 +40,7 @@ class Snapshot:
     top: tuple[np.ndarray, np.ndarray] | None = None
     mask: np.ndarray = field(default_factory=lambda: np.ones((1, 0), np.int64))  # [rows, kv]
     holes: int = 0
+    pad: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # [rows] left padding
 
 
 def _states(session) -> dict[str, np.ndarray]:
@@ -50,7 +51,7 @@ def snapshot(session) -> Snapshot:
     beam = None if session._beam_idx is None else session._beam_idx.copy()
     top = None if session.top is None else (session.top[0].copy(), session.top[1].copy())
     return Snapshot(_states(session), session.tokens.copy(), beam, np.copy(session.logsumexp), top,
-                    session.mask.copy(), session.holes)
+                    session.mask.copy(), session.holes, session.pad.copy())
 
 
 def _put_states(session, states: dict[str, np.ndarray]) -> None:
@@ -67,6 +68,7 @@ def restore(session, snap: Snapshot) -> None:
     session.logsumexp = np.copy(snap.logsumexp)
     session.top = None if snap.top is None else (snap.top[0].copy(), snap.top[1].copy())
     _put_mask(session, snap.mask, snap.holes)
+    session.pad = snap.pad.copy()
 
 
 def _put_mask(session, mask: np.ndarray, holes: int) -> None:

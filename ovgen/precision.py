@@ -21,9 +21,9 @@ from typing import Any
 
 import openvino as ov
 
-from .runtime import device_info, has_bf16
+from .runtime import device_info
 
-PRECISIONS = ("exact", "native")
+PRECISIONS = ("exact", "native", "fast")
 # Compile properties ovgen sets on CPU unless `ov_config` names them. KV cache in f16 instead of the CPU
 # plugin's default u8: it is the more exact cache (u8 quantises every K/V row), and on this project's
 # AVX2 machine the faster one (benchmarks/kv_precision.py: decode step 0.96x at a 1,024-token context).
@@ -39,9 +39,13 @@ REPORTED = PINNED + ("EXECUTION_MODE_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "
                      "RUNTIME_REQUIREMENTS")
 
 
-def check_precision(precision: str) -> str:
+def check_precision(precision) -> str:
+    """The policy's name ("plan" for an explicit per-phase dict, ovgen/fast.py)."""
+    if isinstance(precision, dict):
+        return "plan"
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or a per-phase plan dict), "
+                         f"got {precision!r}")
     return precision
 
 
@@ -88,12 +92,10 @@ def pinned_config(compiled: ov.CompiledModel, requested: Mapping[str, Any]) -> d
     return out
 
 
-def describe(precision: str, device: str, phases: Mapping[str, Mapping[str, str]]) -> dict:
+def describe(precision: str, device: str, phases: Mapping[str, Mapping[str, str]], plan: dict | None = None) -> dict:
     """The report every result carries: policy, device and CPU, and each phase's read-back properties.
-    `phases`: {"prefill": props, "decode": props} (the same dict twice for a single compile)."""
-    note = None
-    if precision == "fast" and phases["prefill"] == phases["decode"] and not has_bf16(device):
-        note = "fast = exact here: this CPU has no inference precision faster than f32"
+    `phases`: {"prefill": props, "decode": props} (the same dict twice for a single compile); `plan`:
+    a per-phase plan (ovgen/fast.py) with where it came from."""
     return {"precision": precision, **device_info(device), "properties": dict(phases["decode"]),
             **({"prefill_properties": dict(phases["prefill"])} if phases["prefill"] != phases["decode"] else {}),
-            **({"note": note} if note else {})}
+            **({"plan": plan} if plan else {})}

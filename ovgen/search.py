@@ -54,6 +54,7 @@ class TokenRecord:
     subset: bool = False  # chosen on the graph's top candidates (False: on the whole vocabulary)
     accept_ns: int = 0  # the chain taking the token: a grammar advances and computes its next mask
     draft: object = None  # speculative decoding: the verification step this token opened (speculative.SpecStep)
+    row: int = 0  # batched generation: which prompt of the batch this token belongs to
 
     @property
     def read_ns(self) -> int:

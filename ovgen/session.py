@@ -7,7 +7,7 @@ copied away (an O(1) trim; `kvstate.compact` removes them once they are many). S
 
     input_ids      [rows, t]             new tokens only
     attention_mask [rows, kv + t]        1 over held tokens and the new ones, 0 over holes
-    position_ids   [rows, t]             length .. length + t - 1 (holes take no position)
+    position_ids   [rows, t]             each row's held tokens .. + t - 1 (holes and left padding take none)
     beam_idx       [rows]                which row of the previous state each row continues from
     logits_to_keep [1]                   how many last positions get logits (1; k + 1 to verify k drafts)
 
@@ -90,12 +90,18 @@ class Session(TokenHistory):
         self.top: tuple[np.ndarray, np.ndarray] | None = None
         self.kv = 0  # positions in the KV state: held tokens plus holes
         self.holes = 0
+        self.pad = np.zeros(1, np.int64)  # [rows] left padding per row (prefill_rows): masked, no position
+        # (values, ids) of every row's top candidates, [rows, k] each, when the session has several rows
+        self.top_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._mask = np.ones((1, 1024), np.int64)  # attention mask over the KV positions, [rows, capacity]
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
         self._out: tuple | None = None  # preset output buffers: (rows, keep, logits, logsumexp, top)
         self._pending: int | None = None  # the token of a step started by start_step()
         self._step_id = 0  # counts started steps (start_step returns it)
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
+        self._prefill_request = None  # on the prefill compile of a split plan (ovgen/fast.py), made on first use
+        self._prefill_out = None
+        self.handover_ns = 0  # the last prefill's KV handover to the decode compile (0: none)
 
     @property
     def rows(self) -> int:
@@ -127,6 +133,8 @@ class Session(TokenHistory):
         self._beam_idx = None
         self.top = None
         self.kv = self.holes = 0
+        self.pad = np.zeros(1, np.int64)
+        self.top_rows = None
         if self._mask.shape[0] != 1:
             self._set_mask(np.ones((1, self._mask.shape[1]), np.int64))
 
@@ -135,9 +143,52 @@ class Session(TokenHistory):
         that allocate theirs whole size it here, see ort.OrtSession)."""
 
     def prefill(self, token_ids) -> np.ndarray:
-        """Reset, then run the prompt `token_ids: [T]` (or `[rows, T]`). Returns last-position logits."""
+        """Reset, then run the prompt `token_ids: [T]` (or `[rows, T]`). Returns last-position logits.
+        With a split plan (precision "fast" on a bf16 CPU, or an explicit plan), a prompt of at least
+        `model.min_prefill_tokens` runs on the prefill compile and its KV state is handed over."""
         self.reset()
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if self.model.prefill_compiled is not None and ids.shape[-1] >= self.model.min_prefill_tokens and ids.size:
+            return self._prefill_handover(ids[None, :] if ids.ndim == 1 else ids)
         return self.append(token_ids)
+
+    def _prefill_handover(self, ids: np.ndarray) -> np.ndarray:
+        """The prompt on the prefill compile's request, then its KV state copied into this session's
+        (decode) request: O(prompt), once."""
+        if self._prefill_request is None:
+            self._prefill_request = self.model.prefill_compiled.create_infer_request()
+        decode = (self.request, self._out, self._fast)
+        self._prefill_request.reset_state()
+        self.request, self._out, self._fast = self._prefill_request, self._prefill_out, None
+        try:
+            logits = self._infer(ids, 1)
+        finally:
+            self._prefill_out = self._out
+            self.request, self._out, self._fast = decode
+        t0 = perf_counter_ns()
+        states = {s.name: s for s in self.request.query_state()}
+        for s in self._prefill_request.query_state():
+            states[s.name].state = s.state
+        self.handover_ns = perf_counter_ns() - t0
+        self.infer_ns += self.handover_ns
+        return logits
+
+    def prefill_rows(self, rows, pad_id: int = 0) -> np.ndarray:
+        """Reset, then run several prompts of any lengths as one batch: left-padded with `pad_id`,
+        the padding masked and given no position, so each row computes what it would alone (as
+        optimum-intel and openvino-genai batch a stateful IR). Returns [rows, vocab]."""
+        rows = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
+        if not rows or min(r.size for r in rows) == 0:
+            raise ValueError("prefill_rows needs at least one row, each with at least one token")
+        width = max(r.size for r in rows)
+        ids = np.full((len(rows), width), pad_id, np.int64)
+        for i, r in enumerate(rows):
+            ids[i, width - r.size:] = r
+        self.reset()
+        self.tokens = np.zeros((len(rows), 0), np.int64)
+        self._set_mask(np.ones((len(rows), max(1024, 2 * width)), np.int64))
+        self.pad = np.array([width - r.size for r in rows], np.int64)
+        return self._infer(ids, 1)
 
     def append(self, token_ids, logits_to_keep: int = 1) -> np.ndarray:
         """Run `token_ids: [T]` (or `[rows, T]`) after what the session holds (chat turns, forced
@@ -206,7 +257,7 @@ class Session(TokenHistory):
                 self.request.set_tensor(name, tensor)
             f.installed = True
         f.ids[0, 0] = token
-        f.pos[0, 0] = self._len
+        f.pos[0, 0] = self._len - self.pad[0]
         self._mask[0, self.kv] = 1
         f.mask.set_shape([1, self.kv + 1])
         self._outputs(1, 1)
@@ -281,13 +332,21 @@ class Session(TokenHistory):
                                  "use reorder() to change the number of rows")
             self.tokens = np.repeat(self.tokens, rows, axis=0)  # fan out one row: beam_idx = zeros
             self._set_mask(np.repeat(self._mask, rows, axis=0))
+            self.pad = np.repeat(self.pad, rows)
             if past:
                 self._beam_idx = np.zeros(rows, dtype=np.int32)
         self._open(t)
+        if past == 0 and self.pad.any():  # left padding (prefill_rows): masked
+            for i, p in enumerate(self.pad.tolist()):
+                self._mask[i, :p] = 0
         mask = self._mask[:, :self.kv + t]
         inputs = {"input_ids": ids, "attention_mask": mask if rows == 1 else np.ascontiguousarray(mask)}
         if self._has_positions:
-            inputs["position_ids"] = np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (rows, t))
+            if self.pad.any():
+                first = np.maximum(np.arange(past, past + t)[None, :] - self.pad[:, None], 0)
+                inputs["position_ids"] = first.astype(np.int64)
+            else:
+                inputs["position_ids"] = np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (rows, t))
         if self._has_beam_idx:
             inputs["beam_idx"] = self._beam_idx if self._beam_idx is not None else np.arange(rows, dtype=np.int32)
         if self._has_keep:
@@ -319,6 +378,10 @@ class Session(TokenHistory):
                 cand = tuple(self.request.get_tensor(n).data[0, -1] for n in ("topk_values", "topk_ids"))
         self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
         self.top = cand if rows == 1 else None
+        self.top_rows = None
+        if rows > 1 and self.model.top_candidates and self.model.sliced:
+            values, ids_ = self.request.get_tensor("topk_values").data, self.request.get_tensor("topk_ids").data
+            self.top_rows = (values[:, -1], ids_[:, -1])
         if keep > 1:
             self.kept_logsumexp = lse[..., 0] if rows > 1 else lse[0, :, 0]  # [keep] (or [rows, keep])
             return logits[0, -keep:] if rows == 1 else logits[:, -keep:]
@@ -381,7 +444,8 @@ class Session(TokenHistory):
         self.tokens = self.tokens[idx]
         if self._mask.shape[0] > 1 or idx.size > 1:
             self._set_mask(self._mask[np.minimum(idx, self._mask.shape[0] - 1)])
-        self.top = None
+        self.pad = self.pad[np.minimum(idx, self.pad.size - 1)]
+        self.top = self.top_rows = None
 
 
 class _FastStep:

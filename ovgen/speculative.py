@@ -44,13 +44,22 @@ class SpecStep:
     verify_ns: int
 
 
+def adapt(num_tokens: int, schedule: str, proposed: list[int], accepted: int) -> int:
+    """transformers' "heuristic" schedule for the number of draft tokens: +2 after a fully accepted
+    draft, -1 (at least 1) otherwise; "constant" keeps it."""
+    if schedule != "heuristic" or not proposed:
+        return num_tokens
+    return num_tokens + 2 if accepted == len(proposed) else max(1, num_tokens - 1)
+
+
 class PromptLookup:
     """transformers' PromptLookupCandidateGenerator: the longest n-gram (max_ngram_size down to 1)
     ending the sequence is looked up in it, first match left to right; the tokens after the match
-    (at most k) are the proposal, cut before an eos token."""
+    (at most k) are the proposal, cut before an eos token. `schedule="heuristic"` adapts k as the
+    draft model's schedule does."""
 
-    def __init__(self, max_ngram_size: int = 3, num_tokens: int = 10, eos_token_ids=()):
-        self.max_ngram_size, self.num_tokens = max_ngram_size, num_tokens
+    def __init__(self, max_ngram_size: int = 3, num_tokens: int = 10, eos_token_ids=(), schedule: str = "constant"):
+        self.max_ngram_size, self.num_tokens, self.schedule = max_ngram_size, num_tokens, schedule
         self.eos = np.asarray(sorted(eos_token_ids), np.int64)
 
     def propose(self, tokens: np.ndarray, k: int) -> list[int]:
@@ -68,7 +77,7 @@ class PromptLookup:
         return []
 
     def feedback(self, proposed: list[int], accepted: int) -> None:
-        pass
+        self.num_tokens = adapt(self.num_tokens, self.schedule, proposed, accepted)
 
 
 class DraftModel:
@@ -95,8 +104,7 @@ class DraftModel:
         return out
 
     def feedback(self, proposed: list[int], accepted: int) -> None:
-        if self.schedule == "heuristic" and proposed:
-            self.num_tokens = self.num_tokens + 2 if accepted == len(proposed) else max(1, self.num_tokens - 1)
+        self.num_tokens = adapt(self.num_tokens, self.schedule, proposed, accepted)
 
 
 def _accept_or_correct(choice: TokenChoice, history, logits, lse, draft: int | None):
@@ -123,7 +131,7 @@ def _accept_or_correct(choice: TokenChoice, history, logits, lse, draft: int | N
 
 def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, proposer, stopping: Stopping, detok,
                        stop_strings: StopStrings, top_n: int = 0, sequence: int = 0, t_start_ns: int | None = None,
-                       max_draft: int = 10) -> Iterator[TokenRecord]:
+                       max_draft: int = 32) -> Iterator[TokenRecord]:
     """Like `search.decode`, verifying the proposer's drafts; the first record of each verification
     carries its `SpecStep` in `record.draft`. The session ends holding every token but the last."""
     t_start_ns = t_start_ns or perf_counter_ns()

@@ -52,7 +52,7 @@ def test_policy_properties():
 
 
 def test_bad_precision_is_refused_before_compiling(model_dir):
-    with pytest.raises(ValueError, match="precision must be one of exact, native, got 'quick'"):
+    with pytest.raises(ValueError, match=r"precision must be one of exact, native, fast \(or a per-phase plan dict\), got 'quick'"):
         ovgen.load(model_dir, precision="quick")
 
 

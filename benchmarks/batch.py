@@ -1,0 +1,132 @@
+"""Batched throughput: generated tokens per second at B = 1, 2, 4, 8, 16, ovgen against
+openvino-genai's own batched `generate([prompts])` on the same IR, prompts and compile properties.
+
+Each measurement runs in a worker process of its own (so its peak RSS is its own): load, one warm-up
+batch, then B prompts x `--new-tokens` tokens (ignore_eos), timed from the call to the last token.
+Rounds interleave the runtimes in a balanced order; medians of the rounds, ratios per B.
+
+    python benchmarks/batch.py [--rounds 3] [--new-tokens 64] [--plot batch.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from time import perf_counter
+
+import numpy as np
+
+from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
+from _timing import balanced
+
+PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
+           "List three prime numbers:", "Write a haiku about the sea.", "The quick brown fox",
+           "My favourite colour is", "Q: Why is the sky blue?\nA:", "Explain photosynthesis in one sentence.",
+           "Translate 'good morning' into Spanish.", "1, 2, 3, 4,", "import numpy as np\n",
+           "The history of the printing press begins", "A recipe for pancakes:", "Dear diary, today",
+           "The three laws of robotics are"]
+SIZES = (1, 2, 4, 8, 16)
+
+
+def worker(runtime: str, b: int, n: int) -> dict:
+    import ovgen
+
+    model = ovgen.load()
+    prompts = PROMPTS[:b]
+    if runtime == "ovgen":
+        def run():
+            return [r.sequences[0].token_ids for r in ovgen.generate(model, prompts, {"max_new_tokens": n,
+                                                                                      "ignore_eos": True},
+                                                                     batch_size=b)]
+    else:
+        import openvino_genai as og
+
+        pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
+        cfg = og.GenerationConfig()
+        cfg.max_new_tokens, cfg.ignore_eos, cfg.do_sample = n, True, False
+
+        import openvino as ov
+
+        ids = [model.tokenizer.encode(p) for p in prompts]  # the same ids as ovgen's, left-padded
+        width = max(map(len, ids))
+        padded = np.array([[0] * (width - len(x)) + x for x in ids], np.int64)
+        mask = np.array([[0] * (width - len(x)) + [1] * len(x) for x in ids], np.int64)
+
+        def run():
+            out = pipe.generate(og.TokenizedInputs(ov.Tensor(padded), ov.Tensor(mask)), cfg)
+            return [[int(t) for t in row] for row in out.tokens]
+    run()  # warm-up
+    t0 = perf_counter()
+    tokens = run()
+    dt = perf_counter() - t0
+    return {"tokens_per_s": b * n / dt, "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "first_row": tokens[0][:16]}
+
+
+def measure(runtime: str, b: int, n: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", runtime, str(b), str(n)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--out", default=default_path("batch"))
+    ap.add_argument("--worker", nargs=3, default=None)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))))
+        return
+    runs = {(rt, b): [] for rt in ("ovgen", "genai") for b in SIZES}
+    for r in range(args.rounds):
+        for b in SIZES:
+            for rt in balanced(["ovgen", "genai"], r + b):
+                runs[rt, b].append(measure(rt, b, args.new_tokens))
+                print(rt, b, runs[rt, b][-1]["tokens_per_s"], flush=True)
+    rows = {}
+    for b in SIZES:
+        o = [x["tokens_per_s"] for x in runs["ovgen", b]]
+        g = [x["tokens_per_s"] for x in runs["genai", b]]
+        rows[b] = {"ovgen_tokens_per_s": float(np.median(o)), "genai_tokens_per_s": float(np.median(g)),
+                   "ovgen_over_genai": float(np.median(np.array(o) / np.array(g))),
+                   "ovgen_peak_rss_mb": float(np.median([x["peak_rss_mb"] for x in runs["ovgen", b]])),
+                   "genai_peak_rss_mb": float(np.median([x["peak_rss_mb"] for x in runs["genai", b]]))}
+    for b in SIZES:
+        rows[b]["ovgen_speedup_vs_b1"] = rows[b]["ovgen_tokens_per_s"] / rows[1]["ovgen_tokens_per_s"]
+    print(f"{'B':>3} {'ovgen tok/s':>12} {'genai tok/s':>12} {'ovgen/genai':>12} {'vs B=1':>7} {'RSS MB ovgen/genai':>20}")
+    for b, r in rows.items():
+        print(f"{b:>3} {r['ovgen_tokens_per_s']:>12.1f} {r['genai_tokens_per_s']:>12.1f} {r['ovgen_over_genai']:>12.2f} "
+              f"{r['ovgen_speedup_vs_b1']:>7.2f} {r['ovgen_peak_rss_mb']:>9.0f}/{r['genai_peak_rss_mb']:<9.0f}")
+    if args.plot:
+        _plot(rows, args.plot)
+    import ovgen
+
+    save_result(args.out, "batch", rounds=args.rounds, new_tokens=args.new_tokens, report=ovgen.load().report,
+                results=rows)
+
+
+def _plot(rows: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sizes, [rows[b]["ovgen_tokens_per_s"] for b in sizes], "o-", label="ovgen")
+    ax.plot(sizes, [rows[b]["genai_tokens_per_s"] for b in sizes], "o-", label="openvino-genai generate([...])")
+    ax.set(xlabel="batch size B", ylabel="generated tokens / s", xscale="log", title="batched throughput")
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

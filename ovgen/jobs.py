@@ -1,0 +1,208 @@
+"""`ovgen batch INPUT --output OUTPUT`: a dataset of prompts through the batched loop, resumable.
+
+INPUT is JSONL (or Parquet, with pyarrow): one row per line, `{"id": ..., "prompt": "..."}` or
+`{"id": ..., "messages": [...]}`, plus any GenerationConfig settings, which override the command's
+for that row. A row without an id is known by its line number. OUTPUT is JSONL, one line per row:
+`{"id", "text", "token_ids", "finish_reason"}` (+ `logprobs`, `metrics` when asked), or
+`{"id", "error"}` for a row that cannot run (bad settings, empty prompt, ...): the others go on.
+
+Resume: rows whose id OUTPUT already holds are skipped, so rerunning the same command after Ctrl-C
+or a kill appends only the missing rows. Each line is written whole and flushed once its row ends;
+a line cut off by a kill (no final newline, not JSON) is dropped when the next run starts, and that
+row runs again. Nothing is lost or written twice.
+
+Batches are chunks of `batch_size` consecutive input rows (their valid rows share the infers), the
+same rule for `ovgen batch --ray` (ovgen/raybatch.py), so both give the same answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .config import GenerationConfig
+
+PROMPT_KEYS = ("id", "prompt", "messages")
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Every input row as {"id", "line", "row" | "error"}, in order; duplicate ids refuse the job."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such input file")
+    raw = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    rows, seen = [], {}
+    for n, (row, error) in enumerate(raw):
+        rid = row.get("id", n) if isinstance(row, dict) else n
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            rid, error = n, error or f"id must be a string or an integer, got {rid!r}"
+        if rid in seen:
+            raise ValueError(f"{path}: id {rid!r} appears twice (lines {seen[rid] + 1} and {n + 1}); ids must be unique")
+        seen[rid] = n
+        rows.append({"id": rid, "row": row, "error": error})
+    return rows
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[dict, str | None]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield {}, f"line {n + 1} is not JSON ({e.msg})"
+                continue
+            yield (row, None) if isinstance(row, dict) else ({}, f"line {n + 1} is not a JSON object")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[dict, str | None]]:
+    import pyarrow.parquet as pq  # the `ray` extra brings pyarrow
+
+    for row in pq.read_table(path).to_pylist():
+        yield {k: v for k, v in row.items() if v is not None}, None
+
+
+def done_ids(output: str | Path) -> set:
+    """Ids OUTPUT holds; a last line cut off by a kill is removed from the file first."""
+    output = Path(output)
+    if not output.is_file():
+        return set()
+    data = output.read_bytes()
+    keep = len(data) if data.endswith(b"\n") or not data else data.rfind(b"\n") + 1
+    ids = set()
+    for line in data[:keep].decode("utf-8").splitlines():
+        try:
+            ids.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            keep = None  # a damaged line inside the file: leave the file alone, that row reruns
+    if keep is not None and keep < len(data):
+        with open(output, "r+b") as f:
+            f.truncate(keep)
+    return ids
+
+
+def prepare_row(model, item: dict, base: dict):
+    """(prompt, config) for one input row, or ValueError naming the problem."""
+    row = item["row"]
+    if item["error"]:
+        raise ValueError(item["error"])
+    has = [k for k in ("prompt", "messages") if k in row]
+    if len(has) != 1:
+        raise ValueError("a row needs exactly one of 'prompt' and 'messages'")
+    settings = {k: v for k, v in row.items() if k not in PROMPT_KEYS}
+    from .generate import constraint_stages, prompt_ids, resolve_config
+
+    cfg = resolve_config(model, {**base, **settings})
+    ids = prompt_ids(model, row[has[0]], config=cfg)
+    return ids, cfg, constraint_stages(model, cfg)
+
+
+def result_line(rid, records, *, logprobs: bool, timings: bool, prompt_tokens: int) -> dict:
+    """The row's output line: its first (best) sequence; all of them under "sequences" when several."""
+    from .profiling import summarize
+
+    seqs = {}
+    for r in records:
+        seqs.setdefault(r.sequence, []).append(r)
+
+    def one(recs):
+        out = {"text": "".join(r.text for r in recs), "token_ids": [r.token_id for r in recs],
+               "finish_reason": recs[-1].finish_reason if recs else "length"}
+        if logprobs:
+            out["logprobs"] = [r.logprob for r in recs]
+        return out
+
+    out = {"id": rid, **one(seqs.get(0, []))}
+    if len(seqs) > 1:
+        out["sequences"] = [one(seqs[s]) for s in sorted(seqs)]
+    if timings:
+        first = seqs.get(0, [])
+        out["metrics"] = summarize(first, first[0].start_ns if first else 0, prompt_tokens=prompt_tokens)
+    return out
+
+
+def run_chunk(model, session, items: list[dict], base: dict, *, logprobs=False, timings=False) -> Iterator[dict]:
+    """One chunk of input rows: error lines for the bad ones, then the good ones batched together;
+    a line per row as soon as it ends."""
+    from .batch import batch_stream
+
+    good, ids, cfgs, extras = [], [], [], []
+    for item in items:
+        try:
+            p, c, e = prepare_row(model, item, base)
+        except (ValueError, TypeError, NotImplementedError, FileNotFoundError) as err:
+            yield {"id": item["id"], "error": str(err)}
+            continue
+        good.append(item)
+        ids.append(p)
+        cfgs.append(c)
+        extras.append(e)
+    if not good:
+        return
+    per_row: dict[int, list] = {i: [] for i in range(len(good))}
+    for rec in batch_stream(model, ids, cfgs, extras=extras, batch_size=max(1, len(good)), session=session):
+        per_row[rec.row].append(rec)
+        if rec.finish_reason is not None and rec.sequence == cfgs[rec.row].num_return_sequences - 1:
+            yield result_line(good[rec.row]["id"], per_row.pop(rec.row), logprobs=logprobs, timings=timings,
+                              prompt_tokens=len(ids[rec.row]))
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for at in range(0, len(items), size):
+        yield items[at:at + size]
+
+
+class Writer:
+    """Appends whole lines to OUTPUT, flushed and synced per chunk."""
+
+    def __init__(self, output: str | Path):
+        self.f = open(output, "a", encoding="utf-8")
+
+    def write(self, line: dict) -> None:
+        self.f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def sync(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.sync()
+        self.f.close()
+
+
+def run_job(model, input: str | Path, output: str | Path, base: dict | None = None, *, batch_size: int = 8,
+            logprobs: bool = False, timings: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Run every row OUTPUT does not hold yet; returns counts. `progress(rows, tokens)` per row."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    base = dict(base or {})
+    GenerationConfig.from_dict(base)  # unknown command-level settings fail before anything runs
+    items = read_rows(input)
+    done = done_ids(output)
+    todo = [it for it in items if it["id"] not in done]
+    counts = {"rows": len(items), "skipped": len(items) - len(todo), "done": 0, "errors": 0}
+    session = model.session()
+    write_all(output, (run_chunk(model, session, chunk, base, logprobs=logprobs, timings=timings)
+                       for chunk in chunks(todo, batch_size)), counts, progress)
+    return counts
+
+
+def write_all(output: str | Path, batches, counts: dict, progress=None) -> None:
+    """Append every line of every batch to OUTPUT as it comes, counting done rows and errors, and
+    sync after each batch (shared by `run_job` and the Ray driver)."""
+    writer = Writer(output)
+    try:
+        for lines in batches:
+            for line in lines:
+                writer.write(line)
+                counts["errors" if "error" in line else "done"] += 1
+                if progress:
+                    progress(1, len(line.get("token_ids", ())))
+            writer.sync()
+    finally:
+        writer.close()
+

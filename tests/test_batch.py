@@ -1,0 +1,168 @@
+"""Batched generation (ovgen/batch.py), `ovgen batch` (ovgen/jobs.py) and its Ray pipeline
+(ovgen/raybatch.py): the same answers as one prompt at a time, nothing lost or written twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ovgen
+from conftest import PROMPTS
+from ovgen import jobs
+from ovgen.cli import main
+
+
+def _alone(model, prompt, cfg):
+    return ovgen.generate(model, prompt, cfg).sequences[0].token_ids
+
+
+def test_greedy_rows_equal_the_prompts_run_alone(model):
+    cfg = {"max_new_tokens": 32, "ignore_eos": True}
+    batch = ovgen.generate(model, PROMPTS[:8], cfg, batch_size=8)  # prompt lengths 4..10: left padding
+    assert [r.sequences[0].token_ids for r in batch] == [_alone(model, p, cfg) for p in PROMPTS[:8]]
+
+
+def test_a_seeded_row_does_not_depend_on_its_neighbours(model):
+    cfg = {"max_new_tokens": 24, "do_sample": True, "top_k": 40, "seed": 9}
+    target = PROMPTS[2]
+    alone = _alone(model, target, cfg)
+    for neighbours in (PROMPTS[:2], PROMPTS[5:9]):
+        res = ovgen.generate(model, neighbours + [target], cfg)
+        assert res[-1].sequences[0].token_ids == alone
+
+
+def test_rows_stop_on_their_own_and_leave_the_batch(model, monkeypatch):
+    rows_per_step = []
+    real_step = ovgen.Session.step
+
+    def step(self, token_ids):
+        rows_per_step.append(np.asarray(token_ids).size)
+        return real_step(self, token_ids)
+
+    monkeypatch.setattr(ovgen.Session, "step", step)
+    prompts = [PROMPTS[6], PROMPTS[8], PROMPTS[2], [{"role": "user", "content": "Say hi."}]]
+    configs = [{"max_new_tokens": 3}, {"max_new_tokens": 9}, {"stop_strings": ["("], "max_new_tokens": 30},
+               {"max_new_tokens": 40}]
+    res = ovgen.generate(model, prompts, {"ignore_eos": False}, configs=configs)
+    assert len(res[0].sequences[0].token_ids) == 3 and res[0].sequences[0].finish_reason == "length"
+    assert len(res[1].sequences[0].token_ids) == 9
+    assert res[2].sequences[0].finish_reason == "stop_string" and "(" not in res[2].text
+    assert res[3].sequences[0].finish_reason == "stop"  # the chat answer ends with eos
+    assert rows_per_step[0] == 4 and rows_per_step == sorted(rows_per_step, reverse=True) and rows_per_step[-1] == 1
+    for r, p, c in zip(res, prompts, configs):  # each row as it would be alone
+        assert r.sequences[0].token_ids == _alone(model, p, {"ignore_eos": False, **c})
+
+
+def test_stream_records_carry_their_row(model):
+    recs = list(ovgen.stream(model, PROMPTS[:3], {"max_new_tokens": 5, "ignore_eos": True}))
+    assert sorted({r.row for r in recs}) == [0, 1, 2]
+    assert all(sum(r.row == i for r in recs) == 5 for i in range(3))
+
+
+def test_structured_rows_in_a_batch(model):
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20}},
+              "required": ["answer"], "additionalProperties": False}
+    res = ovgen.generate(model, [[{"role": "user", "content": q}] for q in PROMPTS[:3]],
+                         {"max_new_tokens": 60, "json_schema": schema})
+    for r in res:
+        assert set(json.loads(r.text)) == {"answer"}
+
+
+def test_a_bad_prompt_is_named_before_inference(model):
+    with pytest.raises(ValueError, match=r"prompts\[1\]: prompt is empty"):
+        ovgen.generate(model, ["hello", ""], {"max_new_tokens": 3})
+    with pytest.raises(ValueError, match=r"prompts\[0\]: .*did you mean temperature"):
+        ovgen.generate(model, ["hello", "x"], configs=[{"temprature": 1}, {}])
+
+
+# ---- ovgen batch -------------------------------------------------------------------------------------------
+ROWS = [{"id": "a", "prompt": "The capital of France is"},
+        {"id": "b", "messages": [{"role": "user", "content": "Name a colour."}], "max_new_tokens": 8},
+        {"id": "c", "prompt": ""},
+        {"id": "d", "prompt": "1, 2, 3,", "temprature": 0.5},
+        {"id": "e", "prompt": "Once upon a time", "do_sample": True, "seed": 4},
+        {"id": "f", "prompt": "def fib(n):", "num_beams": 2},
+        {"prompt": "The quick brown fox", "stop_strings": [" over"]},
+        {"id": 7, "prompt": "My favourite colour is", "logit_bias": {"30": -5}}]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _lines(path):
+    return {json.loads(x)["id"]: json.loads(x) for x in path.read_text().splitlines()}
+
+
+@pytest.fixture(scope="module")
+def reference(model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("batch")
+    _write(d / "in.jsonl", ROWS)
+    jobs.run_job(model, d / "in.jsonl", d / "out.jsonl", {"max_new_tokens": 12}, batch_size=3, logprobs=True)
+    return d, _lines(d / "out.jsonl")
+
+
+def test_batch_job_output(model, reference):
+    _, out = reference
+    assert set(out) == {"a", "b", "c", "d", "e", "f", 6, 7}
+    assert out["c"] == {"id": "c", "error": "prompt is empty"}
+    assert "temprature" in out["d"]["error"]
+    assert len(out["b"]["token_ids"]) <= 8 and len(out["a"]["token_ids"]) == 12
+    assert out["a"]["token_ids"] == _alone(model, "The capital of France is", {"max_new_tokens": 12})
+    assert out["e"]["token_ids"] == _alone(model, "Once upon a time", {"max_new_tokens": 12, "do_sample": True,
+                                                                        "seed": 4})
+    assert out[6]["finish_reason"] == "stop_string" or " over" not in out[6]["text"]
+    assert len(out["a"]["logprobs"]) == 12 and all(lp <= 0 for lp in out["a"]["logprobs"])
+
+
+def test_batch_job_resumes_after_a_kill(model, reference, tmp_path):
+    ref_dir, ref = reference
+    _write(tmp_path / "in.jsonl", ROWS)
+    done = (ref_dir / "out.jsonl").read_text().splitlines()
+    # a run killed after three rows, in the middle of writing the fourth line
+    (tmp_path / "out.jsonl").write_text("\n".join(done[:3]) + "\n" + done[3][:25])
+    counts = jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", {"max_new_tokens": 12},
+                          batch_size=3, logprobs=True)
+    assert counts["skipped"] == 3 and counts["done"] + counts["errors"] == len(ROWS) - 3
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(lines) == len(ROWS) and len({json.loads(x)["id"] for x in lines}) == len(ROWS)  # none lost, none twice
+    assert _lines(tmp_path / "out.jsonl") == ref
+    again = jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", {"max_new_tokens": 12}, batch_size=3)
+    assert again["skipped"] == len(ROWS) and len((tmp_path / "out.jsonl").read_text().splitlines()) == len(ROWS)
+
+
+def test_batch_job_refuses_duplicate_ids_and_reads_parquet(model, tmp_path):
+    _write(tmp_path / "dup.jsonl", [{"id": 1, "prompt": "a"}, {"id": 1, "prompt": "b"}])
+    with pytest.raises(ValueError, match="id 1 appears twice"):
+        jobs.run_job(model, tmp_path / "dup.jsonl", tmp_path / "o.jsonl")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"id": "p", "prompt": "The capital of France is"}]), tmp_path / "in.parquet")
+    jobs.run_job(model, tmp_path / "in.parquet", tmp_path / "pq.jsonl", {"max_new_tokens": 6})
+    assert _lines(tmp_path / "pq.jsonl")["p"]["token_ids"] == _alone(model, "The capital of France is",
+                                                                      {"max_new_tokens": 6})
+
+
+def test_cli_batch(model_dir, tmp_path, capsys):
+    _write(tmp_path / "in.jsonl", ROWS[:3])
+    assert main(["batch", "-m", str(model_dir), str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
+                 "--max-new-tokens", "5", "--batch-size", "2"]) == 0
+    assert set(_lines(tmp_path / "o.jsonl")) == {"a", "b", "c"}
+    assert '"done": 2' in capsys.readouterr().err
+    assert main(["batch", "-m", str(model_dir), str(tmp_path / "missing.jsonl"), "--output", "x"]) == 2
+
+
+def test_ray_pipeline_gives_the_same_answers(model_dir, reference, tmp_path):
+    """A local Ray instance (2 CPUs), started by `ovgen batch --ray` in a child process."""
+    ref_dir, ref = reference
+    out = tmp_path / "ray.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "ovgen.cli", "batch", "-m", str(model_dir), str(ref_dir / "in.jsonl"),
+                           "--output", str(out), "--max-new-tokens", "12", "--batch-size", "3", "--logprobs", "--ray"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _lines(out) == ref
