@@ -3,7 +3,8 @@
 The IR is stateful: the KV cache lives inside the InferRequest (`query_state()`), one row per batch
 entry. `tokens: [rows, T] int64` always equals the tokens the KV state holds; the state may also hold
 *holes*: positions a `rewind` dropped, masked out of attention by the attention mask instead of being
-copied away (an O(1) trim; `kvstate.compact` removes them once they are many). So per infer:
+copied away (a trim independent of the context; `kvstate.compact` removes them once they are
+many). So per infer:
 
     input_ids      [rows, t]             new tokens only
     attention_mask [rows, kv + t]        1 over held tokens and the new ones, 0 over holes

@@ -70,6 +70,13 @@ def test_rewind_snapshot_and_beams_after_the_handover(model, split):
     assert [x.token_ids for x in beams.sequences] == [x.token_ids for x in ref.sequences]
 
 
+def test_speculation_and_batches_after_the_handover(model, split):
+    ids = split.tokenizer.encode("def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return")
+    assert _greedy(split, ids, prompt_lookup=True) == _greedy(model, ids)
+    batch = ovgen.generate(split, PROMPTS[:3], {"max_new_tokens": 12, "ignore_eos": True})
+    assert [r.sequences[0].token_ids for r in batch] == [_greedy(model, p, 12) for p in PROMPTS[:3]]
+
+
 def test_chat_and_two_threads_on_a_split_model(model, split):
     a, b = Chat(split, {"max_new_tokens": 12}), Chat(model, {"max_new_tokens": 12})
     for msg in ("Hi!", "What is 2 + 2?"):
