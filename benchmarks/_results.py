@@ -24,3 +24,23 @@ def save_result(path: str | Path, benchmark: str, **fields) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
+
+
+def line_plot(path: str | Path, x: list, series: dict[str, list], **axes) -> None:
+    """One PNG of y-series over `x` (label -> values, points joined), `axes` passed to `Axes.set`
+    (xlabel, ylabel, title, xscale, yscale); x ticks at the measured points."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, y in series.items():
+        ax.plot(x, y, "o-", label=label)
+    ax.set(**axes)
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the measured points labelled
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -19,7 +19,7 @@ from time import perf_counter
 
 import numpy as np
 
-from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
+from _results import default_path, line_plot, save_result  # benchmarks/ is on sys.path when run as a script
 from _timing import balanced
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
@@ -112,20 +112,10 @@ def main() -> None:
 
 
 def _plot(rows: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = list(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(sizes, [rows[b]["ovgen_tokens_per_s"] for b in sizes], "o-", label="ovgen")
-    ax.plot(sizes, [rows[b]["genai_tokens_per_s"] for b in sizes], "o-", label="openvino-genai generate([...])")
-    ax.set(xlabel="batch size B", ylabel="generated tokens / s", xscale="log", title="batched throughput")
-    ax.set_xticks(sizes, [str(b) for b in sizes])
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    line_plot(path, sizes, {"ovgen": [rows[b]["ovgen_tokens_per_s"] for b in sizes],
+                            "openvino-genai generate([...])": [rows[b]["genai_tokens_per_s"] for b in sizes]},
+              xlabel="batch size B", ylabel="generated tokens / s", xscale="log", title="batched throughput")
 
 
 if __name__ == "__main__":

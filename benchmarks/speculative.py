@@ -18,7 +18,7 @@ from time import perf_counter_ns
 import numpy as np
 
 import ovgen
-from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
+from _results import default_path, line_plot, save_result  # benchmarks/ is on sys.path when run as a script
 from _timing import balanced, median_ratio
 from ovgen import kvstate
 from ovgen.bench import synthetic_prompt
@@ -139,19 +139,11 @@ def trim_cost(model, contexts=(128, 256, 512, 1024, 2048), k: int = 8, reps: int
 
 
 def plot(trim: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ctx = sorted(trim)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ctx, [trim[c]["copy_ms"] for c in ctx], "o-", label="copy the kept state (genai trim_kv_cache)")
-    ax.plot(ctx, [trim[c]["holes_ms"] for c in ctx], "o-", label="ovgen rewind (attention-mask holes)")
-    ax.set(xlabel="context (tokens)", ylabel="ms to drop 8 tokens", xscale="log", yscale="log", title="KV trim cost")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    line_plot(path, ctx, {"copy the kept state (genai trim_kv_cache)": [trim[c]["copy_ms"] for c in ctx],
+                          "ovgen rewind (attention-mask holes)": [trim[c]["holes_ms"] for c in ctx]},
+              xlabel="context (tokens)", ylabel="ms to drop 8 tokens", xscale="log", yscale="log",
+              title="KV trim cost")
 
 
 def main() -> None:
