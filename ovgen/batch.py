@@ -101,12 +101,15 @@ def _choose(session, j: int, row: _Row, logits, lse, top, t_start_ns: int, model
     t2 = perf_counter_ns()
     row.n += 1
     reason = row.stopping.check(token, row.n, (t2 - t_start_ns) / 1e9)
+    ta = perf_counter_ns()
     row.choice.accept(token)
+    tb = perf_counter_ns()
     text, reason = _text(row.detok, row.stops, token, reason)
-    t3 = perf_counter_ns()
+    t3 = perf_counter_ns()  # accept and detok timed apart, as in search.decode
     return TokenRecord(row.n - 1, token, text, lp, ch.logprob, reason, tl, 0, model_ns, row.choice.process_ns,
-                       t2 - t0 - row.choice.process_ns, t3 - t2, t3, dict(row.choice.timings_ns), None, infer_start,
-                       t0, top_choice=ch.top_choice, allowed=row.choice.chain.allowed, subset=ch.subset, row=row.index)
+                       t2 - t0 - row.choice.process_ns, t3 - t2 - (tb - ta), t3, dict(row.choice.timings_ns), None,
+                       infer_start, t0, top_choice=ch.top_choice, allowed=row.choice.chain.allowed, subset=ch.subset,
+                       accept_ns=tb - ta, row=row.index)
 
 
 def batch_stream(model, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], *, processors=(),

@@ -150,12 +150,14 @@ def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, prop
             t2 = perf_counter_ns()
             emitted += 1
             reason = stopping.check(token, emitted, (t2 - t_start_ns) / 1e9)
+            ta = perf_counter_ns()
             choice.accept(token)
+            tb = perf_counter_ns()
             text, reason = _text(detok, stop_strings, token, reason)
-            t3 = perf_counter_ns()
+            t3 = perf_counter_ns()  # accept and detok timed apart, as in search.decode
             rec = TokenRecord(emitted - 1, token, text, lp, plp, reason, top, sequence, model_ns if i == 0 else 0,
-                              choice.process_ns, t2 - t0 - choice.process_ns, t3 - t2, t3, dict(choice.timings_ns),
-                              draft=step if i == 0 else None)
+                              choice.process_ns, t2 - t0 - choice.process_ns, t3 - t2 - (tb - ta), t3,
+                              dict(choice.timings_ns), accept_ns=tb - ta, draft=step if i == 0 else None)
             yield rec
             if reason or not kept:
                 break

@@ -166,3 +166,14 @@ def test_ray_pipeline_gives_the_same_answers(model_dir, reference, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _lines(out) == ref
+
+
+def test_records_time_the_grammar_apart_from_detokenisation(model):
+    """The mask's next-token computation (`accept`) is its own stage in batched and speculative records,
+    as in the one-prompt loop, not folded into detok."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    cfg = {"max_new_tokens": 30, "json_schema": schema}
+    batched = ovgen.stream(model, [[{"role": "user", "content": q}] for q in PROMPTS[:2]], cfg)
+    spec = ovgen.stream(model, [{"role": "user", "content": PROMPTS[0]}], {**cfg, "prompt_lookup": True})
+    for records in (list(batched), list(spec)):
+        assert all(r.accept_ns > 0 for r in records)
