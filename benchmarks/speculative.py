@@ -1,6 +1,8 @@
 """Speculative decoding, measured: prompt lookup and a draft model against plain greedy and against
-openvino-genai's prompt-lookup pipeline, on input-grounded prompts; and what a KV trim costs
-against the context length (ovgen's holes vs copying the state, as openvino-genai's trim_kv_cache does).
+openvino-genai's prompt-lookup pipeline, on input-grounded prompts, with ovgen on the stateful IR and
+on the paged one (`attention="paged"`, the PagedAttention IR genai's pipeline compiles too); and what
+a KV trim costs against the context length (ovgen's holes, the paged rewind, copying the state as
+openvino-genai's trim_kv_cache does).
 
 Per prompt, rounds interleaved in a balanced order; TPOT = (last - first stamp) / (n - 1) of one
 run; ratios are medians of per-round ratios against plain greedy; every mode's tokens are compared
@@ -83,12 +85,16 @@ def tpot(stamps) -> float:
     return (stamps[-1] - stamps[0]) / 1e6 / max(1, len(stamps) - 1)
 
 
-def compare(model, draft, rounds: int, n: int) -> dict:
+def compare(model, paged, draft, rounds: int, n: int) -> dict:
     base = {"max_new_tokens": n, "ignore_eos": True}
+    pl = {**base, "prompt_lookup": True, "num_assistant_tokens": 10}
+    heuristic = {**pl, "num_assistant_tokens_schedule": "heuristic"}
     modes = {"greedy": ovgen_mode(model, base),
-             "prompt_lookup": ovgen_mode(model, {**base, "prompt_lookup": True, "num_assistant_tokens": 10}),
-             "prompt_lookup_heuristic": ovgen_mode(model, {**base, "prompt_lookup": True, "num_assistant_tokens": 10,
-                                                           "num_assistant_tokens_schedule": "heuristic"}),
+             "prompt_lookup": ovgen_mode(model, pl),
+             "prompt_lookup_heuristic": ovgen_mode(model, heuristic),
+             "greedy_paged": ovgen_mode(paged, base),
+             "prompt_lookup_paged": ovgen_mode(paged, pl),
+             "prompt_lookup_paged_heuristic": ovgen_mode(paged, heuristic),
              "draft_model": ovgen_mode(model, {**base, "num_assistant_tokens": 3}, assistant=draft),
              "genai_prompt_lookup": genai_mode(model, n)}
     out = {}
@@ -111,20 +117,26 @@ def compare(model, draft, rounds: int, n: int) -> dict:
                          **({"accepted": acc[m][0], "proposed": acc[m][1],
                              "acceptance": acc[m][0] / max(1, acc[m][1])} if m in acc else {})}
                      for m, v in t.items()}
-        out[name]["ovgen_pl_over_genai_pl_tpot"] = median_ratio(t["prompt_lookup"], t["genai_prompt_lookup"])
+        for m in ("prompt_lookup", "prompt_lookup_paged"):
+            out[name][f"ovgen_{m}_over_genai_pl_tpot"] = median_ratio(t[m], t["genai_prompt_lookup"])
         print(name, json.dumps(out[name]))
     return out
 
 
-def trim_cost(model, contexts=(128, 256, 512, 1024, 2048), k: int = 8, reps: int = 5) -> dict:
+def trim_cost(model, paged, contexts=(128, 256, 512, 1024, 2048), k: int = 8, reps: int = 5) -> dict:
     """ms to drop the last k tokens: ovgen's rewind (holes) vs a copy of the kept state (what
-    openvino-genai's trim_kv_cache and ovgen's compaction do)."""
-    s = model.session()
+    openvino-genai's trim_kv_cache and ovgen's compaction do) vs the paged session's rewind."""
+    s, sp = model.session(), paged.session()
     out = {}
     for n in contexts:
         ids = synthetic_prompt(model.tokenizer, n)
-        holes, copy = [], []
+        holes, copy, blocks = [], [], []
         for _ in range(reps):
+            sp.prefill(ids)
+            sp.append(list(range(200, 200 + k)))
+            t0 = perf_counter_ns()
+            sp.rewind(k)
+            blocks.append((perf_counter_ns() - t0) / 1e6)
             s.prefill(ids)
             s.append(list(range(200, 200 + k)))
             t0 = perf_counter_ns()
@@ -133,7 +145,8 @@ def trim_cost(model, contexts=(128, 256, 512, 1024, 2048), k: int = 8, reps: int
             t0 = perf_counter_ns()
             kvstate.compact(s)
             copy.append((perf_counter_ns() - t0) / 1e6)
-        out[n] = {"holes_ms": float(np.median(holes)), "copy_ms": float(np.median(copy))}
+        out[n] = {"holes_ms": float(np.median(holes)), "copy_ms": float(np.median(copy)),
+                  "paged_ms": float(np.median(blocks))}
         print("trim", n, out[n])
     return out
 
@@ -141,7 +154,8 @@ def trim_cost(model, contexts=(128, 256, 512, 1024, 2048), k: int = 8, reps: int
 def plot(trim: dict, path: str) -> None:
     ctx = sorted(trim)
     line_plot(path, ctx, {"copy the kept state (genai trim_kv_cache)": [trim[c]["copy_ms"] for c in ctx],
-                          "ovgen rewind (attention-mask holes)": [trim[c]["holes_ms"] for c in ctx]},
+                          "ovgen rewind (attention-mask holes)": [trim[c]["holes_ms"] for c in ctx],
+                          "ovgen rewind, attention='paged' (past_lens)": [trim[c]["paged_ms"] for c in ctx]},
               xlabel="context (tokens)", ylabel="ms to drop 8 tokens", xscale="log", yscale="log",
               title="KV trim cost")
 
@@ -154,9 +168,10 @@ def main() -> None:
     ap.add_argument("--out", default=default_path("speculative"))
     args = ap.parse_args()
     model = ovgen.load()
+    paged = ovgen.load(attention="paged")
     draft = ovgen.load(flavour_dir("draft"))
-    results = compare(model, draft, args.rounds, args.new_tokens)
-    trim = trim_cost(model)
+    results = compare(model, paged, draft, args.rounds, args.new_tokens)
+    trim = trim_cost(model, paged)
     if args.plot:
         plot(trim, args.plot)
     save_result(args.out, "speculative", rounds=args.rounds, new_tokens=args.new_tokens, report=model.report,

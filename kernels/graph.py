@@ -45,12 +45,13 @@ def slice_last_position(model: ov.Model, output: str = "logits") -> bool:
     return True
 
 
-def slice_logits_to_keep(model: ov.Model, output: str = "logits", name: str = "logits_to_keep") -> bool:
+def slice_logits_to_keep(model: ov.Model, output: str = "logits", name: str = "logits_to_keep", axis: int = 1) -> bool:
     """Like `slice_last_position`, but the number of last positions is an input: a new parameter
     `logits_to_keep: [1] int64` (>= 1), so one compiled model returns the last position's logits
     for a prompt and the last k + 1 positions' when k proposed tokens are verified in one infer
-    (speculative decoding). In place; False (model unchanged) when no LM head is found or the
-    input exists already."""
+    (speculative decoding). `axis` is the positions' axis of the LM head's input: 1 for [batch, seq,
+    hidden], 0 for a PagedAttention IR's [tokens, 1, hidden]. In place; False (model unchanged)
+    when no LM head is found or the input exists already."""
     if any(name in p.get_names() for p in model.inputs):
         return False
     matmul = find_lm_head(model, output)
@@ -62,7 +63,7 @@ def slice_logits_to_keep(model: ov.Model, output: str = "logits", name: str = "l
     keep.output(0).get_tensor().set_names({name})
     hidden = matmul.input_value(0)
     last = opset8.slice(hidden, opset13.negative(keep), np.array([np.iinfo(np.int64).max], np.int64),
-                        np.array([1], np.int64), np.array([1], np.int64))
+                        np.array([1], np.int64), np.array([axis], np.int64))
     matmul.input(0).replace_source_output(last.output(0))
     model.add_parameters([keep])
     model.validate_nodes_and_infer_types()

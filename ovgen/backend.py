@@ -29,6 +29,7 @@ class SessionLike(Protocol):
     infer_ns: int  # wall time of the last model run
     infer_start_ns: int  # perf_counter_ns() when it started
     reorder_kv: bool  # reorder() works (False: beam search is the runtime's own, see `beam_records`)
+    snapshots: bool  # snapshot() / restore() work (a prefix cache needs them)
 
     def reserve(self, n: int) -> None: ...
     def reset(self) -> None: ...

@@ -168,6 +168,9 @@ def _model_args(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("-m", "--model", help=model_help)
     p.add_argument("--device", default="CPU")
     _precision_arg(p)
+    p.add_argument("--attention", choices=("stateful", "paged"), default="stateful",
+                   help="stateful: the IR's own KV state (default); paged: a PagedAttention IR whose KV blocks "
+                        "ovgen owns (O(1) rewind, faster speculative decoding; one row, no beams)")
     p.add_argument("--ov-config", nargs="+", default=None, metavar="KEY=VALUE",
                    help="OpenVINO compile properties, e.g. KV_CACHE_PRECISION=u8 (ovgen's CPU default is f16) "
                         "PERFORMANCE_HINT=LATENCY")
@@ -194,7 +197,8 @@ def _ov_config(items: list[str] | None) -> dict[str, str] | None:
 def _load(args):
     import ovgen
 
-    return ovgen.load(args.model, device=args.device, ov_config=_ov_config(args.ov_config), precision=args.precision)
+    return ovgen.load(args.model, device=args.device, ov_config=_ov_config(args.ov_config), precision=args.precision,
+                      attention=args.attention)
 
 
 def _read_template(args) -> str | None:
@@ -298,6 +302,8 @@ def cmd_batch(args) -> int:
     base = _config_overrides(args)
     if args.draft:
         raise UsageError("--draft: ovgen batch runs without a draft model")
+    if args.attention == "paged":
+        raise UsageError("--attention paged runs one row at a time; ovgen batch batches rows on the stateful IR")
     jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
     with tqdm(desc="batch", unit="row", file=sys.stderr) as bar:
         tokens = [0, perf_counter_ns()]

@@ -46,6 +46,7 @@ class Model(ModelFiles):
     # second compile, whose KV state Session.prefill hands to `compiled` (None: one compile)
     prefill_compiled: ov.CompiledModel | None = None
     min_prefill_tokens: int = 0
+    attention: str = "stateful"  # or "paged": a PagedAttention IR whose KV blocks the session owns (ovgen/paged.py)
     _tokenizer: Any = field(default=None, repr=False)
 
     @property
@@ -54,6 +55,10 @@ class Model(ModelFiles):
 
     def session(self):
         """A new Session (its own InferRequest and KV state) over this compiled model."""
+        if self.attention == "paged":
+            from .paged import PagedSession
+
+            return PagedSession(self)
         from .session import Session
 
         return Session(self)
@@ -114,7 +119,7 @@ def read_ir(folder: Path) -> ov.Model:
 
 def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[str, Any] | None = None, *,
          precision: str = "exact", tokenizer: str = "hf", last_logits_only: bool = True,
-         max_length: int | None = None):
+         max_length: int | None = None, attention: str = "stateful"):
     """Load and compile a decoder IR folder (default: the prepared SmolLM2-135M-Instruct).
 
     `precision` is the policy (ovgen/precision.py): "exact" (f32 inference on every CPU, the
@@ -130,8 +135,17 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     A folder with genai_config.json and no IR is an onnxruntime-genai model: it loads as an
     `ort.OrtModel` (same loop, same results schema; `max_length` sizes its KV buffer, default the
     context length; see ovgen/ort.py for what that runtime cannot do).
+
+    `attention="paged"` compiles the IR turned into a PagedAttention IR (openvino-genai's
+    transformation) whose KV cache blocks the session owns: an O(1) rewind and a cheaper multi-token
+    infer, for one row; see ovgen/paged.py for what it leaves out.
     """
+    from .paged import check_attention
+
     P.check_precision(precision)
+    if check_attention(attention) == "paged" and (precision == "fast" or isinstance(precision, dict)):
+        raise ValueError(f"precision {precision!r} plans per-phase compiles that hand over a stateful KV state; "
+                         "attention='paged' takes precision 'exact' or 'native'")
     if isinstance(precision, dict):
         from .fast import plan_from
 
@@ -142,6 +156,8 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     from . import ort
 
     if ort.is_ort_folder(folder):
+        if attention != "stateful":
+            raise ValueError("attention='paged' applies to OpenVINO IRs; this folder is an onnxruntime-genai model")
         if ov_config:
             raise ValueError("ov_config applies to OpenVINO IRs; this folder is an onnxruntime-genai model")
         return ort.load(folder, device, max_length=max_length)
@@ -150,7 +166,7 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     check_device(device)
     config = _read_json(folder / "config.json")
     gen_config = generation_defaults(folder, config)
-    ir, sliced, vocab, top = build_ir(folder, last_logits_only)
+    ir, sliced, vocab, top = build_ir(folder, last_logits_only, attention=attention)
     name = P.check_precision(precision)
     plan = _plan(precision, folder, device, lambda hint: compile_ir(ir, device, P.compile_properties(hint, device,
                                                                                                     ov_config)))
@@ -160,12 +176,12 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     prefill = compile_ir(ir, device, P.compile_properties(plan.prefill, device, _prefill_config(device, ov_config))) \
         if plan and plan.split else None
     phases = {"prefill": P.read_back(prefill or compiled, P.REPORTED), "decode": P.read_back(compiled, P.REPORTED)}
-    report = P.describe(name, device, phases, plan.describe if plan else None)
+    report = {**P.describe(name, device, phases, plan.describe if plan else None), "attention": attention}
     return Model(path=folder, device=device, compiled=compiled, config=config, generation_config=gen_config,
                  input_names=frozenset(n for p in ir.inputs for n in p.get_names()),
                  vocab_size=vocab, sliced=sliced, top_candidates=top, ov_config=P.pinned_config(compiled, props),
                  tokenizer_backend=tokenizer, precision=name, report=report, prefill_compiled=prefill,
-                 min_prefill_tokens=plan.min_prefill_tokens if plan and plan.split else 0)
+                 min_prefill_tokens=plan.min_prefill_tokens if plan and plan.split else 0, attention=attention)
 
 
 def _prefill_config(device: str, ov_config: dict | None) -> dict:
@@ -187,17 +203,26 @@ def _plan(precision, folder: Path, device: str, compile_fn):
     return None
 
 
-def build_ir(folder: Path, last_logits_only: bool = True, *, keep_input: bool = True
+def build_ir(folder: Path, last_logits_only: bool = True, *, keep_input: bool = True, attention: str = "stateful"
              ) -> tuple[ov.Model, bool, int, int]:
     """The IR as ovgen compiles it: (ir, sliced, vocab, top candidates). Graph passes: the LM head on
     the last position(s) only (`last_logits_only`; with `keep_input` their number is the
     `logits_to_keep` input, 1 but when proposed tokens are verified), a logsumexp output (each
     token's log-probability in O(1)), and the top-64 logits as candidates (sampling with top-k and
     greedy read them instead of scanning the vocabulary in NumPy). `keep_input=False` gives the IR
-    with the inputs an exporter wrote (for references such as optimum-intel's model class)."""
+    with the inputs an exporter wrote (for references such as optimum-intel's model class).
+    `attention="paged"`: the PagedAttention IR (ovgen/paged.py), its logits_to_keep on the token axis."""
     ir = read_ir(folder)
-    slicer = slice_logits_to_keep if keep_input else slice_last_position
-    sliced = slicer(ir) if last_logits_only else False
+    if attention == "paged":
+        from .paged import to_paged
+
+        to_paged(ir)
+        if not last_logits_only or not keep_input:
+            raise ValueError("attention='paged' needs last_logits_only=True (its logits_to_keep input)")
+        sliced = slice_logits_to_keep(ir, axis=0)
+    else:
+        slicer = slice_logits_to_keep if keep_input else slice_last_position
+        sliced = slicer(ir) if last_logits_only else False
     add_logsumexp_output(ir)
     vocab = ir.output("logits").get_partial_shape()[-1]
     if not vocab.is_static:

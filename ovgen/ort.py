@@ -121,6 +121,7 @@ class OrtSession(TokenHistory):
 
     rows = 1
     reorder_kv = False  # the Generator has no KV gather: beam search is the runtime's own (beam_records)
+    snapshots = True
     argmax = None  # no graph outputs on this path: the loop scans the logits in NumPy
     top = None
 

@@ -59,6 +59,9 @@ class PrefixCache:
     def prefill(self, session, ids) -> np.ndarray:
         """Run the prompt `ids` on `session` reusing the longest cached prefix, cache the prompt, and
         return its last logits (what `session.prefill(ids)` returns)."""
+        if not session.snapshots:
+            raise NotImplementedError(f"a prefix cache keeps snapshots, which {type(session).__name__} cannot take "
+                                      "(attention='paged'); load the model with attention='stateful'")
         n, key, snap = self.lookup(ids)
         if snap is None:
             logits = session.prefill(ids)
