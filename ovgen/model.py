@@ -212,14 +212,13 @@ def build_ir(folder: Path, last_logits_only: bool = True, *, keep_input: bool = 
     greedy read them instead of scanning the vocabulary in NumPy). `keep_input=False` gives the IR
     with the inputs an exporter wrote (for references such as optimum-intel's model class).
     `attention="paged"`: the PagedAttention IR (ovgen/paged.py), its logits_to_keep on the token axis."""
+    if attention == "paged" and not (last_logits_only and keep_input):
+        raise ValueError("attention='paged' needs last_logits_only=True (its logits_to_keep input)")
     ir = read_ir(folder)
     if attention == "paged":
         from .paged import to_paged
 
-        to_paged(ir)
-        if not last_logits_only or not keep_input:
-            raise ValueError("attention='paged' needs last_logits_only=True (its logits_to_keep input)")
-        sliced = slice_logits_to_keep(ir, axis=0)
+        sliced = slice_logits_to_keep(to_paged(ir), axis=0)
     else:
         slicer = slice_logits_to_keep if keep_input else slice_last_position
         sliced = slicer(ir) if last_logits_only else False

@@ -96,8 +96,13 @@ def test_what_paged_does_not_do_says_so(model_dir, paged):
         ovgen.load(model_dir, attention="paged", precision="fast")
 
 
-def test_cli_attention_paged(model_dir, capsys):
+def test_cli_attention_paged(model_dir, capsys, tmp_path):
     assert main(["generate", "-m", str(model_dir), "--attention", "paged", "--max-new-tokens", "12", "--ignore-eos",
                  "--prompt-lookup", "--json", GROUNDED[1][0]["content"]]) == 0
     out = capsys.readouterr().out
     assert '"token_ids"' in out
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": 1, "prompt": "Hi"}\n')
+    assert main(["batch", str(rows), "--output", str(tmp_path / "out.jsonl"), "--attention", "paged"]) == 2
+    assert "--attention paged runs one row" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
