@@ -18,8 +18,8 @@ What this buys a loop that rewinds (speculative decoding): dropping the last n t
 `past_lens -= n`, O(1) - the next infer overwrites them - so no masked holes pile up in attention; and
 the CPU plugin's multi-token PagedAttention costs less than the stateful IR's SDPA with KV cache on
 the same tokens (benchmarks/speculative.py measures both). What it does not do (yet): several rows
-(`prefill_rows`), beam search (`reorder`), snapshot / restore / save / load, split precision plans;
-each raises NotImplementedError naming the option. Greedy tokens equal the stateful IR's at the exact
+(`prefill_rows`), beam search (`reorder`), snapshot / restore / save / load (so no prefix cache),
+split precision plans; each is refused naming the option (NotImplementedError; ValueError at load). Greedy tokens equal the stateful IR's at the exact
 precision (tests/test_paged.py) - the two attention kernels sum in different orders, so their logits
 agree to ~1e-2, not bit for bit.
 """
@@ -97,31 +97,13 @@ class PagedSession(Session):
             inputs["logits_to_keep"] = np.array([keep], np.int64)
         return inputs
 
-    def _outputs(self, rows: int, keep: int):
-        """The paged IR's outputs are [keep, 1, ...] (tokens first); the buffers are set in that shape
-        and kept as [1, keep, ...] views of the same memory, the stateful layout the loop reads."""
-        if self._out is None or self._out[:2] != (rows, keep):
-            vocab, k = self.model.vocab_size, self.model.top_candidates
-            logits, lse = np.empty((keep, 1, vocab), np.float32), np.empty((keep, 1, 1), np.float32)
-            bufs = {"logits": logits, "logsumexp": lse}
-            cand = None
-            if k:
-                values, ids = np.empty((keep, 1, k), np.float32), np.empty((keep, 1, k), np.int64)
-                bufs.update(topk_values=values, topk_ids=ids)
-                cand = (values[-1, 0], ids[-1, 0])
-            for name, buf in bufs.items():
-                self.request.set_tensor(name, ov.Tensor(buf, shared_memory=True))
-            self._out = (rows, keep, logits.reshape(1, keep, vocab), lse.reshape(1, keep, 1), cand)
-        return self._out
+    def _output_shape(self, rows: int, keep: int) -> tuple[int, int]:
+        return keep, 1  # tokens first; Session._outputs keeps [1, keep, ...] views of the same memory
 
-    def rewind(self, n: int) -> None:
-        """Drop the last `n` tokens: O(1), the next infer writes over their cache slots."""
-        self.settle()
-        if not 0 <= n <= self.length:
-            raise ValueError(f"rewind n must be in [0, {self.length}], got {n}")
+    def _drop_last(self, n: int) -> None:
+        """Rewind's trim: O(1), the next infer writes over the dropped tokens' cache slots."""
         self._len -= n
         self.kv -= n
-        self.top = None
 
     def _unsupported(self, what: str):
         raise NotImplementedError(f"{what} is not available with attention='paged'; load the model with "

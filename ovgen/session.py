@@ -307,23 +307,25 @@ class Session(TokenHistory):
             self.finish_step()
 
     def _outputs(self, rows: int, keep: int):
-        """Output buffers of [rows, keep, ...] set on the request (logits, logsumexp, top
-        candidates of the last position), reused while the shape holds: reading them costs no
-        get_tensor()."""
+        """Output buffers (logits, logsumexp, top candidates) set on the request in the shape the IR
+        writes (`_output_shape`), kept as [rows, keep, ...] views of the same memory and reused while
+        the shape holds: reading them costs no get_tensor()."""
         if self._out is None or self._out[:2] != (rows, keep):
-            logits = np.empty((rows, keep, self.model.vocab_size), dtype=np.float32)
-            lse = np.empty((rows, keep, 1), dtype=np.float32)
-            self.request.set_tensor("logits", ov.Tensor(logits, shared_memory=True))
-            self.request.set_tensor("logsumexp", ov.Tensor(lse, shared_memory=True))
-            cand = None
-            if self.model.top_candidates:
-                k = self.model.top_candidates
-                values, ids = np.empty((rows, keep, k), np.float32), np.empty((rows, keep, k), np.int64)
-                self.request.set_tensor("topk_values", ov.Tensor(values, shared_memory=True))
-                self.request.set_tensor("topk_ids", ov.Tensor(ids, shared_memory=True))
-                cand = (values[0, -1], ids[0, -1])
-            self._out = (rows, keep, logits, lse, cand)
+            shape, k = self._output_shape(rows, keep), self.model.top_candidates
+            bufs = {"logits": np.empty((*shape, self.model.vocab_size), np.float32),
+                    "logsumexp": np.empty((*shape, 1), np.float32)}
+            if k:
+                bufs.update(topk_values=np.empty((*shape, k), np.float32), topk_ids=np.empty((*shape, k), np.int64))
+            for name, buf in bufs.items():
+                self.request.set_tensor(name, ov.Tensor(buf, shared_memory=True))
+            view = {name: buf.reshape(rows, keep, -1) for name, buf in bufs.items()}
+            cand = (view["topk_values"][0, -1], view["topk_ids"][0, -1]) if k else None
+            self._out = (rows, keep, view["logits"], view["logsumexp"], cand)
         return self._out
+
+    def _output_shape(self, rows: int, keep: int) -> tuple[int, int]:
+        """The leading dimensions of the IR's outputs: [rows, keep] (a paged IR writes [tokens, 1])."""
+        return rows, keep
 
     def _inputs(self, ids: np.ndarray, keep: int) -> dict:
         rows, t = ids.shape
@@ -411,8 +413,12 @@ class Session(TokenHistory):
         if n == self.length:
             self.reset()
             return
-        kvstate.drop_last(self, n)
+        self._drop_last(n)
         self.top = None  # the logits of the new last position are not known until the next run
+
+    def _drop_last(self, n: int) -> None:
+        """Rewind's trim of 0 < n < length tokens: holes, compacted once they are many."""
+        kvstate.drop_last(self, n)
         if self.holes > 256 and self.holes > self.max_hole_fraction * self.kv:
             kvstate.compact(self)
 
