@@ -30,6 +30,7 @@ import openvino as ov
 from .runtime import device_info, has_bf16
 
 HINTS = ("f32", "bf16", "f16")
+CALIBRATION = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def _cache_path(folder: Path, device: str) -> Path:
     from .prepare import ovgen_home
 
     info = device_info(device)
-    key = json.dumps([info.get("name"), info.get("cpu_flags"), ov.get_version(), str(folder.resolve()),
+    # CALIBRATION names what a cached plan was measured with (2: f32 phases without dynamic quantization)
+    key = json.dumps([CALIBRATION, info.get("name"), info.get("cpu_flags"), ov.get_version(), str(folder.resolve()),
                       (folder / "openvino_model.bin").stat().st_size])
     return ovgen_home() / "fast" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
 

@@ -1,6 +1,6 @@
 """The precision policy: which inference precision each phase runs in, and what was really compiled.
 
-    exact   f32 inference on every CPU, KV cache f16. The default: the same prompt gives the same
+    exact   f32 inference on every CPU (activations too: no dynamic quantization), KV cache f16. The default: the same prompt gives the same
             tokens on AVX2, AVX512-BF16 and AMX machines as far as f32 allows, and parity with the
             references holds there (they get the same properties).
     native  the plugin's own choice (bf16 where the CPU has it, f32 elsewhere), KV cache f16:
@@ -30,13 +30,20 @@ PRECISIONS = ("exact", "native", "fast")
 # It costs twice u8's KV memory: pass ov_config={"KV_CACHE_PRECISION": "u8"} for long contexts on
 # large models, or to match openvino-genai / optimum-intel run with their defaults.
 CPU_DEFAULTS = {"KV_CACHE_PRECISION": "f16"}
+# ... and for every phase compiled with an f32 hint (`exact`, and a plan's f32 phases). An f32 hint alone
+# does not make the computation f32: on CPUs with VNNI/AMX the plugin still quantises the activations
+# of int4/int8-weight matmuls to int8 in groups of 32 (DYNAMIC_QUANTIZATION_GROUP_SIZE=32). Measured on an
+# AVX512-BF16/VNNI EPYC with SmolLM2 int4 at the f32 hint: logits moved by up to 0.70 (group 32 vs 0), a
+# decode step's logits differed from a prefill's of the same position by 0.54 and a batched row's from the
+# same prompt run alone by 1.5, so greedy rows parted from their prompts run alone; with group size 0,
+# 0.006 and 0.016. AVX2-only CPUs do not quantise activations, so there the key changes nothing.
+F32_DEFAULTS = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 # Properties read back from a compiled model into Model.ov_config (what a reference must be given to
 # run the same computation), besides every key the caller passed.
-PINNED = ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")
+PINNED = ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "DYNAMIC_QUANTIZATION_GROUP_SIZE")
 # ... and reported with every result (ovgen inspect, --json, bench, compare).
 REPORTED = PINNED + ("EXECUTION_MODE_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
-                     "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION", "DYNAMIC_QUANTIZATION_GROUP_SIZE",
-                     "RUNTIME_REQUIREMENTS")
+                     "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION", "RUNTIME_REQUIREMENTS")
 
 
 def check_precision(precision) -> str:
@@ -64,6 +71,8 @@ def compile_properties(hint: str | None, device: str, ov_config: Mapping[str, An
         props.update(CPU_DEFAULTS)
         if hint is not None:
             props["INFERENCE_PRECISION_HINT"] = hint
+        if hint == "f32":
+            props.update(F32_DEFAULTS)
     props.update(ov_config or {})
     return props
 

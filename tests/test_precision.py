@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import openvino as ov
 import pytest
 
 import ovgen
 from ovgen.cli import main
-from ovgen.precision import CPU_DEFAULTS, compile_properties, inference_hint
+from ovgen.precision import CPU_DEFAULTS, F32_DEFAULTS, compile_properties, inference_hint
 from ovgen.runtime import core, cpu_flags, device_info, has_bf16
 
 
@@ -20,7 +21,9 @@ def _compiled(model, key):
 
 def test_exact_is_f32_inference_and_f16_kv_cache_on_every_cpu(model):
     assert model.precision == "exact"
-    assert model.ov_config == {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f16"}
+    # ... activations included: no dynamic int8 quantization of the int4 matmuls' inputs on VNNI/AMX CPUs
+    assert model.ov_config == {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f16",
+                               "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
     for key, value in model.ov_config.items():  # read back, not what was asked
         assert _compiled(model, key) == value
     assert model.report["properties"]["INFERENCE_PRECISION_HINT"] == "f32"
@@ -32,6 +35,8 @@ def test_native_is_the_plugins_own_precision(model_dir):
     assert native.ov_config["INFERENCE_PRECISION_HINT"] == plugin_default
     assert plugin_default == ("bf16" if has_bf16() else "f32")
     assert native.ov_config["KV_CACHE_PRECISION"] == "f16"
+    dq = core().get_property("CPU", "DYNAMIC_QUANTIZATION_GROUP_SIZE")
+    assert native.ov_config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(dq)  # the plugin's own, as genai runs
     assert native.report["precision"] == "native"
 
 
@@ -46,7 +51,11 @@ def test_ov_config_overrides_the_policy_and_the_model_says_what_it_got(model_dir
 def test_policy_properties():
     assert inference_hint("exact", "CPU") == "f32" and inference_hint("native", "CPU") is None
     assert compile_properties("f32", "CPU", {"NUM_STREAMS": "1"}) == {
-        **CPU_DEFAULTS, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": "1"}
+        **CPU_DEFAULTS, **F32_DEFAULTS, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": "1"}
+    for hint in ("bf16", None):  # only f32 phases turn dynamic quantization off
+        assert "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in compile_properties(hint, "CPU", None)
+    assert compile_properties("f32", "CPU", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32})[
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 32
     assert compile_properties("f32", "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})["INFERENCE_PRECISION_HINT"] == "bf16"
     assert compile_properties(inference_hint("exact", "GPU"), "GPU", None) == {}
 
@@ -89,3 +98,15 @@ def test_same_tokens_at_exact_across_compiles(model, model_dir):
     ids = model.tokenizer.encode("The quick brown fox")
     cfg = {"max_new_tokens": 24, "ignore_eos": True}
     assert ovgen.generate(model, ids, cfg).sequences[0].token_ids == ovgen.generate(again, ids, cfg).sequences[0].token_ids
+
+
+def test_exact_decode_step_computes_what_a_prefill_does(model):
+    """A one-token decode step after a prompt gives the logits a prefill of prompt + token gives at its
+    last position (f32 throughout: no activation quantization whose groups depend on the row count)."""
+    ids = model.tokenizer.encode("The capital of France is Paris. The capital of Italy is")
+    s = model.session()
+    s.prefill(ids[:-1])
+    step = np.array(s.step(ids[-1]), dtype=np.float32)
+    whole = np.array(model.session().prefill(ids), dtype=np.float32)
+    assert step.shape == whole.shape
+    assert float(np.abs(step - whole).max()) < 0.05
