@@ -2,10 +2,11 @@
 openvino-genai's own batched `generate([prompts])` on the same IR, prompts and compile properties.
 
 Each measurement runs in a worker process of its own (so its peak RSS is its own): load, one warm-up
-batch, then B prompts x `--new-tokens` tokens (ignore_eos), timed from the call to the last token.
-Rounds interleave the runtimes in a balanced order; medians of the rounds, ratios per B.
+batch, then `--runs` timed batches of B prompts x `--new-tokens` tokens (ignore_eos), each from the
+call to the last token; the worker reports their median. Rounds interleave the runtimes in a
+balanced order; medians of the rounds, ratios per B (median of the per-round ratios).
 
-    python benchmarks/batch.py [--rounds 3] [--new-tokens 64] [--plot batch.png]
+    python benchmarks/batch.py [--rounds 3] [--runs 3] [--new-tokens 64] [--plot batch.png]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", 
 SIZES = (1, 2, 4, 8, 16)
 
 
-def worker(runtime: str, b: int, n: int) -> dict:
+def worker(runtime: str, b: int, n: int, runs: int) -> dict:
     import ovgen
 
     model = ovgen.load()
@@ -59,16 +60,19 @@ def worker(runtime: str, b: int, n: int) -> dict:
             out = pipe.generate(og.TokenizedInputs(ov.Tensor(padded), ov.Tensor(mask)), cfg)
             return [[int(t) for t in row] for row in out.tokens]
     run()  # warm-up
-    t0 = perf_counter()
-    tokens = run()
-    dt = perf_counter() - t0
-    return {"tokens_per_s": b * n / dt, "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    times = []
+    for _ in range(runs):
+        t0 = perf_counter()
+        tokens = run()
+        times.append(perf_counter() - t0)
+    dt = float(np.median(times))
+    return {"tokens_per_s": b * n / dt, "seconds": dt, "runs_s": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "first_row": tokens[0][:16]}
 
 
-def measure(runtime: str, b: int, n: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", runtime, str(b), str(n)], capture_output=True, text=True,
-                         check=True)
+def measure(runtime: str, b: int, n: int, runs: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", runtime, str(b), str(n), str(runs)],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -78,16 +82,17 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--plot", default=None)
     ap.add_argument("--out", default=default_path("batch"))
-    ap.add_argument("--worker", nargs=3, default=None)
+    ap.add_argument("--runs", type=int, default=3, help="timed batches per worker (their median)")
+    ap.add_argument("--worker", nargs=4, default=None)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))))
+        print(json.dumps(worker(args.worker[0], *map(int, args.worker[1:]))))
         return
     runs = {(rt, b): [] for rt in ("ovgen", "genai") for b in SIZES}
     for r in range(args.rounds):
         for b in SIZES:
             for rt in balanced(["ovgen", "genai"], r + b):
-                runs[rt, b].append(measure(rt, b, args.new_tokens))
+                runs[rt, b].append(measure(rt, b, args.new_tokens, args.runs))
                 print(rt, b, runs[rt, b][-1]["tokens_per_s"], flush=True)
     rows = {}
     for b in SIZES:
@@ -107,8 +112,9 @@ def main() -> None:
         _plot(rows, args.plot)
     import ovgen
 
-    save_result(args.out, "batch", rounds=args.rounds, new_tokens=args.new_tokens, report=ovgen.load().report,
-                results=rows)
+    save_result(args.out, "batch", rounds=args.rounds, runs=args.runs, new_tokens=args.new_tokens,
+                report=ovgen.load().report, results=rows,
+                per_round={f"{rt} B={b}": [x["tokens_per_s"] for x in v] for (rt, b), v in runs.items()})
 
 
 def _plot(rows: dict, path: str) -> None:

@@ -6,6 +6,8 @@
     rows that finish leave the batch: Session.reorder(the rows that go on) gathers the KV rows, the
     attention mask and the padding inside the next infer, so a finished row costs nothing more
     (openvino-genai's stateful pipeline drops finished rows the same way)
+    a row left alone (a batch of one, or the last row going on) continues in the one-row loop,
+    search.decode: its one-token fast path, and the next infer overlapping the record's host work
 
 Left padding is masked and takes no position, so each row computes what it would alone (up to the
 last bits a batched matrix product sums differently). Prompts beyond `batch_size` run in further
@@ -23,7 +25,7 @@ import numpy as np
 
 from .choice import TokenChoice, token_choice
 from .config import GenerationConfig
-from .search import TokenRecord, _text, top_logprobs
+from .search import TokenRecord, _text, decode, top_logprobs
 from .stopping import StopStrings, Stopping
 from .tokenizer import IncrementalDecoder
 
@@ -64,34 +66,77 @@ def _fresh(p):
 
 
 def batch_decode(model, session, rows: list[_Row], t_start_ns: int) -> Iterator[TokenRecord]:
-    """One batch to the end: a TokenRecord per token of every row (`record.row`: the prompt's index)."""
+    """One batch to the end: a TokenRecord per token of every row (`record.row`: the prompt's index).
+
+    Each step chooses every row's token first; when no row has stop strings (which need the text to
+    tell whether a row goes on) the next infer then starts (`Session.start_rows`) and runs while the
+    rows' grammars advance, their tokens are detokenised and the records are consumed."""
     live = [r for r in rows if r.stopping.max_new_tokens > 0]
     if not live:
         return
     logits = np.atleast_2d(session.prefill_rows([r.ids for r in live]))
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
-    while live:
-        lse = np.atleast_1d(session.logsumexp)
-        tops = session.top_rows if len(live) > 1 else (None if session.top is None else
-                                                         (session.top[0][None], session.top[1][None]))
-        going, tokens = [], []
-        for j, row in enumerate(live):
-            top = None if tops is None else (tops[0][j], tops[1][j])
-            rec = _choose(session, j, row, logits[j], lse[j], top, t_start_ns, model_ns, infer_start)
-            yield rec
-            if rec.finish_reason is None:
-                going.append(j)
-                tokens.append(rec.token_id)
-        if not going:
-            return
-        if len(going) < len(live):
-            session.reorder(going)  # finished rows leave the batch (gathered inside the next infer)
+    started = 0  # the id of the step started asynchronously (0: none)
+    try:
+        while len(live) > 1:
+            lse, tops = session.logsumexp, session.top_rows  # [rows] each (rows > 1)
+            picks = [_pick(session, j, row, logits[j], lse[j], None if tops is None else (tops[0][j], tops[1][j]),
+                           t_start_ns) for j, row in enumerate(live)]
+            # From here on nothing reads `logits`: the next infer may write them.
+            if not any(row.stops.stops for row in live):
+                going = [j for j, p in enumerate(picks) if p.reason is None]
+                if going:
+                    if len(going) < len(live):
+                        session.reorder(going)  # finished rows leave the batch (gathered inside the next infer)
+                    started = session.start_rows([picks[j].token for j in going])
+            going = []
+            for j, (row, pick) in enumerate(zip(live, picks)):
+                rec = _record(row, pick, model_ns, infer_start, bool(started))
+                yield rec
+                if rec.finish_reason is None:
+                    going.append(j)
+            if not going:
+                return
+            if started:
+                logits, started = session.finish_step(), 0
+            else:
+                if len(going) < len(live):
+                    session.reorder(going)
+                logits = session.step(np.array([picks[j].token for j in going], np.int64))
             live = [live[j] for j in going]
-        logits = np.atleast_2d(session.step(np.asarray(tokens, np.int64)))
-        model_ns, infer_start = session.infer_ns, session.infer_start_ns
+            logits = np.atleast_2d(logits)
+            model_ns, infer_start = session.infer_ns, session.infer_start_ns
+    finally:
+        if started:  # the consumer stopped early: the running infer finishes before anyone reuses the session
+            session.settle(started)
+    yield from _alone(session, live[0], logits[0], t_start_ns)
 
 
-def _choose(session, j: int, row: _Row, logits, lse, top, t_start_ns: int, model_ns: int, infer_start: int):
+def _alone(session, row: _Row, logits, t_start_ns: int) -> Iterator[TokenRecord]:
+    """The one row left in the session (its only row now) to its end, on the one-row loop."""
+    records = decode(session, logits, choice=row.choice, stopping=row.stopping, detok=row.detok, stop_strings=row.stops,
+                     top_n=row.cfg.top_logprobs, t_start_ns=t_start_ns, done=row.n, skip=int(session.pad[0]))
+    try:
+        for rec in records:
+            rec.row = row.index
+            yield rec
+    finally:
+        records.close()  # a consumer that stops early: the pending infer is settled now, not at collection
+
+
+@dataclass
+class _Pick:
+    """A row's token of one step, chosen (and checked against eos / length / time) before its record."""
+    token: int
+    choice: object  # choice.Choice
+    logprob: float
+    top: list | None  # top log-probabilities, when asked
+    reason: str | None
+    start_ns: int
+    chosen_ns: int
+
+
+def _pick(session, j: int, row: _Row, logits, lse, top, t_start_ns: int) -> _Pick:
     t0 = perf_counter_ns()
     history = session.tokens[j, int(session.pad[j]):]
     ch = row.choice.choose(history, logits, lse, top)
@@ -100,16 +145,20 @@ def _choose(session, j: int, row: _Row, logits, lse, top, t_start_ns: int, model
     tl = top_logprobs(logits, row.cfg.top_logprobs, lse) if row.cfg.top_logprobs else None
     t2 = perf_counter_ns()
     row.n += 1
-    reason = row.stopping.check(token, row.n, (t2 - t_start_ns) / 1e9)
+    return _Pick(token, ch, lp, tl, row.stopping.check(token, row.n, (t2 - t_start_ns) / 1e9), t0, t2)
+
+
+def _record(row: _Row, p: _Pick, model_ns: int, infer_start: int, overlapped: bool) -> TokenRecord:
     ta = perf_counter_ns()
-    row.choice.accept(token)
+    row.choice.accept(p.token)
     tb = perf_counter_ns()
-    text, reason = _text(row.detok, row.stops, token, reason)
+    text, reason = _text(row.detok, row.stops, p.token, p.reason)
     t3 = perf_counter_ns()  # accept and detok timed apart, as in search.decode
-    return TokenRecord(row.n - 1, token, text, lp, ch.logprob, reason, tl, 0, model_ns, row.choice.process_ns,
-                       t2 - t0 - row.choice.process_ns, t3 - t2 - (tb - ta), t3, dict(row.choice.timings_ns), None,
-                       infer_start, t0, top_choice=ch.top_choice, allowed=row.choice.chain.allowed, subset=ch.subset,
-                       accept_ns=tb - ta, row=row.index)
+    process_ns = row.choice.process_ns
+    return TokenRecord(row.n - 1, p.token, text, p.logprob, p.choice.logprob, reason, p.top, 0, model_ns, process_ns,
+                       p.chosen_ns - p.start_ns - process_ns, t3 - tb, t3, dict(row.choice.timings_ns),
+                       None, infer_start, p.start_ns, overlapped=overlapped, top_choice=p.choice.top_choice,
+                       allowed=row.choice.chain.allowed, subset=p.choice.subset, accept_ns=tb - ta, row=row.index)
 
 
 def batch_stream(model, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], *, processors=(),

@@ -75,7 +75,7 @@ def top_logprobs(logits: np.ndarray, n: int, logsumexp: float) -> list[tuple[int
 
 def decode(session, logits: np.ndarray, *, choice: TokenChoice, stopping: Stopping, detok,
            stop_strings: StopStrings, top_n: int = 0, sequence: int = 0, t_start_ns: int | None = None,
-           overlap: bool = True) -> Iterator[TokenRecord]:
+           overlap: bool = True, done: int = 0, skip: int = 0) -> Iterator[TokenRecord]:
     """Yield one TokenRecord per generated token, from the logits of the last prefilled position.
 
     The session advances by one token per yielded record (except after the last). `overlap`: once a
@@ -83,14 +83,16 @@ def decode(session, logits: np.ndarray, *, choice: TokenChoice, stopping: Stoppi
     (`Session.start_step`) before the chain's `accept` (a grammar computes its next mask then) and
     detokenisation (after them when stop strings need the text), and runs while the consumer
     handles the record; the loop waits for it when the consumer asks for the next.
+    `done`: tokens this sequence has already generated (a batch row going on alone, ovgen/batch.py);
+    `skip`: positions at the start of the session's row that are not the row's history (left padding).
     """
     t_start_ns = t_start_ns or perf_counter_ns()
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
-    n, started = 0, 0  # tokens so far; the id of the step started asynchronously (0: none)
+    n, started = done, 0  # tokens so far; the id of the step started asynchronously (0: none)
     try:
         while True:
             t0 = perf_counter_ns()
-            ch = choice.choose(session.tokens[0], logits, session.logsumexp, session.top)
+            ch = choice.choose(session.tokens[0, skip:], logits, session.logsumexp, session.top)
             token = ch.token
             lp = float(logits[token] - session.logsumexp)
             top = top_logprobs(logits, top_n, session.logsumexp) if top_n else None

@@ -97,8 +97,8 @@ class Session(TokenHistory):
         self.top_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._mask = np.ones((1, 1024), np.int64)  # attention mask over the KV positions, [rows, capacity]
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
-        self._out: tuple | None = None  # preset output buffers: (rows, keep, logits, logsumexp, top)
-        self._pending: int | None = None  # the token of a step started by start_step()
+        self._out: tuple | None = None  # preset output buffers: (rows, keep, logits, logsumexp, top, every row's top)
+        self._pending = None  # the token of a step started by start_step() ((ids, inputs): by start_rows())
         self._step_id = 0  # counts started steps (start_step returns it)
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
         self._prefill_request = None  # on the prefill compile of a split plan (ovgen/fast.py), made on first use
@@ -265,7 +265,7 @@ class Session(TokenHistory):
         self._outputs(1, 1)
 
     def _after_one(self, token: int) -> np.ndarray:
-        _, _, logits, lse, cand = self._out
+        logits, lse, cand = self._out[2:5]
         self.top = cand
         if self._len + 1 > self._hist.shape[1]:
             self._push(np.array([[token]], dtype=np.int64))
@@ -292,13 +292,27 @@ class Session(TokenHistory):
         self._step_id += 1
         return self._step_id
 
+    def start_rows(self, token_ids) -> int:
+        """`start_step` for a session of several rows: one token per row (`[rows]`, after any
+        `reorder`), run asynchronously; `finish_step()` returns the `[rows, vocab]` logits. Returns
+        the step's id, or 0 when nothing started (a step already pending: call `step()`)."""
+        if self._pending is not None:
+            return 0
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
+        inputs = self._begin(ids, 1)
+        self.infer_start_ns = perf_counter_ns()
+        self.request.start_async(inputs, share_inputs=True)
+        self._pending = (ids, inputs)  # the inputs stay referenced until the infer has read them
+        self._step_id += 1
+        return self._step_id
+
     def finish_step(self) -> np.ndarray:
         if self._pending is None:
             raise RuntimeError("finish_step() without a started step")
-        token, self._pending = self._pending, None
+        pending, self._pending = self._pending, None
         self.request.wait()
         self.infer_ns = int(self.request.latency * 1e6)  # start_async -> done, measured by OpenVINO
-        return self._after_one(token)
+        return self._end(pending[0], 1) if isinstance(pending, tuple) else self._after_one(pending)
 
     def settle(self, step_id: int | None = None) -> None:
         """Finish the pending step, if any (only if it is `step_id`, when given: a generation that
@@ -320,7 +334,8 @@ class Session(TokenHistory):
                 self.request.set_tensor(name, ov.Tensor(buf, shared_memory=True))
             view = {name: buf.reshape(rows, keep, -1) for name, buf in bufs.items()}
             cand = (view["topk_values"][0, -1], view["topk_ids"][0, -1]) if k else None
-            self._out = (rows, keep, view["logits"], view["logsumexp"], cand)
+            per_row = (view["topk_values"][:, -1], view["topk_ids"][:, -1]) if k else None
+            self._out = (rows, keep, view["logits"], view["logsumexp"], cand, per_row)
         return self._out
 
     def _output_shape(self, rows: int, keep: int) -> tuple[int, int]:
@@ -359,21 +374,31 @@ class Session(TokenHistory):
 
     def _infer(self, ids: np.ndarray, keep: int) -> np.ndarray:
         # ids: [rows, t] int64
-        rows, t = ids.shape
-        check_token_ids(ids, self.model.vocab_size)
-        inputs = self._inputs(ids, keep)
-        if self.model.sliced:
-            self._outputs(rows, keep)
-        if self._fast is not None:
-            self._fast.installed = False  # infer(inputs) replaces the request's input tensors
+        inputs = self._begin(ids, keep)
         self.infer_start_ns = t0 = perf_counter_ns()
         self.request.infer(inputs, share_inputs=True, share_outputs=True)
         self.infer_ns = perf_counter_ns() - t0
+        return self._end(ids, keep)
+
+    def _begin(self, ids: np.ndarray, keep: int) -> dict:
+        """Check `ids`, open their KV positions and set the output buffers: the inputs of one infer."""
+        check_token_ids(ids, self.model.vocab_size)
+        inputs = self._inputs(ids, keep)
+        if self.model.sliced:
+            self._outputs(ids.shape[0], keep)
+        if self._fast is not None:
+            self._fast.installed = False  # infer(inputs) replaces the request's input tensors
+        return inputs
+
+    def _end(self, ids: np.ndarray, keep: int) -> np.ndarray:
+        """After the infer of `ids`: history, KV length, logsumexp and candidates; the logits."""
+        rows, t = ids.shape
         self._beam_idx = None
         self._push(ids)
         self.kv += t
+        per_row = None
         if self.model.sliced:
-            _, _, logits, lse, cand = self._out
+            logits, lse, cand, per_row = self._out[2:]
         else:
             logits = self.request.get_tensor("logits").data  # [rows, t, vocab], a view
             lse = self.request.get_tensor("logsumexp").data  # [rows, t, 1]
@@ -382,10 +407,7 @@ class Session(TokenHistory):
                 cand = tuple(self.request.get_tensor(n).data[0, -1] for n in ("topk_values", "topk_ids"))
         self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
         self.top = cand if rows == 1 else None
-        self.top_rows = None
-        if rows > 1 and self.model.top_candidates and self.model.sliced:
-            values, ids_ = self.request.get_tensor("topk_values").data, self.request.get_tensor("topk_ids").data
-            self.top_rows = (values[:, -1], ids_[:, -1])
+        self.top_rows = per_row if rows > 1 else None
         if keep > 1:
             self.kept_logsumexp = lse[..., 0] if rows > 1 else lse[0, :, 0]  # [keep] (or [rows, keep])
             return logits[0, -keep:] if rows == 1 else logits[:, -keep:]

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import ovgen
@@ -37,13 +36,13 @@ def test_a_seeded_row_does_not_depend_on_its_neighbours(model):
 
 def test_rows_stop_on_their_own_and_leave_the_batch(model, monkeypatch):
     rows_per_step = []
-    real_step = ovgen.Session.step
 
-    def step(self, token_ids):
-        rows_per_step.append(np.asarray(token_ids).size)
-        return real_step(self, token_ids)
+    def inputs(self, ids, keep):
+        rows_per_step.append(ids.shape[0])
+        return real_inputs(self, ids, keep)
 
-    monkeypatch.setattr(ovgen.Session, "step", step)
+    real_inputs = ovgen.Session._inputs  # every infer of several rows (steps and their async starts)
+    monkeypatch.setattr(ovgen.Session, "_inputs", inputs)
     prompts = [PROMPTS[6], PROMPTS[8], PROMPTS[2], [{"role": "user", "content": "Say hi."}]]
     configs = [{"max_new_tokens": 3}, {"max_new_tokens": 9}, {"stop_strings": ["("], "max_new_tokens": 30},
                {"max_new_tokens": 40}]
@@ -55,6 +54,32 @@ def test_rows_stop_on_their_own_and_leave_the_batch(model, monkeypatch):
     assert rows_per_step[0] == 4 and rows_per_step == sorted(rows_per_step, reverse=True) and rows_per_step[-1] == 1
     for r, p, c in zip(res, prompts, configs):  # each row as it would be alone
         assert r.sequences[0].token_ids == _alone(model, p, {"ignore_eos": False, **c})
+
+
+def test_a_row_left_alone_runs_on_the_one_row_loop(model):
+    """The last row going on (and a batch of one) takes the one-token path with the next infer
+    overlapping its records' host work, as one prompt alone does; the tokens do not change."""
+    configs = [{"max_new_tokens": 4, "ignore_eos": True}, {"max_new_tokens": 12, "ignore_eos": True}]
+    recs = list(ovgen.stream(model, PROMPTS[:2], configs=configs))
+    tail = [r for r in recs if r.row == 1][4:]
+    assert len(tail) == 8 and all(r.overlapped for r in tail[:-1]) and not tail[-1].overlapped
+    assert all(r.overlapped for r in recs[:8])  # two rows: the next step runs while the records are made
+    stops = list(ovgen.stream(model, PROMPTS[:2], {"max_new_tokens": 5, "ignore_eos": True, "stop_strings": ["@@"]}))
+    assert len(stops) == 10 and not any(r.overlapped for r in stops)  # the text decides, then the step runs
+    assert [r.token_id for r in recs if r.row == 1] == _alone(model, PROMPTS[1], configs[1])
+    one = list(ovgen.stream(model, [PROMPTS[3]], {"max_new_tokens": 6, "ignore_eos": True}, batch_size=1))
+    assert all(r.overlapped for r in one[:-1]) and {r.row for r in one} == {0}
+    assert [r.token_id for r in one] == _alone(model, PROMPTS[3], {"max_new_tokens": 6, "ignore_eos": True})
+
+
+def test_a_batch_stream_stopped_mid_step_leaves_the_session_usable(model):
+    cfg = {"max_new_tokens": 8, "ignore_eos": True}
+    session = model.session()
+    st = ovgen.stream(model, PROMPTS[:3], cfg, session=session)
+    first = [next(st) for _ in range(4)]  # the second step is running when the consumer stops
+    assert first[-1].overlapped
+    st.close()
+    assert ovgen.generate(model, PROMPTS[4], cfg, session=session).sequences[0].token_ids == _alone(model, PROMPTS[4], cfg)
 
 
 def test_stream_records_carry_their_row(model):
