@@ -1,8 +1,9 @@
 """The precision policy: which inference precision each phase runs in, and what was really compiled.
 
-    exact   f32 inference on every CPU (activations too: no dynamic quantization), KV cache f16. The default: the same prompt gives the same
-            tokens on AVX2, AVX512-BF16 and AMX machines as far as f32 allows, and parity with the
-            references holds there (they get the same properties).
+    exact   f32 inference on every CPU (activations too: no dynamic quantization), KV cache f16.
+            The default: the same prompt gives the same tokens on AVX2, AVX512-BF16 and AMX machines
+            as far as f32 allows, and parity with the references holds there (they get the same
+            properties).
     native  the plugin's own choice (bf16 where the CPU has it, f32 elsewhere), KV cache f16:
             openvino-genai's and optimum-intel's precision. Logits carry ~3 significant digits in
             bf16, so top candidates tie and beams may part from the references at those ties.
@@ -36,7 +37,7 @@ CPU_DEFAULTS = {"KV_CACHE_PRECISION": "f16"}
 # AVX512-BF16/VNNI EPYC with SmolLM2 int4 at the f32 hint: logits moved by up to 0.70 (group 32 vs 0), a
 # decode step's logits differed from a prefill's of the same position by 0.54 and a batched row's from the
 # same prompt run alone by 1.5, so greedy rows parted from their prompts run alone; with group size 0,
-# 0.006 and 0.016. AVX2-only CPUs do not quantise activations, so there the key changes nothing.
+# 0.006 and 0.016. On an AVX2-only EPYC groups 32 and 0 gave bit-identical logits: there the key changes nothing.
 F32_DEFAULTS = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 # Properties read back from a compiled model into Model.ov_config (what a reference must be given to
 # run the same computation), besides every key the caller passed.
