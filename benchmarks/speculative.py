@@ -8,7 +8,10 @@ Per prompt, rounds interleaved in a balanced order; TPOT = (last - first stamp) 
 run; ratios are medians of per-round ratios against plain greedy; every mode's tokens are compared
 with plain greedy's.
 
-    python benchmarks/speculative.py [--rounds 5] [--new-tokens 96] [--plot trim.png]
+Prompt lookup runs at each `--num-assistant-tokens` k (ovgen and genai alike); what a verification
+of w positions costs against one position is printed too: the k that pays depends on that curve.
+
+    python benchmarks/speculative.py [--rounds 5] [--new-tokens 96] [--num-assistant-tokens 3,10] [--plot trim.png]
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def ovgen_mode(model, cfg, **kw):
     return run
 
 
-def genai_mode(model, n):
+def genai_mode(model, n, k):
     import openvino as ov
     import openvino_genai as og
 
@@ -71,7 +74,7 @@ def genai_mode(model, n):
 
     pipe = og.LLMPipeline(str(model.path), "CPU", prompt_lookup=True, **model.ov_config)
     cfg = og.GenerationConfig()
-    cfg.max_new_tokens, cfg.ignore_eos, cfg.num_assistant_tokens, cfg.max_ngram_size = n, True, 10, 3
+    cfg.max_new_tokens, cfg.ignore_eos, cfg.num_assistant_tokens, cfg.max_ngram_size = n, True, k, 3
 
     def run(ids):
         stamps = []
@@ -85,18 +88,20 @@ def tpot(stamps) -> float:
     return (stamps[-1] - stamps[0]) / 1e6 / max(1, len(stamps) - 1)
 
 
-def compare(model, paged, draft, rounds: int, n: int) -> dict:
+def compare(model, paged, draft, rounds: int, n: int, ks=(3, 10)) -> dict:
+    """Every mode on every prompt; prompt lookup (ovgen stateful, ovgen paged, genai) at each k in
+    `ks`, the heuristic schedule starting from the largest."""
     base = {"max_new_tokens": n, "ignore_eos": True}
-    pl = {**base, "prompt_lookup": True, "num_assistant_tokens": 10}
-    heuristic = {**pl, "num_assistant_tokens_schedule": "heuristic"}
-    modes = {"greedy": ovgen_mode(model, base),
-             "prompt_lookup": ovgen_mode(model, pl),
-             "prompt_lookup_heuristic": ovgen_mode(model, heuristic),
-             "greedy_paged": ovgen_mode(paged, base),
-             "prompt_lookup_paged": ovgen_mode(paged, pl),
-             "prompt_lookup_paged_heuristic": ovgen_mode(paged, heuristic),
-             "draft_model": ovgen_mode(model, {**base, "num_assistant_tokens": 3}, assistant=draft),
-             "genai_prompt_lookup": genai_mode(model, n)}
+    modes = {"greedy": ovgen_mode(model, base), "greedy_paged": ovgen_mode(paged, base)}
+    for k in ks:
+        pl = {**base, "prompt_lookup": True, "num_assistant_tokens": k}
+        modes |= {f"prompt_lookup_k{k}": ovgen_mode(model, pl), f"prompt_lookup_paged_k{k}": ovgen_mode(paged, pl),
+                  f"genai_prompt_lookup_k{k}": genai_mode(model, n, k)}
+    heuristic = {**base, "prompt_lookup": True, "num_assistant_tokens": max(ks),
+                 "num_assistant_tokens_schedule": "heuristic"}
+    modes |= {"prompt_lookup_heuristic": ovgen_mode(model, heuristic),
+              "prompt_lookup_paged_heuristic": ovgen_mode(paged, heuristic),
+              "draft_model": ovgen_mode(model, {**base, "num_assistant_tokens": 3}, assistant=draft)}
     out = {}
     for name, prompt in PROMPTS.items():
         ids = prompt_ids(model, prompt)
@@ -117,8 +122,10 @@ def compare(model, paged, draft, rounds: int, n: int) -> dict:
                          **({"accepted": acc[m][0], "proposed": acc[m][1],
                              "acceptance": acc[m][0] / max(1, acc[m][1])} if m in acc else {})}
                      for m, v in t.items()}
-        for m in ("prompt_lookup", "prompt_lookup_paged"):
-            out[name][f"ovgen_{m}_over_genai_pl_tpot"] = median_ratio(t[m], t["genai_prompt_lookup"])
+        for k in ks:
+            for m in ("prompt_lookup", "prompt_lookup_paged"):
+                out[name][f"ovgen_{m}_k{k}_over_genai_pl_k{k}_tpot"] = median_ratio(t[f"{m}_k{k}"],
+                                                                                   t[f"genai_prompt_lookup_k{k}"])
         print(name, json.dumps(out[name]))
     return out
 
@@ -151,6 +158,28 @@ def trim_cost(model, paged, contexts=(128, 256, 512, 1024, 2048), k: int = 8, re
     return out
 
 
+def verify_cost(model, paged, widths=range(1, 13), reps: int = 7) -> dict:
+    """ms of one verification infer of `w` positions (`append(.., logits_to_keep=w)` then a rewind)
+    at a 256-token context, the same width repeated (the steady cost; changing the width between
+    infers costs more, see README), against w = 1: what choosing k trades."""
+    out = {}
+    for name, m in (("stateful", model), ("paged", paged)):
+        s = m.session()
+        s.prefill(synthetic_prompt(m.tokenizer, 256))
+        ms = {}
+        for w in widths:
+            t = []
+            for _ in range(reps + 1):
+                t0 = perf_counter_ns()
+                s.append(list(range(300, 300 + w)), logits_to_keep=w)
+                t.append((perf_counter_ns() - t0) / 1e6)
+                s.rewind(w)
+            ms[w] = float(np.median(t[1:]))
+        out[name] = {w: {"ms": v, "over_width_1": v / ms[min(ms)]} for w, v in ms.items()}
+        print("verify", name, " ".join(f"{w}:{v:.1f}" for w, v in ms.items()))
+    return out
+
+
 def plot(trim: dict, path: str) -> None:
     ctx = sorted(trim)
     line_plot(path, ctx, {"copy the kept state (genai trim_kv_cache)": [trim[c]["copy_ms"] for c in ctx],
@@ -164,18 +193,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=96)
+    ap.add_argument("--num-assistant-tokens", default="3,10", help="prompt lookup's k values, comma-separated")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--out", default=default_path("speculative"))
     args = ap.parse_args()
     model = ovgen.load()
     paged = ovgen.load(attention="paged")
     draft = ovgen.load(flavour_dir("draft"))
-    results = compare(model, paged, draft, args.rounds, args.new_tokens)
+    ks = tuple(int(k) for k in args.num_assistant_tokens.split(","))
+    results = compare(model, paged, draft, args.rounds, args.new_tokens, ks)
+    verify = verify_cost(model, paged)
     trim = trim_cost(model, paged)
     if args.plot:
         plot(trim, args.plot)
     save_result(args.out, "speculative", rounds=args.rounds, new_tokens=args.new_tokens, report=model.report,
-                draft_layers=draft.config.get("num_hidden_layers"), results=results, trim=trim)
+                draft_layers=draft.config.get("num_hidden_layers"), results=results, verify=verify, trim=trim)
 
 
 if __name__ == "__main__":
