@@ -20,6 +20,7 @@ logits after a trim may differ from a never-trimmed run's in the last bits, as a
 from __future__ import annotations
 
 from time import perf_counter_ns
+from typing import NamedTuple
 
 import numpy as np
 import openvino as ov
@@ -64,6 +65,16 @@ class TokenHistory:
         self._len = n + t
 
 
+class _Buffers(NamedTuple):
+    """A request's preset output buffers as [rows, keep, ...] views (Session._outputs)."""
+    rows: int
+    keep: int
+    logits: np.ndarray  # [rows, keep, vocab]
+    logsumexp: np.ndarray  # [rows, keep, 1]
+    top: tuple | None  # row 0's last-position candidates (values, ids)
+    top_rows: tuple | None  # every row's last-position candidates ([rows, k] values, ids)
+
+
 class Session(TokenHistory):
     """Prefill, step, snapshot/restore, rewind, reorder, save/load over one InferRequest.
 
@@ -97,7 +108,7 @@ class Session(TokenHistory):
         self.top_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._mask = np.ones((1, 1024), np.int64)  # attention mask over the KV positions, [rows, capacity]
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
-        self._out: tuple | None = None  # preset output buffers: (rows, keep, logits, logsumexp, top, every row's top)
+        self._out: _Buffers | None = None  # preset output buffers (see _outputs)
         self._pending = None  # the token of a step started by start_step() ((ids, inputs): by start_rows())
         self._step_id = 0  # counts started steps (start_step returns it)
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
@@ -265,7 +276,7 @@ class Session(TokenHistory):
         self._outputs(1, 1)
 
     def _after_one(self, token: int) -> np.ndarray:
-        logits, lse, cand = self._out[2:5]
+        logits, lse, cand = self._out.logits, self._out.logsumexp, self._out.top
         self.top = cand
         if self._len + 1 > self._hist.shape[1]:
             self._push(np.array([[token]], dtype=np.int64))
@@ -324,7 +335,7 @@ class Session(TokenHistory):
         """Output buffers (logits, logsumexp, top candidates) set on the request in the shape the IR
         writes (`_output_shape`), kept as [rows, keep, ...] views of the same memory and reused while
         the shape holds: reading them costs no get_tensor()."""
-        if self._out is None or self._out[:2] != (rows, keep):
+        if self._out is None or (self._out.rows, self._out.keep) != (rows, keep):
             shape, k = self._output_shape(rows, keep), self.model.top_candidates
             bufs = {"logits": np.empty((*shape, self.model.vocab_size), np.float32),
                     "logsumexp": np.empty((*shape, 1), np.float32)}
@@ -335,7 +346,7 @@ class Session(TokenHistory):
             view = {name: buf.reshape(rows, keep, -1) for name, buf in bufs.items()}
             cand = (view["topk_values"][0, -1], view["topk_ids"][0, -1]) if k else None
             per_row = (view["topk_values"][:, -1], view["topk_ids"][:, -1]) if k else None
-            self._out = (rows, keep, view["logits"], view["logsumexp"], cand, per_row)
+            self._out = _Buffers(rows, keep, view["logits"], view["logsumexp"], cand, per_row)
         return self._out
 
     def _output_shape(self, rows: int, keep: int) -> tuple[int, int]:
@@ -398,7 +409,7 @@ class Session(TokenHistory):
         self.kv += t
         per_row = None
         if self.model.sliced:
-            logits, lse, cand, per_row = self._out[2:]
+            logits, lse, cand, per_row = self._out.logits, self._out.logsumexp, self._out.top, self._out.top_rows
         else:
             logits = self.request.get_tensor("logits").data  # [rows, t, vocab], a view
             lse = self.request.get_tensor("logsumexp").data  # [rows, t, 1]
