@@ -1,6 +1,8 @@
 """Speculative decoding, measured: prompt lookup and a draft model against plain greedy and against
 openvino-genai's prompt-lookup pipeline, on input-grounded prompts, with ovgen on the stateful IR and
-on the paged one (`attention="paged"`, the PagedAttention IR genai's pipeline compiles too); and what
+on the paged one (`attention="paged"`, the PagedAttention IR genai's pipeline compiles too), with
+genai's paged pipeline decoding greedily beside them (one token per infer: what an infer costs
+there against ovgen's paged one, speculation aside); and what
 a KV trim costs against the context length (ovgen's holes, the paged rewind, copying the state as
 openvino-genai's trim_kv_cache does).
 
@@ -67,14 +69,19 @@ def ovgen_mode(model, cfg, **kw):
 
 
 def genai_mode(model, n, k):
+    """openvino-genai's prompt lookup at k; k = 0: its paged pipeline (continuous batching, the same
+    PagedAttention IR) decoding greedily, one token per step - what one of its infers costs."""
     import openvino as ov
     import openvino_genai as og
 
     from ovgen.compare import token_streamer
 
-    pipe = og.LLMPipeline(str(model.path), "CPU", prompt_lookup=True, **model.ov_config)
+    kind = {"prompt_lookup": True} if k else {"scheduler_config": og.SchedulerConfig()}
+    pipe = og.LLMPipeline(str(model.path), "CPU", **kind, **model.ov_config)
     cfg = og.GenerationConfig()
-    cfg.max_new_tokens, cfg.ignore_eos, cfg.num_assistant_tokens, cfg.max_ngram_size = n, True, k, 3
+    cfg.max_new_tokens, cfg.ignore_eos = n, True
+    if k:
+        cfg.num_assistant_tokens, cfg.max_ngram_size = k, 3
 
     def run(ids):
         stamps = []
@@ -92,7 +99,8 @@ def compare(model, paged, draft, rounds: int, n: int, ks=(3, 10)) -> dict:
     """Every mode on every prompt; prompt lookup (ovgen stateful, ovgen paged, genai) at each k in
     `ks`, the heuristic schedule starting from the largest."""
     base = {"max_new_tokens": n, "ignore_eos": True}
-    modes = {"greedy": ovgen_mode(model, base), "greedy_paged": ovgen_mode(paged, base)}
+    modes = {"greedy": ovgen_mode(model, base), "greedy_paged": ovgen_mode(paged, base),
+             "genai_greedy_paged": genai_mode(model, n, 0)}
     for k in ks:
         pl = {**base, "prompt_lookup": True, "num_assistant_tokens": k}
         modes |= {f"prompt_lookup_k{k}": ovgen_mode(model, pl), f"prompt_lookup_paged_k{k}": ovgen_mode(paged, pl),
@@ -122,6 +130,8 @@ def compare(model, paged, draft, rounds: int, n: int, ks=(3, 10)) -> dict:
                          **({"accepted": acc[m][0], "proposed": acc[m][1],
                              "acceptance": acc[m][0] / max(1, acc[m][1])} if m in acc else {})}
                      for m, v in t.items()}
+        out[name]["ovgen_greedy_paged_over_genai_greedy_paged_tpot"] = median_ratio(t["greedy_paged"],
+                                                                                   t["genai_greedy_paged"])
         for k in ks:
             for m in ("prompt_lookup", "prompt_lookup_paged"):
                 out[name][f"ovgen_{m}_k{k}_over_genai_pl_k{k}_tpot"] = median_ratio(t[f"{m}_k{k}"],
