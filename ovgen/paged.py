@@ -17,7 +17,9 @@ PagedAttention op that reads and writes K/V in cache tensors given as inputs:
 What this buys a loop that rewinds (speculative decoding): dropping the last n tokens is
 `past_lens -= n`, O(1) - the next infer overwrites them - so no masked holes pile up in attention; and
 the CPU plugin's multi-token PagedAttention costs less than the stateful IR's SDPA with KV cache on
-the same tokens (benchmarks/speculative.py measures both). What it does not do (yet): several rows
+the same tokens (benchmarks/speculative.py measures both). Infers of up to PRESET_TOKENS tokens (decode
+steps, verifications) write their inputs into tensors set on the request once, as the stateful
+session's one-token fast path does. What it does not do (yet): several rows
 (`prefill_rows`), beam search (`reorder`), snapshot / restore / save / load (so no prefix cache),
 split precision plans; each is refused naming the option (NotImplementedError; ValueError at load). Greedy tokens equal the stateful IR's at the exact
 precision (tests/test_paged.py) - the two attention kernels sum in different orders, so their logits
@@ -26,12 +28,16 @@ agree to ~1e-2, not bit for bit.
 
 from __future__ import annotations
 
+from time import perf_counter_ns
+
 import numpy as np
 import openvino as ov
 
+from .backend import check_token_ids
 from .session import Session
 
 ATTENTIONS = ("stateful", "paged")
+PRESET_TOKENS = 64  # infers of up to this many tokens run on preset input tensors (PagedSession._infer)
 
 
 def check_attention(attention: str) -> str:
@@ -53,6 +59,7 @@ class PagedSession(Session):
     session allocates (growing by doubling), the sequence holds blocks 0 .. n - 1."""
 
     reorder_kv = False  # no beam_idx: beam search needs the stateful IR
+    pad_verify_to = 4  # speculative blocks of up to 4 positions padded to 1 + k (ovgen/speculative.py)
     snapshots = False
 
     def __init__(self, model):
@@ -63,6 +70,7 @@ class PagedSession(Session):
         self.block_size = int(self._caches[0][1].get_partial_shape()[2].get_length())
         self.capacity = 0  # tokens the cache tensors hold
         self._table = np.arange(0, dtype=np.int32)
+        self._preset: _PresetInputs | None = None
         self.reserve(512)
 
     def reserve(self, n: int) -> None:
@@ -80,6 +88,43 @@ class PagedSession(Session):
             self.request.set_tensor(name, grown)
         self.capacity = blocks * self.block_size
         self._table = np.arange(blocks, dtype=np.int32)
+        if self._preset is not None:
+            self._preset.installed = False  # its block_indices tensor views the old table
+
+    def _infer(self, ids: np.ndarray, keep: int) -> np.ndarray:
+        """Up to PRESET_TOKENS tokens (decode steps, verifications): values written into input tensors
+        set on the request once (no per-infer dict of new tensors); longer prompts: `Session._infer`."""
+        rows, t = ids.shape
+        if rows != 1 or self.rows != 1 or t > PRESET_TOKENS:
+            if self._preset is not None:
+                self._preset.installed = False  # infer(inputs) replaces the request's input tensors
+            return super()._infer(ids, keep)
+        check_token_ids(ids, self.model.vocab_size)
+        past, total = self._len, self._len + t
+        if total > self.capacity:
+            self.reserve(total)
+        p = self._preset
+        if p is None:
+            p = self._preset = _PresetInputs(self._has_keep)
+        if not p.installed:
+            p.install(self.request, self._table)
+        blocks = -(-total // self.block_size)
+        p.ids[:t] = ids[0]
+        p.pos[:t] = np.arange(past, total)
+        p.past[0], p.begins[1], p.table_begins[1], p.context[()] = past, t, blocks, total
+        p.keep[0] = keep
+        if t != p.t:
+            p.tensors["input_ids"].set_shape([t])
+            p.tensors["position_ids"].set_shape([t])
+            p.t = t
+        if blocks != p.blocks:
+            p.tensors["block_indices"].set_shape([blocks])
+            p.blocks = blocks
+        self._outputs(1, keep)
+        self.infer_start_ns = t0 = perf_counter_ns()
+        self.request.infer()
+        self.infer_ns = perf_counter_ns() - t0
+        return self._end(ids, keep)
 
     def _inputs(self, ids: np.ndarray, keep: int) -> dict:
         rows, t = ids.shape
@@ -132,3 +177,33 @@ class PagedSession(Session):
 
     def load(self, path) -> None:
         self._unsupported("load")
+
+
+class _PresetInputs:
+    """The paged IR's inputs for infers of up to PRESET_TOKENS tokens: NumPy buffers shared with
+    tensors set on the request once; an infer writes its values and sets the shapes that changed."""
+
+    def __init__(self, keep: bool):
+        self.ids = np.zeros(PRESET_TOKENS, np.int64)
+        self.pos = np.zeros(PRESET_TOKENS, np.int64)
+        self.past = np.zeros(1, np.int32)
+        self.begins = np.zeros(2, np.int32)
+        self.table_begins = np.zeros(2, np.int32)
+        self.context = np.zeros((), np.int32)
+        self.keep = np.ones(1, np.int64)
+        self.has_keep = keep
+        self.tensors: dict[str, ov.Tensor] = {}
+        self.installed = False
+        self.t = self.blocks = -1  # the shapes set on input_ids / position_ids and block_indices
+
+    def install(self, request, table: np.ndarray) -> None:
+        arrays = {"input_ids": self.ids, "position_ids": self.pos, "past_lens": self.past,
+                  "subsequence_begins": self.begins, "block_indices_begins": self.table_begins,
+                  "block_indices": table, "max_context_len": self.context}
+        if self.has_keep:
+            arrays["logits_to_keep"] = self.keep
+        self.tensors = {name: ov.Tensor(a, shared_memory=True) for name, a in arrays.items()}
+        for name, tensor in self.tensors.items():
+            request.set_tensor(name, tensor)
+        self.t, self.blocks = PRESET_TOKENS, table.shape[0]
+        self.installed = True

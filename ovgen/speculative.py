@@ -15,6 +15,14 @@ normalise(max(0, p - q)) = p without d; so every emitted token has the target's 
 Processors see exactly the histories they would see without speculation; each emitted token is
 `accept`ed in order, so stateful stages (a grammar, the repetition cache) follow the emitted text.
 
+One verify width: a session with `pad_verify_to = W` (the paged one: 4) gets every block of up to
+W positions padded to 1 + k (k the proposer's `num_tokens`), as openvino-genai's prompt lookup pads
+its candidates: the CPU plugin re-plans the whole graph whenever an input's shape changes (+4-5 ms
+on a 13 ms infer of SmolLM2 on the README's AVX512-BF16 EPYC), more than padding up to 4 positions
+computes (4 positions cost 1.2-1.35x one on the CPUs measured) but less than padding to 11 (~2x).
+Padded positions are never kept (the token after the real drafts is the stage's own choice, as
+without padding) and are rewound with the rejected drafts, so the tokens do not change.
+
 Proposers (`propose(tokens, k) -> list[int]`, `feedback(proposed, accepted)`): `PromptLookup`
 (transformers' PromptLookupCandidateGenerator) and `DraftModel` (AssistedCandidateGenerator: a
 second, smaller model drafting greedily, k adapted +2 / -1 by the heuristic schedule). Any object
@@ -42,6 +50,7 @@ class SpecStep:
     accepted: int
     propose_ns: int
     verify_ns: int
+    padded: int = 0  # positions added after the drafts to keep the verify width (never kept)
 
 
 def adapt(num_tokens: int, schedule: str, proposed: list[int], accepted: int) -> int:
@@ -185,14 +194,17 @@ def _verify(session, proposer, token: int, stopping: Stopping, emitted: int, max
     drafts = drafts[:max(room, 0)]
     tv = perf_counter_ns()
     base = session.length + 1
-    out = session.append([token, *drafts], logits_to_keep=len(drafts) + 1)
+    width = 1 + max(len(drafts), min(getattr(proposer, "num_tokens", 0), max_draft, room))
+    pads = width - 1 - len(drafts) if width <= getattr(session, "pad_verify_to", 0) else 0
+    block = [token, *drafts] + [token] * pads  # any valid id pads: those positions are never kept
+    out = session.append(block, logits_to_keep=len(block))
     model_ns = session.infer_ns
-    if drafts:
+    if len(block) > 1:
         lse = session.kept_logsumexp
         rows = [(out[j], lse[j]) for j in range(len(drafts) + 1)]
     else:
         rows = [(out, session.logsumexp)]
-    step = SpecStep(list(drafts), 0, tv - tp, model_ns)
+    step = SpecStep(list(drafts), 0, tv - tp, model_ns, pads)
     return step, rows, drafts, base, model_ns
 
 

@@ -43,6 +43,63 @@ def test_paged_greedy_and_prompt_lookup_equal_the_stateful_greedy(model, paged, 
     assert _greedy(paged, prompt, prompt_lookup=True, num_assistant_tokens=8) == plain
 
 
+def test_verifications_are_padded_to_one_width(model, paged, monkeypatch):
+    """On the paged IR every verification runs 1 + k positions when that is at most 4 (a shape change
+    re-plans the graph): short or empty proposals are padded, the padding is never kept, the tokens
+    stay greedy's. Wider blocks (k = 8) and the stateful IR (where a padded position would leave a
+    hole) keep each proposal's own width."""
+    from ovgen.paged import PagedSession
+
+    widths, infer = [], PagedSession._infer
+    monkeypatch.setattr(PagedSession, "_infer", lambda self, ids, keep: widths.append((ids.shape[1], keep))
+                        or infer(self, ids, keep))
+    cfg = {"max_new_tokens": 40, "ignore_eos": True, "prompt_lookup": True, "num_assistant_tokens": 3}
+    padded = 0
+    for prompt in GROUNDED + PROMPTS[:2]:
+        widths.clear()
+        res = ovgen.generate(paged, prompt, cfg)
+        steps = [r.draft for r in res.sequences[0].records if r.draft is not None]
+        assert len(widths) == len(steps) + 1  # the prompt, then one infer per verification
+        emitted = 1  # the prompt's token
+        for (t, keep), step in zip(widths[1:], steps):
+            room = 40 - emitted - 1  # what the block may hold after its first token
+            assert t == keep == 1 + min(3, room) == 1 + len(step.proposed) + step.padded
+            assert step.accepted <= len(step.proposed)  # a padded position is never kept
+            emitted += step.accepted + 1
+        padded += sum(s.padded for s in steps)
+        assert res.sequences[0].token_ids == _greedy(model, prompt, 40)
+    assert padded > 0  # some proposals were short or empty
+    stateful = ovgen.generate(model, GROUNDED[0], cfg).sequences[0].records
+    assert all(r.draft.padded == 0 for r in stateful if r.draft is not None)
+    wide = ovgen.generate(paged, GROUNDED[0], {**cfg, "num_assistant_tokens": 8}).sequences[0].records
+    steps = [r.draft for r in wide if r.draft is not None]
+    assert all(s.padded == 0 for s in steps) and min(len(s.proposed) for s in steps) < 8
+
+
+def test_preset_inputs_compute_what_a_dict_of_inputs_does(paged, monkeypatch):
+    """Short infers write into preset input tensors (PagedSession._infer); the same calls with every
+    infer given a dict of new tensors (PRESET_TOKENS = 0) return the same logits, bit for bit,
+    through steps, a verification, a rewind and a prompt longer than the preset tensors."""
+    from ovgen import paged as paged_mod
+
+    def run():
+        s = paged.session()
+        out = [s.prefill(paged.tokenizer.encode(PROMPTS[1])).copy()]
+        for t in (11, 12, 13):
+            out.append(s.step(t).copy())
+        out.append(s.append([21, 22, 23, 24], logits_to_keep=4).copy())
+        s.rewind(3)
+        out.append(s.step(31).copy())
+        out.append(s.prefill(list(range(100, 266))).copy())  # 166 tokens: more than PRESET_TOKENS
+        out.append(s.step(41).copy())
+        return out
+
+    preset = run()
+    monkeypatch.setattr(paged_mod, "PRESET_TOKENS", 0)
+    for a, b in zip(preset, run(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_rewind_is_constant_and_continues_like_fresh(paged):
     ids = paged.tokenizer.encode(PROMPTS[4])
     s = paged.session()
