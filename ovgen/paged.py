@@ -96,9 +96,7 @@ class PagedSession(Session):
         set on the request once (no per-infer dict of new tensors); longer prompts: `Session._infer`."""
         rows, t = ids.shape
         if rows != 1 or self.rows != 1 or t > PRESET_TOKENS:
-            if self._preset is not None:
-                self._preset.installed = False  # infer(inputs) replaces the request's input tensors
-            return super()._infer(ids, keep)
+            return super()._infer(ids, keep)  # (its _begin turns the presets off)
         check_token_ids(ids, self.model.vocab_size)
         past, total = self._len, self._len + t
         if total > self.capacity:
@@ -107,6 +105,7 @@ class PagedSession(Session):
         if p is None:
             p = self._preset = _PresetInputs(self._has_keep)
         if not p.installed:
+            self._presets_off()
             p.install(self.request, self._table)
         blocks = -(-total // self.block_size)
         p.ids[:t] = ids[0]
@@ -125,6 +124,11 @@ class PagedSession(Session):
         self.request.infer()
         self.infer_ns = perf_counter_ns() - t0
         return self._end(ids, keep)
+
+    def _presets_off(self) -> None:
+        super()._presets_off()
+        if self._preset is not None:
+            self._preset.installed = False
 
     def _inputs(self, ids: np.ndarray, keep: int) -> dict:
         rows, t = ids.shape

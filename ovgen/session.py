@@ -109,6 +109,7 @@ class Session(TokenHistory):
         self.top_rows: tuple[np.ndarray, np.ndarray] | None = None
         self._mask = np.ones((1, 1024), np.int64)  # attention mask over the KV positions, [rows, capacity]
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
+        self._rows_preset: _RowsStep | None = None  # preset tensors for one token per row (see start_rows)
         self._out: _Buffers | None = None  # preset output buffers (see _outputs)
         self._pending = None  # the token of a step started by start_step() ((ids, inputs): by start_rows())
         self._step_id = 0  # counts started steps (start_step returns it)
@@ -267,6 +268,7 @@ class Session(TokenHistory):
         if f is None:
             f = self._fast = _FastStep(self._mask, self._has_keep)
         if not f.installed:
+            self._presets_off()
             for name, tensor in f.inputs.items():
                 self.request.set_tensor(name, tensor)
             f.installed = True
@@ -311,12 +313,52 @@ class Session(TokenHistory):
         if self._pending is not None:
             return 0
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
-        inputs = self._begin(ids, 1)
-        self.infer_start_ns = perf_counter_ns()
-        self.request.start_async(inputs, share_inputs=True)
-        self._pending = (ids, inputs)  # the inputs stay referenced until the infer has read them
+        if ids.shape[0] == self.rows and self._len and self._has_positions and self._has_beam_idx and self.model.sliced:
+            self._prepare_rows(ids)  # values into tensors set on the request once
+            self.infer_start_ns = perf_counter_ns()
+            self.request.start_async()
+            self._pending = (ids, None)
+        else:
+            inputs = self._begin(ids, 1)
+            self.infer_start_ns = perf_counter_ns()
+            self.request.start_async(inputs, share_inputs=True)
+            self._pending = (ids, inputs)  # the inputs stay referenced until the infer has read them
         self._step_id += 1
         return self._step_id
+
+    def _prepare_rows(self, ids: np.ndarray) -> None:
+        """`_inputs` for one token per row, written into preset tensors: the ids, each row's position
+        (after its left padding), beam_idx (a pending reorder, else 0 .. rows - 1), and a contiguous
+        copy of the attention mask in a buffer whose shape is set per step."""
+        check_token_ids(ids, self.model.vocab_size)
+        rows, n = ids.shape[0], self.kv + 1
+        self._open(1)
+        p = self._rows_preset
+        if p is None or p.ids.shape[0] < rows or p.mask.size < rows * n:
+            p = self._rows_preset = _RowsStep(rows, max(2 * n, 1024), self._has_keep)
+        if not p.installed:
+            self._presets_off()
+            for name, tensor in p.tensors.items():
+                self.request.set_tensor(name, tensor)
+            p.installed, p.shape = True, None
+        p.ids[:rows] = ids
+        p.pos[:rows, 0] = np.maximum(self._len - self.pad, 0)
+        p.beam[:rows] = self._beam_idx if self._beam_idx is not None else np.arange(rows, dtype=np.int32)
+        p.mask[:rows * n].reshape(rows, n)[:] = self._mask[:, :n]
+        if p.shape != (rows, n):
+            if p.shape is None or p.shape[0] != rows:
+                for name in ("input_ids", "position_ids"):
+                    p.tensors[name].set_shape([rows, 1])
+                p.tensors["beam_idx"].set_shape([rows])
+            p.tensors["attention_mask"].set_shape([rows, n])
+            p.shape = (rows, n)
+        self._outputs(rows, 1)
+
+    def _presets_off(self) -> None:
+        """Before other tensors are set on the request's inputs: the preset ones are no longer there."""
+        for preset in (self._fast, self._rows_preset):
+            if preset is not None:
+                preset.installed = False
 
     def finish_step(self) -> np.ndarray:
         if self._pending is None:
@@ -398,8 +440,7 @@ class Session(TokenHistory):
         inputs = self._inputs(ids, keep)
         if self.model.sliced:
             self._outputs(ids.shape[0], keep)
-        if self._fast is not None:
-            self._fast.installed = False  # infer(inputs) replaces the request's input tensors
+        self._presets_off()  # infer(inputs) replaces the request's input tensors
         return inputs
 
     def _end(self, ids: np.ndarray, keep: int) -> np.ndarray:
@@ -505,3 +546,22 @@ class _FastStep:
         if keep:
             self.inputs["logits_to_keep"] = ov.Tensor(np.ones(1, np.int64), shared_memory=True)
         self.installed = False
+
+
+class _RowsStep:
+    """Input tensors for one token per row (`start_rows`): ids and positions [rows, 1], beam_idx
+    [rows], logits_to_keep [1] and the attention mask, a flat buffer viewed as [rows, kv + 1]."""
+
+    def __init__(self, rows: int, width: int, keep: bool):
+        self.ids = np.zeros((rows, 1), np.int64)
+        self.pos = np.zeros((rows, 1), np.int64)
+        self.beam = np.zeros(rows, np.int32)
+        self.mask = np.zeros(rows * width, np.int64)
+        self.tensors = {"input_ids": ov.Tensor(self.ids, shared_memory=True),
+                        "position_ids": ov.Tensor(self.pos, shared_memory=True),
+                        "beam_idx": ov.Tensor(self.beam, shared_memory=True),
+                        "attention_mask": ov.Tensor(self.mask.reshape(rows, width), shared_memory=True)}
+        if keep:
+            self.tensors["logits_to_keep"] = ov.Tensor(np.ones(1, np.int64), shared_memory=True)
+        self.installed = False
+        self.shape: tuple[int, int] | None = None  # (rows, kv + 1) last set on the tensors

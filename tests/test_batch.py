@@ -25,6 +25,36 @@ def test_greedy_rows_equal_the_prompts_run_alone(model):
     assert [r.sequences[0].token_ids for r in batch] == [_alone(model, p, cfg) for p in PROMPTS[:8]]
 
 
+def test_async_row_steps_on_preset_inputs_equal_synchronous_steps(model):
+    """`start_rows` writes one token per row into preset tensors (mask, positions after left padding,
+    beam_idx); `step` gives the infer a dict of new tensors. Through plain steps and a reorder that
+    drops a row (a finished row leaving the batch), their logits agree bit for bit."""
+    import numpy as np
+
+    prompts = [model.tokenizer.encode(p) for p in PROMPTS[:4]]  # different lengths: left padding
+    plan = [[11, 12, 13, 14], [21, 22, 23, 24], ("reorder", [0, 2, 3]), [31, 32, 33], [41, 42, 43]]
+    plan += [[50 + i, 60 + i, 70 + i] for i in range(20)]
+
+    def run(preset: bool):
+        s = model.session()
+        out = [s.prefill_rows(prompts).copy()]
+        for ids in plan:
+            if ids[0] == "reorder":
+                s.reorder(ids[1])
+                continue
+            if preset:
+                assert s.start_rows(ids) > 0
+                out.append(s.finish_step().copy())
+            else:
+                out.append(s.step(np.array(ids)).copy())
+        return out, s
+
+    fast, s = run(True)
+    assert s._rows_preset is not None and s._rows_preset.installed  # the preset path ran
+    for a, b in zip(fast, run(False)[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_seeded_row_does_not_depend_on_its_neighbours(model):
     cfg = {"max_new_tokens": 24, "do_sample": True, "top_k": 40, "seed": 9}
     target = PROMPTS[2]
@@ -37,12 +67,12 @@ def test_a_seeded_row_does_not_depend_on_its_neighbours(model):
 def test_rows_stop_on_their_own_and_leave_the_batch(model, monkeypatch):
     rows_per_step = []
 
-    def inputs(self, ids, keep):
-        rows_per_step.append(ids.shape[0])
-        return real_inputs(self, ids, keep)
+    def outputs(self, rows, keep):
+        rows_per_step.append(rows)
+        return real_outputs(self, rows, keep)
 
-    real_inputs = ovgen.Session._inputs  # every infer of several rows (steps and their async starts)
-    monkeypatch.setattr(ovgen.Session, "_inputs", inputs)
+    real_outputs = ovgen.Session._outputs  # every infer sets its output buffers (dict or preset inputs)
+    monkeypatch.setattr(ovgen.Session, "_outputs", outputs)
     prompts = [PROMPTS[6], PROMPTS[8], PROMPTS[2], [{"role": "user", "content": "Say hi."}]]
     configs = [{"max_new_tokens": 3}, {"max_new_tokens": 9}, {"stop_strings": ["("], "max_new_tokens": 30},
                {"max_new_tokens": 40}]
