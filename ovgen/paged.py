@@ -105,8 +105,8 @@ class PagedSession(Session):
         if p is None:
             p = self._preset = _PresetInputs(self._has_keep)
         if not p.installed:
-            self._presets_off()
-            p.install(self.request, self._table)
+            p.tensors_over(self._table)
+            self._install(p)
         blocks = -(-total // self.block_size)
         p.ids[:t] = ids[0]
         p.pos[:t] = np.arange(past, total)
@@ -200,14 +200,12 @@ class _PresetInputs:
         self.installed = False
         self.t = self.blocks = -1  # the shapes set on input_ids / position_ids and block_indices
 
-    def install(self, request, table: np.ndarray) -> None:
+    def tensors_over(self, table: np.ndarray) -> None:
+        """New tensors over the buffers and the session's block table (then `Session._install`)."""
         arrays = {"input_ids": self.ids, "position_ids": self.pos, "past_lens": self.past,
                   "subsequence_begins": self.begins, "block_indices_begins": self.table_begins,
                   "block_indices": table, "max_context_len": self.context}
         if self.has_keep:
             arrays["logits_to_keep"] = self.keep
         self.tensors = {name: ov.Tensor(a, shared_memory=True) for name, a in arrays.items()}
-        for name, tensor in self.tensors.items():
-            request.set_tensor(name, tensor)
         self.t, self.blocks = PRESET_TOKENS, table.shape[0]
-        self.installed = True

@@ -268,10 +268,7 @@ class Session(TokenHistory):
         if f is None:
             f = self._fast = _FastStep(self._mask, self._has_keep)
         if not f.installed:
-            self._presets_off()
-            for name, tensor in f.inputs.items():
-                self.request.set_tensor(name, tensor)
-            f.installed = True
+            self._install(f)
         f.ids[0, 0] = token
         f.pos[0, 0] = self._len - self.pad[0]
         self._mask[0, self.kv] = 1
@@ -337,12 +334,10 @@ class Session(TokenHistory):
         if p is None or p.ids.shape[0] < rows or p.mask.size < rows * n:
             p = self._rows_preset = _RowsStep(rows, max(2 * n, 1024), self._has_keep)
         if not p.installed:
-            self._presets_off()
-            for name, tensor in p.tensors.items():
-                self.request.set_tensor(name, tensor)
-            p.installed, p.shape = True, None
+            self._install(p)
+            p.shape = None
         p.ids[:rows] = ids
-        p.pos[:rows, 0] = np.maximum(self._len - self.pad, 0)
+        p.pos[:rows] = self._positions(self._len, 1)
         p.beam[:rows] = self._beam_idx if self._beam_idx is not None else np.arange(rows, dtype=np.int32)
         p.mask[:rows * n].reshape(rows, n)[:] = self._mask[:, :n]
         if p.shape != (rows, n):
@@ -353,6 +348,13 @@ class Session(TokenHistory):
             p.tensors["attention_mask"].set_shape([rows, n])
             p.shape = (rows, n)
         self._outputs(rows, 1)
+
+    def _install(self, preset) -> None:
+        """Set a preset's input tensors (`preset.tensors`) on the request; the others are off."""
+        self._presets_off()
+        for name, tensor in preset.tensors.items():
+            self.request.set_tensor(name, tensor)
+        preset.installed = True
 
     def _presets_off(self) -> None:
         """Before other tensors are set on the request's inputs: the preset ones are no longer there."""
@@ -416,8 +418,7 @@ class Session(TokenHistory):
         inputs = {"input_ids": ids, "attention_mask": mask if rows == 1 else np.ascontiguousarray(mask)}
         if self._has_positions:
             if self.pad.any():
-                first = np.maximum(np.arange(past, past + t)[None, :] - self.pad[:, None], 0)
-                inputs["position_ids"] = first.astype(np.int64)
+                inputs["position_ids"] = self._positions(past, t)
             else:
                 inputs["position_ids"] = np.broadcast_to(np.arange(past, past + t, dtype=np.int64), (rows, t))
         if self._has_beam_idx:
@@ -425,6 +426,11 @@ class Session(TokenHistory):
         if self._has_keep:
             inputs["logits_to_keep"] = np.array([keep], np.int64)
         return inputs
+
+    def _positions(self, past: int, t: int) -> np.ndarray:
+        """[rows, t] positions of the next t tokens, each row counting from its first real token
+        (left padding gets no position)."""
+        return np.maximum(np.arange(past, past + t, dtype=np.int64)[None, :] - self.pad[:, None], 0)
 
     def _infer(self, ids: np.ndarray, keep: int) -> np.ndarray:
         # ids: [rows, t] int64
@@ -540,11 +546,11 @@ class _FastStep:
         self.pos = np.zeros((1, 1), dtype=np.int64)
         self.beam = np.zeros(1, dtype=np.int32)
         self.mask = ov.Tensor(mask[:1], shared_memory=True)
-        self.inputs = {"input_ids": ov.Tensor(self.ids, shared_memory=True),
+        self.tensors = {"input_ids": ov.Tensor(self.ids, shared_memory=True),
                        "position_ids": ov.Tensor(self.pos, shared_memory=True),
                        "beam_idx": ov.Tensor(self.beam, shared_memory=True), "attention_mask": self.mask}
         if keep:
-            self.inputs["logits_to_keep"] = ov.Tensor(np.ones(1, np.int64), shared_memory=True)
+            self.tensors["logits_to_keep"] = ov.Tensor(np.ones(1, np.int64), shared_memory=True)
         self.installed = False
 
 
