@@ -270,7 +270,7 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
                     stop_strings=StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output),
                     top_n=cfg.top_logprobs, sequence=seq, t_start_ns=t_start)
         if proposer is not None:
-            yield from speculative_decode(session, first if seq else logits, proposer=proposer,
+            yield from speculative_decode(session, first if seq else logits, proposer=proposer, overlap=overlap,
                                           **loop)
         else:
             yield from decode(session, first if seq else logits, overlap=overlap, **loop)

@@ -184,6 +184,10 @@ class OrtSession(TokenHistory):
         so the loop calls step()."""
         return 0
 
+    def start_append(self, token_ids, logits_to_keep: int = 1) -> int:
+        """No asynchronous appends either: returns 0, so the loop calls append()."""
+        return 0
+
     def step(self, token_ids) -> np.ndarray:
         ids = np.asarray(token_ids).reshape(-1)
         if ids.size != 1:

@@ -28,8 +28,6 @@ agree to ~1e-2, not bit for bit.
 
 from __future__ import annotations
 
-from time import perf_counter_ns
-
 import numpy as np
 import openvino as ov
 
@@ -91,12 +89,13 @@ class PagedSession(Session):
         if self._preset is not None:
             self._preset.installed = False  # its block_indices tensor views the old table
 
-    def _infer(self, ids: np.ndarray, keep: int) -> np.ndarray:
+    def _begin(self, ids: np.ndarray, keep: int) -> dict | None:
         """Up to PRESET_TOKENS tokens (decode steps, verifications): values written into input tensors
-        set on the request once (no per-infer dict of new tensors); longer prompts: `Session._infer`."""
+        set on the request once (no per-infer dict of new tensors: returns None); longer prompts: the
+        dict of `_inputs` (`Session._begin` turns the presets off)."""
         rows, t = ids.shape
         if rows != 1 or self.rows != 1 or t > PRESET_TOKENS:
-            return super()._infer(ids, keep)  # (its _begin turns the presets off)
+            return super()._begin(ids, keep)
         check_token_ids(ids, self.model.vocab_size)
         past, total = self._len, self._len + t
         if total > self.capacity:
@@ -120,10 +119,7 @@ class PagedSession(Session):
             p.tensors["block_indices"].set_shape([blocks])
             p.blocks = blocks
         self._outputs(1, keep)
-        self.infer_start_ns = t0 = perf_counter_ns()
-        self.request.infer()
-        self.infer_ns = perf_counter_ns() - t0
-        return self._end(ids, keep)
+        return None
 
     def _presets_off(self) -> None:
         super()._presets_off()

@@ -111,7 +111,7 @@ class Session(TokenHistory):
         self._fast: _FastStep | None = None  # preset tensors for one-token steps (see _step_one)
         self._rows_preset: _RowsStep | None = None  # preset tensors for one token per row (see start_rows)
         self._out: _Buffers | None = None  # preset output buffers (see _outputs)
-        self._pending = None  # the token of a step started by start_step() ((ids, inputs): by start_rows())
+        self._pending = None  # the token of a step started by start_step() ((ids, inputs, keep): by _start())
         self._step_id = 0  # counts started steps (start_step returns it)
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
         self._prefill_request = None  # on the prefill compile of a split plan (ovgen/fast.py), made on first use
@@ -209,6 +209,10 @@ class Session(TokenHistory):
         """Run `token_ids: [T]` (or `[rows, T]`) after what the session holds (chat turns, forced
         text, verifying proposed tokens: `logits_to_keep = T` gives every position's logits)."""
         self.settle()
+        return self._infer(self._append_ids(token_ids, logits_to_keep), logits_to_keep)
+
+    def _append_ids(self, token_ids, logits_to_keep: int) -> np.ndarray:
+        """`append`'s arguments checked: the ids as [rows, T] int64."""
         ids = np.asarray(token_ids, dtype=np.int64)
         ids = ids[None, :] if ids.ndim == 1 else ids
         if ids.shape[1] == 0:
@@ -218,7 +222,7 @@ class Session(TokenHistory):
         if logits_to_keep > 1 and not self._has_keep:
             raise NotImplementedError("this model has no logits_to_keep input (loaded with last_logits_only=False?): "
                                       "it cannot return several positions' logits")
-        return self._infer(ids, logits_to_keep)
+        return ids
 
     def step(self, token_ids) -> np.ndarray:
         """Run one token per row: `token_ids` is an int (one row) or `[rows]`."""
@@ -312,14 +316,28 @@ class Session(TokenHistory):
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
         if ids.shape[0] == self.rows and self._len and self._has_positions and self._has_beam_idx and self.model.sliced:
             self._prepare_rows(ids)  # values into tensors set on the request once
-            self.infer_start_ns = perf_counter_ns()
+            return self._start(ids, None, 1)
+        return self._start(ids, self._begin(ids, 1), 1)
+
+    def start_append(self, token_ids, logits_to_keep: int = 1) -> int:
+        """`append` run asynchronously (a speculative verification while the host streams the
+        tokens before it): `finish_step()` waits and returns what `append` returns. Returns the
+        step's id, or 0 when nothing started (a step already pending: call `append()`)."""
+        if self._pending is not None:
+            return 0
+        ids = self._append_ids(token_ids, logits_to_keep)
+        if ids.size == 1 and self._fast_ok():
+            return self.start_step(int(ids[0, 0]))
+        return self._start(ids, self._begin(ids, logits_to_keep), logits_to_keep)
+
+    def _start(self, ids: np.ndarray, inputs: dict | None, keep: int) -> int:
+        """Start the infer `_begin` prepared (inputs None: preset tensors hold them); `finish_step` ends it."""
+        self.infer_start_ns = perf_counter_ns()
+        if inputs is None:
             self.request.start_async()
-            self._pending = (ids, None)
         else:
-            inputs = self._begin(ids, 1)
-            self.infer_start_ns = perf_counter_ns()
             self.request.start_async(inputs, share_inputs=True)
-            self._pending = (ids, inputs)  # the inputs stay referenced until the infer has read them
+        self._pending = (ids, inputs, keep)  # the inputs stay referenced until the infer has read them
         self._step_id += 1
         return self._step_id
 
@@ -368,7 +386,7 @@ class Session(TokenHistory):
         pending, self._pending = self._pending, None
         self.request.wait()
         self.infer_ns = int(self.request.latency * 1e6)  # start_async -> done, measured by OpenVINO
-        return self._end(pending[0], 1) if isinstance(pending, tuple) else self._after_one(pending)
+        return self._end(pending[0], pending[2]) if isinstance(pending, tuple) else self._after_one(pending)
 
     def settle(self, step_id: int | None = None) -> None:
         """Finish the pending step, if any (only if it is `step_id`, when given: a generation that
@@ -436,12 +454,16 @@ class Session(TokenHistory):
         # ids: [rows, t] int64
         inputs = self._begin(ids, keep)
         self.infer_start_ns = t0 = perf_counter_ns()
-        self.request.infer(inputs, share_inputs=True, share_outputs=True)
+        if inputs is None:  # preset input tensors hold them
+            self.request.infer(share_outputs=True)
+        else:
+            self.request.infer(inputs, share_inputs=True, share_outputs=True)
         self.infer_ns = perf_counter_ns() - t0
         return self._end(ids, keep)
 
-    def _begin(self, ids: np.ndarray, keep: int) -> dict:
-        """Check `ids`, open their KV positions and set the output buffers: the inputs of one infer."""
+    def _begin(self, ids: np.ndarray, keep: int) -> dict | None:
+        """Check `ids`, open their KV positions and set the output buffers: the inputs of one infer
+        (None from a subclass whose preset input tensors already hold them: PagedSession)."""
         check_token_ids(ids, self.model.vocab_size)
         inputs = self._inputs(ids, keep)
         if self.model.sliced:

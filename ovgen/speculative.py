@@ -138,52 +138,122 @@ def _accept_or_correct(choice: TokenChoice, history, logits, lse, draft: int | N
     return token, float(np.log(p[i])), False
 
 
+@dataclass
+class _Emit:
+    """A token emitted at one verified position, chosen (and accepted by the chain) before its record."""
+    token: int
+    processed_logprob: float
+    logprob: float
+    top: list | None
+    reason: str | None
+    text: str | None  # known when stop strings needed it to decide (else detokenised with the record)
+    detok_ns: int
+    start_ns: int
+    chosen_ns: int
+    accept_ns: int
+    process_ns: int
+    stage_ns: dict
+
+
 def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, proposer, stopping: Stopping, detok,
                        stop_strings: StopStrings, top_n: int = 0, sequence: int = 0, t_start_ns: int | None = None,
-                       max_draft: int = 32) -> Iterator[TokenRecord]:
+                       max_draft: int = 32, overlap: bool = True) -> Iterator[TokenRecord]:
     """Like `search.decode`, verifying the proposer's drafts; the first record of each verification
-    carries its `SpecStep` in `record.draft`. The session ends holding every token but the last."""
+    carries its `SpecStep` in `record.draft`. The session ends holding every token but the last.
+
+    Each verification's tokens are chosen first (each accepted by the chain before the next is
+    chosen); with `overlap` and no stop strings (which need the text to tell whether generation goes
+    on) the next verification then starts (`Session.start_append`) and runs while those tokens are
+    detokenised and the consumer handles their records."""
     t_start_ns = t_start_ns or perf_counter_ns()
-    emitted, model_ns = 0, session.infer_ns
+    emitted, model_ns, infer_start = 0, session.infer_ns, session.infer_start_ns
     rows = [(logits, session.logsumexp)]  # the logits to choose from, with their logsumexp
     drafts: list[int] = []
     step = None
     base = session.length  # tokens in the KV state before the verified block
-    while True:
-        for i, (row, lse) in enumerate(rows):
-            t0 = perf_counter_ns()
-            draft = drafts[i] if i < len(drafts) else None
-            token, plp, kept = _accept_or_correct(choice, session.tokens[0, :base + i], row, lse, draft)
-            lp = float(row[token] - lse)
-            top = top_logprobs(row, top_n, lse) if top_n else None
-            t2 = perf_counter_ns()
-            emitted += 1
-            reason = stopping.check(token, emitted, (t2 - t_start_ns) / 1e9)
-            ta = perf_counter_ns()
-            choice.accept(token)
-            tb = perf_counter_ns()
-            text, reason = _text(detok, stop_strings, token, reason)
-            t3 = perf_counter_ns()  # accept and detok timed apart, as in search.decode
-            rec = TokenRecord(emitted - 1, token, text, lp, plp, reason, top, sequence, model_ns if i == 0 else 0,
-                              choice.process_ns, t2 - t0 - choice.process_ns, t3 - t2 - (tb - ta), t3,
-                              dict(choice.timings_ns), accept_ns=tb - ta, draft=step if i == 0 else None)
-            yield rec
-            if reason or not kept:
-                break
-        # rows 0..i-1 were kept drafts; the token emitted at row i is pending (not in the KV state)
-        kept_drafts = i
-        if step is not None:
-            step.accepted = kept_drafts
-            proposer.feedback(step.proposed, kept_drafts)
-        if session.length > base + kept_drafts:
-            session.rewind(session.length - base - kept_drafts)
-        if reason:
-            return
-        step, rows, drafts, base, model_ns = _verify(session, proposer, token, stopping, emitted, max_draft)
+    started = 0  # the id of the verification started asynchronously (0: none)
+    try:
+        while True:
+            emits = []
+            for i, (row, lse) in enumerate(rows):
+                t0 = perf_counter_ns()
+                draft = drafts[i] if i < len(drafts) else None
+                token, plp, kept = _accept_or_correct(choice, session.tokens[0, :base + i], row, lse, draft)
+                lp = float(row[token] - lse)
+                top = top_logprobs(row, top_n, lse) if top_n else None
+                t2 = perf_counter_ns()
+                emitted += 1
+                reason = stopping.check(token, emitted, (t2 - t_start_ns) / 1e9)
+                ta = perf_counter_ns()
+                choice.accept(token)
+                tb = perf_counter_ns()
+                text = None
+                if stop_strings.stops:
+                    text, reason = _text(detok, stop_strings, token, reason)
+                emits.append(_Emit(token, plp, lp, top, reason, text, perf_counter_ns() - tb if text is not None else 0,
+                                   t0, t2, tb - ta, choice.process_ns, dict(choice.timings_ns)))
+                if reason or not kept:
+                    break
+            # rows 0..i-1 were kept drafts; the token emitted at row i is pending (not in the KV state)
+            kept_drafts = len(emits) - 1
+            if step is not None:
+                step.accepted = kept_drafts
+                proposer.feedback(step.proposed, kept_drafts)
+            if session.length > base + kept_drafts:
+                session.rewind(session.length - base - kept_drafts)
+            # From here on nothing reads the verified logits: the next verification may write them.
+            nxt = None
+            if not reason:
+                nxt = _propose(session, proposer, token, stopping, emitted, max_draft)
+                if overlap and not stop_strings.stops:
+                    started = session.start_append(nxt.block, logits_to_keep=len(nxt.block))
+            for i, e in enumerate(emits):
+                text, reason, detok_ns = e.text, e.reason, e.detok_ns
+                if text is None:
+                    td = perf_counter_ns()
+                    text, reason = _text(detok, stop_strings, e.token, e.reason)
+                    detok_ns = perf_counter_ns() - td
+                t3 = perf_counter_ns()
+                rec = TokenRecord(emitted - len(emits) + i, e.token, text, e.logprob, e.processed_logprob, reason,
+                                  e.top, sequence, model_ns if i == 0 else 0, e.process_ns,
+                                  e.chosen_ns - e.start_ns - e.process_ns, detok_ns, t3, e.stage_ns,
+                                  infer_start_ns=infer_start if i == 0 else 0, start_ns=e.start_ns,
+                                  overlapped=bool(started), accept_ns=e.accept_ns, draft=step if i == 0 else None)
+                yield rec
+                rec.callback_ns = perf_counter_ns() - t3
+            if reason:
+                return
+            out = session.finish_step() if started else session.append(nxt.block, logits_to_keep=len(nxt.block))
+            started = 0
+            step, rows, drafts, base = nxt.verified(session, out)
+            model_ns, infer_start = session.infer_ns, session.infer_start_ns
+    finally:
+        if started:  # the consumer stopped early: the running verification finishes before anyone reuses
+            session.settle(started)  # the session (unless another call already did)
 
 
-def _verify(session, proposer, token: int, stopping: Stopping, emitted: int, max_draft: int):
-    """Propose after the pending `token` and run [token, drafts...] through the target in one infer."""
+@dataclass
+class _Proposal:
+    """The block one verification runs: the pending token, the drafts, the padding."""
+    block: list[int]
+    drafts: list[int]
+    pads: int
+    propose_ns: int
+    base: int  # tokens in the KV state before the block's drafts (the pending token's included)
+
+    def verified(self, session, out):
+        """(SpecStep, the rows to choose from, the drafts, base) once the block has run: `out` its logits."""
+        if len(self.block) > 1:
+            lse = session.kept_logsumexp
+            rows = [(out[j], lse[j]) for j in range(len(self.drafts) + 1)]
+        else:
+            rows = [(out, session.logsumexp)]
+        return SpecStep(list(self.drafts), 0, self.propose_ns, session.infer_ns, self.pads), rows, self.drafts, \
+            self.base
+
+
+def _propose(session, proposer, token: int, stopping: Stopping, emitted: int, max_draft: int) -> _Proposal:
+    """The proposer's drafts after the pending `token`, as a block to run through the target in one infer."""
     tokens = np.append(session.tokens[0], token)
     room = stopping.max_new_tokens - emitted - 1  # the token after the drafts must fit too
     limit = session.model.max_context
@@ -193,19 +263,10 @@ def _verify(session, proposer, token: int, stopping: Stopping, emitted: int, max
     drafts = proposer.propose(tokens, min(max_draft, room)) if room > 0 else []
     drafts = drafts[:max(room, 0)]
     tv = perf_counter_ns()
-    base = session.length + 1
     width = 1 + max(len(drafts), min(getattr(proposer, "num_tokens", 0), max_draft, room))
     pads = width - 1 - len(drafts) if width <= getattr(session, "pad_verify_to", 0) else 0
     block = [token, *drafts] + [token] * pads  # any valid id pads: those positions are never kept
-    out = session.append(block, logits_to_keep=len(block))
-    model_ns = session.infer_ns
-    if len(block) > 1:
-        lse = session.kept_logsumexp
-        rows = [(out[j], lse[j]) for j in range(len(drafts) + 1)]
-    else:
-        rows = [(out, session.logsumexp)]
-    step = SpecStep(list(drafts), 0, tv - tp, model_ns, pads)
-    return step, rows, drafts, base, model_ns
+    return _Proposal(block, drafts, pads, tv - tp, session.length + 1)
 
 
 def accepted_counts(records) -> tuple[int, int]:

@@ -50,9 +50,9 @@ def test_verifications_are_padded_to_one_width(model, paged, monkeypatch):
     hole) keep each proposal's own width."""
     from ovgen.paged import PagedSession
 
-    widths, infer = [], PagedSession._infer
-    monkeypatch.setattr(PagedSession, "_infer", lambda self, ids, keep: widths.append((ids.shape[1], keep))
-                        or infer(self, ids, keep))
+    widths, begin = [], PagedSession._begin  # every infer's, run now or overlapped (start_append)
+    monkeypatch.setattr(PagedSession, "_begin", lambda self, ids, keep: widths.append((ids.shape[1], keep))
+                        or begin(self, ids, keep))
     cfg = {"max_new_tokens": 40, "ignore_eos": True, "prompt_lookup": True, "num_assistant_tokens": 3}
     padded = 0
     for prompt in GROUNDED + PROMPTS[:2]:
@@ -76,8 +76,55 @@ def test_verifications_are_padded_to_one_width(model, paged, monkeypatch):
     assert all(s.padded == 0 for s in steps) and min(len(s.proposed) for s in steps) < 8
 
 
+SPEC_CONFIGS = [
+    {"max_new_tokens": 40, "ignore_eos": True, "prompt_lookup": True, "num_assistant_tokens": 3},
+    {"max_new_tokens": 40, "ignore_eos": True, "prompt_lookup": True, "num_assistant_tokens": 8,
+     "do_sample": True, "top_k": 20, "seed": 11},
+    {"max_new_tokens": 40, "prompt_lookup": True, "num_assistant_tokens": 3, "stop_strings": ["fib(n - 2)"],
+     "include_stop_str_in_output": True},
+]
+
+
+@pytest.mark.parametrize("attention", ["stateful", "paged"])
+@pytest.mark.parametrize("cfg", SPEC_CONFIGS)
+def test_overlapped_verification_changes_nothing_but_timing(request, attention, cfg):
+    """With overlap (the default) each verification after the first runs while the records of the one
+    before are detokenised and consumed: the same tokens, texts, logprobs, proposals, acceptances
+    and final session as without; with stop strings (the text decides whether generation goes on)
+    nothing overlaps."""
+    model = request.getfixturevalue("model" if attention == "stateful" else "paged")
+    out = []
+    for overlap in (True, False):
+        s = model.session()
+        seq = ovgen.generate(model, GROUNDED[0], cfg, session=s, overlap=overlap).sequences[0]
+        steps = [(r.index, r.draft.proposed, r.draft.accepted, r.draft.padded) for r in seq.records if r.draft]
+        out.append((seq.token_ids, seq.text, seq.logprobs, seq.finish_reason, steps, s.tokens.tolist()))
+        recs = seq.records
+        last = max(i for i, r in enumerate(recs) if r.draft is not None)  # the last verification's first record
+        flags = [r.overlapped for r in recs]
+        if overlap and not cfg.get("stop_strings"):
+            assert all(flags[:last]) and not any(flags[last:])
+        else:
+            assert not any(flags)
+    assert out[0] == out[1]
+    assert len(out[0][4]) > 3 and sum(a for _, _, a, _ in out[0][4]) > 0  # drafts were proposed and kept
+
+
+def test_a_consumer_leaving_a_speculative_stream_early(paged):
+    """The consumer stops while the next verification runs: the session finishes it first, and the
+    next generation on that session equals a fresh session's."""
+    cfg = {"max_new_tokens": 40, "ignore_eos": True, "prompt_lookup": True, "num_assistant_tokens": 3}
+    s = paged.session()
+    for n, rec in enumerate(ovgen.stream(paged, GROUNDED[0], cfg, session=s), 1):
+        if n >= 5 and rec.overlapped:
+            break
+    assert rec.overlapped and s._pending is None
+    again = ovgen.generate(paged, GROUNDED[1], cfg, session=s).sequences[0].token_ids
+    assert again == ovgen.generate(paged, GROUNDED[1], cfg).sequences[0].token_ids
+
+
 def test_preset_inputs_compute_what_a_dict_of_inputs_does(paged, monkeypatch):
-    """Short infers write into preset input tensors (PagedSession._infer); the same calls with every
+    """Short infers write into preset input tensors (PagedSession._begin); the same calls with every
     infer given a dict of new tensors (PRESET_TOKENS = 0) return the same logits, bit for bit,
     through steps, a verification, a rewind and a prompt longer than the preset tensors."""
     from ovgen import paged as paged_mod

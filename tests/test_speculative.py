@@ -131,6 +131,19 @@ class _ToyLM:
     def rewind(self, n):
         del self._toks[len(self._toks) - n:]
 
+    # the overlapped verification, run when finished (the loop must not read the session in between)
+    def start_append(self, ids, logits_to_keep=1):
+        self._pending = (list(ids), logits_to_keep)
+        return 1
+
+    def finish_step(self):
+        (ids, keep), self._pending = self._pending, None
+        return self.append(ids, keep)
+
+    def settle(self, step_id=None):
+        if getattr(self, "_pending", None):
+            self.finish_step()
+
 
 class _Fixed:
     """Always proposes the same tokens (the rule must still give the target's distribution)."""
