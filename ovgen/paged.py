@@ -19,9 +19,10 @@ What this buys a loop that rewinds (speculative decoding): dropping the last n t
 the CPU plugin's multi-token PagedAttention costs less than the stateful IR's SDPA with KV cache on
 the same tokens (benchmarks/speculative.py measures both). Infers of up to PRESET_TOKENS tokens (decode
 steps, verifications) write their inputs into tensors set on the request once, as the stateful
-session's one-token fast path does. What it does not do (yet): several rows
-(`prefill_rows`), beam search (`reorder`), snapshot / restore / save / load (so no prefix cache),
-split precision plans; each is refused naming the option (NotImplementedError; ValueError at load). Greedy tokens equal the stateful IR's at the exact
+session's one-token fast path does (`_begin`; `Session.start_append` runs one asynchronously). What
+it does not do (yet): several rows (`prefill_rows`), beam search (`reorder`), snapshot / restore /
+save / load (so no prefix cache), split precision plans; each is refused naming the option
+(NotImplementedError; ValueError at load). Greedy tokens equal the stateful IR's at the exact
 precision (tests/test_paged.py) - the two attention kernels sum in different orders, so their logits
 agree to ~1e-2, not bit for bit.
 """

@@ -142,7 +142,7 @@ class Profile:
                 sub += ns
             slice_("choice", 2, t + r.process_ns, r.choice_ns, r)
             slice_("accept", 2, t + r.process_ns + r.choice_ns, r.accept_ns, r)
-            slice_("detok", 2, t + r.process_ns + r.choice_ns + r.accept_ns, r.detok_ns, r)
+            slice_("detok", 2, r.ready_ns - r.detok_ns, r.detok_ns, r)  # it ends the record (speculation: later)
             slice_("callback", 2, r.ready_ns, r.callback_ns, r)
         return ev
 

@@ -102,6 +102,7 @@ def test_overlapped_verification_changes_nothing_but_timing(request, attention, 
         recs = seq.records
         last = max(i for i, r in enumerate(recs) if r.draft is not None)  # the last verification's first record
         flags = [r.overlapped for r in recs]
+        assert all(r.infer_start_ns and r.model_ns for r in recs if r.draft is not None)  # the verification's infer
         if overlap and not cfg.get("stop_strings"):
             assert all(flags[:last]) and not any(flags[last:])
         else:
