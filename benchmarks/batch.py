@@ -7,6 +7,12 @@ call to the last token; the worker reports their median. Rounds interleave the r
 balanced order; medians of the rounds, ratios per B (median of the per-round ratios).
 
     python benchmarks/batch.py [--rounds 3] [--runs 3] [--new-tokens 64] [--plot batch.png]
+
+`--in-process PAIRS`: both runtimes in one process instead, PAIRS interleaved batches each per B,
+ratios per pair (this machine's drift swings the worker rounds by more than the gap between the
+runtimes); writes results/batch_in_process.json.
+
+    python benchmarks/batch.py --in-process 6 [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -32,33 +38,38 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", 
 SIZES = (1, 2, 4, 8, 16)
 
 
-def worker(runtime: str, b: int, n: int, runs: int) -> dict:
-    import ovgen
-
-    model = ovgen.load()
+def runner(runtime: str, model, b: int, n: int):
+    """A callable generating B prompts x n tokens (ignore_eos) on `runtime`, returning every row's tokens."""
     prompts = PROMPTS[:b]
     if runtime == "ovgen":
+        import ovgen
+
         def run():
             return [r.sequences[0].token_ids for r in ovgen.generate(model, prompts, {"max_new_tokens": n,
                                                                                       "ignore_eos": True},
                                                                      batch_size=b)]
-    else:
-        import openvino_genai as og
+        return run
+    import openvino as ov
+    import openvino_genai as og
 
-        pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
-        cfg = og.GenerationConfig()
-        cfg.max_new_tokens, cfg.ignore_eos, cfg.do_sample = n, True, False
+    pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
+    cfg = og.GenerationConfig()
+    cfg.max_new_tokens, cfg.ignore_eos, cfg.do_sample = n, True, False
+    ids = [model.tokenizer.encode(p) for p in prompts]  # the same ids as ovgen's, left-padded
+    width = max(map(len, ids))
+    padded = np.array([[0] * (width - len(x)) + x for x in ids], np.int64)
+    mask = np.array([[0] * (width - len(x)) + [1] * len(x) for x in ids], np.int64)
 
-        import openvino as ov
+    def run():
+        out = pipe.generate(og.TokenizedInputs(ov.Tensor(padded), ov.Tensor(mask)), cfg)
+        return [[int(t) for t in row] for row in out.tokens]
+    return run
 
-        ids = [model.tokenizer.encode(p) for p in prompts]  # the same ids as ovgen's, left-padded
-        width = max(map(len, ids))
-        padded = np.array([[0] * (width - len(x)) + x for x in ids], np.int64)
-        mask = np.array([[0] * (width - len(x)) + [1] * len(x) for x in ids], np.int64)
 
-        def run():
-            out = pipe.generate(og.TokenizedInputs(ov.Tensor(padded), ov.Tensor(mask)), cfg)
-            return [[int(t) for t in row] for row in out.tokens]
+def worker(runtime: str, b: int, n: int, runs: int) -> dict:
+    import ovgen
+
+    run = runner(runtime, ovgen.load(), b, n)
     run()  # warm-up
     times = []
     for _ in range(runs):
@@ -66,8 +77,33 @@ def worker(runtime: str, b: int, n: int, runs: int) -> dict:
         tokens = run()
         times.append(perf_counter() - t0)
     dt = float(np.median(times))
-    return {"tokens_per_s": b * n / dt, "seconds": dt, "runs_s": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "first_row": tokens[0][:16]}
+    return {"tokens_per_s": b * n / dt, "seconds": dt, "runs_s": times,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "first_row": tokens[0][:16]}
+
+
+def in_process(n: int, pairs: int) -> dict:
+    """Both runtimes in this one process (one model, one genai pipeline per B), `pairs` timed batches
+    of each per B in a balanced order: the per-pair throughput ratios cancel the machine's drift,
+    which the worker processes' rounds do not (no peak RSS here: one process holds both)."""
+    import ovgen
+
+    model = ovgen.load()
+    rows = {}
+    for b in SIZES:
+        runs = {rt: runner(rt, model, b, n) for rt in ("ovgen", "genai")}
+        tokens = {rt: run() for rt, run in runs.items()}  # warm-up
+        tps = {rt: [] for rt in runs}
+        for i in range(pairs):
+            for rt in balanced(list(runs), i):
+                t0 = perf_counter()
+                tokens[rt] = runs[rt]()
+                tps[rt].append(b * n / (perf_counter() - t0))
+        rows[b] = {"ovgen_tokens_per_s": float(np.median(tps["ovgen"])),
+                   "genai_tokens_per_s": float(np.median(tps["genai"])),
+                   "ovgen_over_genai": float(np.median(np.array(tps["ovgen"]) / np.array(tps["genai"]))),
+                   "same_tokens": tokens["ovgen"] == tokens["genai"]}
+        print(b, json.dumps(rows[b]), flush=True)
+    return rows
 
 
 def measure(runtime: str, b: int, n: int, runs: int) -> dict:
@@ -84,9 +120,21 @@ def main() -> None:
     ap.add_argument("--out", default=default_path("batch"))
     ap.add_argument("--runs", type=int, default=3, help="timed batches per worker (their median)")
     ap.add_argument("--worker", nargs=4, default=None)
+    ap.add_argument("--in-process", type=int, default=0, metavar="PAIRS",
+                    help="instead: both runtimes in this process, PAIRS interleaved batches each per B")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], *map(int, args.worker[1:]))))
+        return
+    if args.in_process:
+        import ovgen
+
+        rows = in_process(args.new_tokens, args.in_process)
+        for b in SIZES:
+            rows[b]["ovgen_speedup_vs_b1"] = rows[b]["ovgen_tokens_per_s"] / rows[1]["ovgen_tokens_per_s"]
+        out = args.out if args.out != default_path("batch") else default_path("batch_in_process")
+        save_result(out, "batch_in_process", pairs=args.in_process, new_tokens=args.new_tokens,
+                    report=ovgen.load().report, results=rows)
         return
     runs = {(rt, b): [] for rt in ("ovgen", "genai") for b in SIZES}
     for r in range(args.rounds):

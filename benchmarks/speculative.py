@@ -12,6 +12,8 @@ with plain greedy's.
 
 Prompt lookup runs at each `--num-assistant-tokens` k (ovgen and genai alike); what a verification
 of w positions costs against one position is printed too: the k that pays depends on that curve.
+Paged greedy and paged prompt lookup at the first k also run with `overlap=False` (the next infer
+started only after the records are consumed): `*_overlap_over_no_overlap_tpot`.
 
     python benchmarks/speculative.py [--rounds 5] [--new-tokens 96] [--num-assistant-tokens 3,10] [--plot trim.png]
 """
@@ -105,6 +107,10 @@ def compare(model, paged, draft, rounds: int, n: int, ks=(3, 10)) -> dict:
         pl = {**base, "prompt_lookup": True, "num_assistant_tokens": k}
         modes |= {f"prompt_lookup_k{k}": ovgen_mode(model, pl), f"prompt_lookup_paged_k{k}": ovgen_mode(paged, pl),
                   f"genai_prompt_lookup_k{k}": genai_mode(model, n, k)}
+    # the host's work overlapped with the next infer (the default) against run synchronously
+    pl = {**base, "prompt_lookup": True, "num_assistant_tokens": ks[0]}
+    modes |= {"greedy_paged_no_overlap": ovgen_mode(paged, base, overlap=False),
+              f"prompt_lookup_paged_k{ks[0]}_no_overlap": ovgen_mode(paged, pl, overlap=False)}
     heuristic = {**base, "prompt_lookup": True, "num_assistant_tokens": max(ks),
                  "num_assistant_tokens_schedule": "heuristic"}
     modes |= {"prompt_lookup_heuristic": ovgen_mode(model, heuristic),
@@ -136,6 +142,8 @@ def compare(model, paged, draft, rounds: int, n: int, ks=(3, 10)) -> dict:
             for m in ("prompt_lookup", "prompt_lookup_paged"):
                 out[name][f"ovgen_{m}_k{k}_over_genai_pl_k{k}_tpot"] = median_ratio(t[f"{m}_k{k}"],
                                                                                    t[f"genai_prompt_lookup_k{k}"])
+        for m in ("greedy_paged", f"prompt_lookup_paged_k{ks[0]}"):
+            out[name][f"{m}_overlap_over_no_overlap_tpot"] = median_ratio(t[m], t[f"{m}_no_overlap"])
         print(name, json.dumps(out[name]))
     return out
 

@@ -122,6 +122,12 @@ class PagedSession(Session):
         self._outputs(1, keep)
         return None
 
+    def start_step(self, token: int) -> int:
+        """`Session.start_step` on the preset tensors: the decode loop's next token runs while the
+        host streams the one before (the stateful one-token fast path needs beam_idx, which a paged
+        IR has not)."""
+        return self.start_append([token])
+
     def _presets_off(self) -> None:
         super()._presets_off()
         if self._preset is not None:

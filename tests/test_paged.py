@@ -111,6 +111,22 @@ def test_overlapped_verification_changes_nothing_but_timing(request, attention, 
     assert len(out[0][4]) > 3 and sum(a for _, _, a, _ in out[0][4]) > 0  # drafts were proposed and kept
 
 
+@pytest.mark.parametrize("cfg", [{"max_new_tokens": 24, "ignore_eos": True},
+                                 {"max_new_tokens": 24, "do_sample": True, "top_k": 40, "top_p": 0.9, "seed": 3}])
+def test_paged_decode_overlaps_and_changes_nothing_but_timing(paged, cfg):
+    """One token per infer on the paged IR: with overlap each next infer runs while the record is
+    made and consumed (start_step on the preset tensors); the same tokens, logprobs and session as
+    without."""
+    out = []
+    for overlap in (True, False):
+        s = paged.session()
+        seq = ovgen.generate(paged, GROUNDED[1], cfg, session=s, overlap=overlap).sequences[0]
+        out.append((seq.token_ids, seq.logprobs, s.tokens.tolist()))
+        flags = [r.overlapped for r in seq.records]
+        assert flags == [overlap] * (len(flags) - 1) + [False]
+    assert out[0] == out[1]
+
+
 def test_a_consumer_leaving_a_speculative_stream_early(paged):
     """The consumer stops while the next verification runs: the session finishes it first, and the
     next generation on that session equals a fresh session's."""
