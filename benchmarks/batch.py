@@ -81,13 +81,10 @@ def worker(runtime: str, b: int, n: int, runs: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "first_row": tokens[0][:16]}
 
 
-def in_process(n: int, pairs: int) -> dict:
+def in_process(model, n: int, pairs: int) -> dict:
     """Both runtimes in this one process (one model, one genai pipeline per B), `pairs` timed batches
     of each per B in a balanced order: the per-pair throughput ratios cancel the machine's drift,
     which the worker processes' rounds do not (no peak RSS here: one process holds both)."""
-    import ovgen
-
-    model = ovgen.load()
     rows = {}
     for b in SIZES:
         runs = {rt: runner(rt, model, b, n) for rt in ("ovgen", "genai")}
@@ -129,12 +126,13 @@ def main() -> None:
     if args.in_process:
         import ovgen
 
-        rows = in_process(args.new_tokens, args.in_process)
+        model = ovgen.load()
+        rows = in_process(model, args.new_tokens, args.in_process)
         for b in SIZES:
             rows[b]["ovgen_speedup_vs_b1"] = rows[b]["ovgen_tokens_per_s"] / rows[1]["ovgen_tokens_per_s"]
         out = args.out if args.out != default_path("batch") else default_path("batch_in_process")
         save_result(out, "batch_in_process", pairs=args.in_process, new_tokens=args.new_tokens,
-                    report=ovgen.load().report, results=rows)
+                    report=model.report, results=rows)
         return
     runs = {(rt, b): [] for rt in ("ovgen", "genai") for b in SIZES}
     for r in range(args.rounds):

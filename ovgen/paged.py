@@ -36,7 +36,7 @@ from .backend import check_token_ids
 from .session import Session
 
 ATTENTIONS = ("stateful", "paged")
-PRESET_TOKENS = 64  # infers of up to this many tokens run on preset input tensors (PagedSession._infer)
+PRESET_TOKENS = 64  # infers of up to this many tokens run on preset input tensors (PagedSession._begin)
 
 
 def check_attention(attention: str) -> str:

@@ -569,8 +569,8 @@ class _FastStep:
         self.beam = np.zeros(1, dtype=np.int32)
         self.mask = ov.Tensor(mask[:1], shared_memory=True)
         self.tensors = {"input_ids": ov.Tensor(self.ids, shared_memory=True),
-                       "position_ids": ov.Tensor(self.pos, shared_memory=True),
-                       "beam_idx": ov.Tensor(self.beam, shared_memory=True), "attention_mask": self.mask}
+                        "position_ids": ov.Tensor(self.pos, shared_memory=True),
+                        "beam_idx": ov.Tensor(self.beam, shared_memory=True), "attention_mask": self.mask}
         if keep:
             self.tensors["logits_to_keep"] = ov.Tensor(np.ones(1, np.int64), shared_memory=True)
         self.installed = False

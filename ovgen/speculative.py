@@ -168,17 +168,16 @@ def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, prop
     t_start_ns = t_start_ns or perf_counter_ns()
     emitted, model_ns, infer_start = 0, session.infer_ns, session.infer_start_ns
     rows = [(logits, session.logsumexp)]  # the logits to choose from, with their logsumexp
-    drafts: list[int] = []
+    prop = _Proposal([], [], 0, 0, session.length)  # the block those logits came from (here: the prompt's)
     step = None
-    base = session.length  # tokens in the KV state before the verified block
     started = 0  # the id of the verification started asynchronously (0: none)
     try:
         while True:
             emits = []
             for i, (row, lse) in enumerate(rows):
                 t0 = perf_counter_ns()
-                draft = drafts[i] if i < len(drafts) else None
-                token, plp, kept = _accept_or_correct(choice, session.tokens[0, :base + i], row, lse, draft)
+                draft = prop.drafts[i] if i < len(prop.drafts) else None
+                token, plp, kept = _accept_or_correct(choice, session.tokens[0, :prop.base + i], row, lse, draft)
                 lp = float(row[token] - lse)
                 top = top_logprobs(row, top_n, lse) if top_n else None
                 t2 = perf_counter_ns()
@@ -194,19 +193,18 @@ def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, prop
                                    t0, t2, tb - ta, choice.process_ns, dict(choice.timings_ns)))
                 if reason or not kept:
                     break
-            # rows 0..i-1 were kept drafts; the token emitted at row i is pending (not in the KV state)
+            # all but the last emitted token were kept drafts; the last is pending (not in the KV state)
             kept_drafts = len(emits) - 1
             if step is not None:
                 step.accepted = kept_drafts
                 proposer.feedback(step.proposed, kept_drafts)
-            if session.length > base + kept_drafts:
-                session.rewind(session.length - base - kept_drafts)
+            if session.length > prop.base + kept_drafts:
+                session.rewind(session.length - prop.base - kept_drafts)
             # From here on nothing reads the verified logits: the next verification may write them.
-            nxt = None
             if not reason:
-                nxt = _propose(session, proposer, token, stopping, emitted, max_draft)
+                prop = _propose(session, proposer, token, stopping, emitted, max_draft)
                 if overlap and not stop_strings.stops:
-                    started = session.start_append(nxt.block, logits_to_keep=len(nxt.block))
+                    started = session.start_append(prop.block, logits_to_keep=len(prop.block))
             for i, e in enumerate(emits):
                 text, reason, detok_ns = e.text, e.reason, e.detok_ns
                 if text is None:
@@ -223,9 +221,9 @@ def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, prop
                 rec.callback_ns = perf_counter_ns() - t3
             if reason:
                 return
-            out = session.finish_step() if started else session.append(nxt.block, logits_to_keep=len(nxt.block))
+            out = session.finish_step() if started else session.append(prop.block, logits_to_keep=len(prop.block))
             started = 0
-            step, rows, drafts, base = nxt.verified(session, out)
+            step, rows = prop.verified(session, out)
             model_ns, infer_start = session.infer_ns, session.infer_start_ns
     finally:
         if started:  # the consumer stopped early: the running verification finishes before anyone reuses
@@ -242,14 +240,14 @@ class _Proposal:
     base: int  # tokens in the KV state before the block's drafts (the pending token's included)
 
     def verified(self, session, out):
-        """(SpecStep, the rows to choose from, the drafts, base) once the block has run: `out` its logits."""
+        """(SpecStep, the rows to choose from: (logits, logsumexp) per position) once the block has run
+        (`out`: its logits)."""
         if len(self.block) > 1:
             lse = session.kept_logsumexp
             rows = [(out[j], lse[j]) for j in range(len(self.drafts) + 1)]
         else:
             rows = [(out, session.logsumexp)]
-        return SpecStep(list(self.drafts), 0, self.propose_ns, session.infer_ns, self.pads), rows, self.drafts, \
-            self.base
+        return SpecStep(list(self.drafts), 0, self.propose_ns, session.infer_ns, self.pads), rows
 
 
 def _propose(session, proposer, token: int, stopping: Stopping, emitted: int, max_draft: int) -> _Proposal:
