@@ -109,6 +109,11 @@ def measure(runtime: str, b: int, n: int, runs: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _speedups(rows: dict) -> None:
+    for b in SIZES:
+        rows[b]["ovgen_speedup_vs_b1"] = rows[b]["ovgen_tokens_per_s"] / rows[1]["ovgen_tokens_per_s"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -128,8 +133,7 @@ def main() -> None:
 
         model = ovgen.load()
         rows = in_process(model, args.new_tokens, args.in_process)
-        for b in SIZES:
-            rows[b]["ovgen_speedup_vs_b1"] = rows[b]["ovgen_tokens_per_s"] / rows[1]["ovgen_tokens_per_s"]
+        _speedups(rows)
         out = args.out if args.out != default_path("batch") else default_path("batch_in_process")
         save_result(out, "batch_in_process", pairs=args.in_process, new_tokens=args.new_tokens,
                     report=model.report, results=rows)
@@ -148,8 +152,7 @@ def main() -> None:
                    "ovgen_over_genai": float(np.median(np.array(o) / np.array(g))),
                    "ovgen_peak_rss_mb": float(np.median([x["peak_rss_mb"] for x in runs["ovgen", b]])),
                    "genai_peak_rss_mb": float(np.median([x["peak_rss_mb"] for x in runs["genai", b]]))}
-    for b in SIZES:
-        rows[b]["ovgen_speedup_vs_b1"] = rows[b]["ovgen_tokens_per_s"] / rows[1]["ovgen_tokens_per_s"]
+    _speedups(rows)
     print(f"{'B':>3} {'ovgen tok/s':>12} {'genai tok/s':>12} {'ovgen/genai':>12} {'vs B=1':>7} {'RSS MB ovgen/genai':>20}")
     for b, r in rows.items():
         print(f"{b:>3} {r['ovgen_tokens_per_s']:>12.1f} {r['genai_tokens_per_s']:>12.1f} {r['ovgen_over_genai']:>12.2f} "

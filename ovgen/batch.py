@@ -25,7 +25,7 @@ import numpy as np
 
 from .choice import TokenChoice, token_choice
 from .config import GenerationConfig
-from .search import TokenRecord, _text, decode, top_logprobs
+from .search import Chosen, TokenRecord, _text, choose, decode
 from .stopping import StopStrings, Stopping
 from .tokenizer import IncrementalDecoder
 
@@ -124,41 +124,21 @@ def _alone(session, row: _Row, logits, t_start_ns: int) -> Iterator[TokenRecord]
         records.close()  # a consumer that stops early: the pending infer is settled now, not at collection
 
 
-@dataclass
-class _Pick:
-    """A row's token of one step, chosen (and checked against eos / length / time) before its record."""
-    token: int
-    choice: object  # choice.Choice
-    logprob: float
-    top: list | None  # top log-probabilities, when asked
-    reason: str | None
-    start_ns: int
-    chosen_ns: int
-
-
-def _pick(session, j: int, row: _Row, logits, lse, top, t_start_ns: int) -> _Pick:
-    t0 = perf_counter_ns()
-    history = session.tokens[j, int(session.pad[j]):]
-    ch = row.choice.choose(history, logits, lse, top)
-    token = ch.token
-    lp = float(logits[token] - lse)
-    tl = top_logprobs(logits, row.cfg.top_logprobs, lse) if row.cfg.top_logprobs else None
-    t2 = perf_counter_ns()
+def _pick(session, j: int, row: _Row, logits, lse, top, t_start_ns: int) -> Chosen:
     row.n += 1
-    return _Pick(token, ch, lp, tl, row.stopping.check(token, row.n, (t2 - t_start_ns) / 1e9), t0, t2)
+    return choose(row.choice, session.tokens[j, int(session.pad[j]):], logits, lse, top, row.cfg.top_logprobs,
+                  row.stopping, row.n, t_start_ns)
 
 
-def _record(row: _Row, p: _Pick, model_ns: int, infer_start: int, overlapped: bool) -> TokenRecord:
+def _record(row: _Row, p: Chosen, model_ns: int, infer_start: int, overlapped: bool) -> TokenRecord:
     ta = perf_counter_ns()
     row.choice.accept(p.token)
     tb = perf_counter_ns()
+    p.taken(row.choice, tb - ta)
     text, reason = _text(row.detok, row.stops, p.token, p.reason)
     t3 = perf_counter_ns()  # accept and detok timed apart, as in search.decode
-    process_ns = row.choice.process_ns
-    return TokenRecord(row.n - 1, p.token, text, p.logprob, p.choice.logprob, reason, p.top, 0, model_ns, process_ns,
-                       p.chosen_ns - p.start_ns - process_ns, t3 - tb, t3, dict(row.choice.timings_ns),
-                       None, infer_start, p.start_ns, overlapped=overlapped, top_choice=p.choice.top_choice,
-                       allowed=row.choice.chain.allowed, subset=p.choice.subset, accept_ns=tb - ta, row=row.index)
+    return p.record(row.n - 1, text, reason, t3 - tb, t3, model_ns=model_ns, infer_start_ns=infer_start,
+                    overlapped=overlapped, row=row.index)
 
 
 def batch_stream(model, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], *, processors=(),

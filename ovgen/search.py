@@ -19,7 +19,7 @@ import numpy as np
 
 from ovgen.kernels.sampling import top_k_indices
 
-from .choice import Greedy, Sampler, TokenChoice
+from .choice import Choice, Greedy, Sampler, TokenChoice
 from .stopping import StopStrings, Stopping
 from .tokenizer import IncrementalDecoder
 
@@ -63,6 +63,53 @@ class TokenRecord:
         return max(0, self.start_ns - self.infer_start_ns - self.model_ns) if self.infer_start_ns else 0
 
 
+@dataclass(slots=True)
+class Chosen:
+    """A token chosen (and checked against eos / length / time) before its record is built: the
+    loops choose a step's tokens, start the next infer, then build the records while it runs.
+    `allowed`: the mask's count when the token was chosen (accepting it computes the next mask)."""
+
+    token: int
+    choice: Choice
+    logprob: float  # under the raw model distribution
+    top: list[tuple[int, float]] | None  # top-N log-probabilities, when asked
+    reason: str | None  # eos / length / time (a stop string may still end it, from the text)
+    start_ns: int
+    chosen_ns: int
+    allowed: int | None = None
+    process_ns: int = 0  # set once the chain has taken the token (`taken`)
+    stage_ns: dict[str, int] = field(default_factory=dict)
+    accept_ns: int = 0
+
+    def taken(self, choice: TokenChoice, accept_ns: int) -> None:
+        """The chain's timings once it has taken the token (`TokenChoice.accept`)."""
+        self.process_ns, self.stage_ns, self.accept_ns = choice.process_ns, dict(choice.timings_ns), accept_ns
+
+    def record(self, index: int, text: str, reason: str | None, detok_ns: int, ready_ns: int, **where) -> TokenRecord:
+        """Its TokenRecord; `where`: sequence / row, model_ns, infer_start_ns, overlapped, draft."""
+        return TokenRecord(index, self.token, text, self.logprob, self.choice.logprob, reason, self.top,
+                           process_ns=self.process_ns, choice_ns=self.chosen_ns - self.start_ns - self.process_ns,
+                           detok_ns=detok_ns, ready_ns=ready_ns, stage_ns=self.stage_ns, start_ns=self.start_ns,
+                           top_choice=self.choice.top_choice, allowed=self.allowed, subset=self.choice.subset,
+                           accept_ns=self.accept_ns, **where)
+
+
+def choose(choice: TokenChoice, history, logits, lse, top, top_n: int, stopping: Stopping, n: int,
+           t_start_ns: int, peak=None) -> Chosen:
+    """Choose the n-th token (from 1) of a sequence: the chain and chooser, its log-probabilities,
+    and whether eos / length / time end the sequence there. `peak`: a callable giving the model's
+    most likely token or None (asked only when the chooser could not tell `top_choice`)."""
+    t0 = perf_counter_ns()
+    ch = choice.choose(history, logits, lse, top)
+    if ch.top_choice is None and peak is not None and (p := peak()) is not None:
+        ch.top_choice = ch.token == p
+    lp = float(logits[ch.token] - lse)
+    tl = top_logprobs(logits, top_n, lse) if top_n else None
+    allowed = choice.chain.allowed
+    t2 = perf_counter_ns()
+    return Chosen(ch.token, ch, lp, tl, stopping.check(ch.token, n, (t2 - t_start_ns) / 1e9), t0, t2, allowed)
+
+
 def greedy(logits: np.ndarray) -> int:
     """argmax; ties go to the lowest token id (torch.argmax and np.argmax agree)."""
     return int(np.argmax(logits))
@@ -89,33 +136,29 @@ def decode(session, logits: np.ndarray, *, choice: TokenChoice, stopping: Stoppi
     t_start_ns = t_start_ns or perf_counter_ns()
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
     n, started = done, 0  # tokens so far; the id of the step started asynchronously (0: none)
+
+    def peak():  # the model's own top token, from the graph's candidates (when the chooser did not tell)
+        return session.argmax
+
     try:
         while True:
-            t0 = perf_counter_ns()
-            ch = choice.choose(session.tokens[0, skip:], logits, session.logsumexp, session.top)
-            token = ch.token
-            lp = float(logits[token] - session.logsumexp)
-            top = top_logprobs(logits, top_n, session.logsumexp) if top_n else None
-            top_choice = ch.top_choice
-            if top_choice is None and (peak := session.argmax) is not None:
-                top_choice = token == peak
-            t2 = perf_counter_ns()
             n += 1
-            reason = stopping.check(token, n, (t2 - t_start_ns) / 1e9)
+            c = choose(choice, session.tokens[0, skip:], logits, session.logsumexp, session.top, top_n, stopping, n,
+                       t_start_ns, peak)
+            token = c.token
             # From here on nothing reads `logits`: the next infer may write them.
-            if overlap and not reason and not stop_strings.stops:
+            if overlap and not c.reason and not stop_strings.stops:
                 started = session.start_step(token)
             ta = perf_counter_ns()
             choice.accept(token)
             tb = perf_counter_ns()
-            text, reason = _text(detok, stop_strings, token, reason)
+            c.taken(choice, tb - ta)
+            text, reason = _text(detok, stop_strings, token, c.reason)
             if overlap and not reason and not started:
                 started = session.start_step(token)
             t3 = perf_counter_ns()
-            process_ns = choice.process_ns
-            rec = TokenRecord(n - 1, token, text, lp, ch.logprob, reason, top, sequence, model_ns, process_ns,
-                              t2 - t0 - process_ns, t3 - t2 - (tb - ta), t3, dict(choice.timings_ns), None, infer_start,
-                              t0, 0, bool(started), top_choice, choice.chain.allowed, ch.subset, tb - ta)
+            rec = c.record(n - 1, text, reason, t3 - c.chosen_ns - (tb - ta), t3, sequence=sequence, model_ns=model_ns,
+                           infer_start_ns=infer_start, overlapped=bool(started))
             yield rec
             rec.callback_ns = perf_counter_ns() - t3
             if reason:
@@ -151,7 +194,7 @@ def sequence_records(tokenizer, sequences, steps=None) -> Iterator[TokenRecord]:
         for i, tok in enumerate(h.token_ids):
             text = detok.push(tok) + (detok.flush() if i == last else "")
             st = steps[i] if steps else None
+            timings = {"model_ns": st.model_ns, "process_ns": st.process_ns, "choice_ns": st.choice_ns,
+                       "ready_ns": st.ready_ns, "stage_ns": st.stage_ns} if st else {}
             yield TokenRecord(i, tok, text, h.logprobs[i], h.processed_logprobs[i],
-                              h.finish_reason if i == last else None, None, seq,
-                              st.model_ns if st else 0, st.process_ns if st else 0, st.choice_ns if st else 0, 0,
-                              st.ready_ns if st else 0, st.stage_ns if st else {}, score=h.score)
+                              h.finish_reason if i == last else None, sequence=seq, score=h.score, **timings)

@@ -37,8 +37,8 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from .choice import TokenChoice
-from .search import TokenRecord, _text, top_logprobs
+from .choice import Choice, TokenChoice
+from .search import Chosen, TokenRecord, _text, top_logprobs
 from .stopping import StopStrings, Stopping
 
 
@@ -117,42 +117,25 @@ class DraftModel:
 
 
 def _accept_or_correct(choice: TokenChoice, history, logits, lse, draft: int | None):
-    """The token emitted at one verified position and whether it is the draft. Greedy (the stage's
+    """The Choice at one verified position and whether it is the draft. Greedy (the stage's
     chooser decides): the stage's own choice, kept when it equals the draft. Sampling: the draft
     with probability p(draft), else a draw from p without it (point-mass q); no draft: a draw."""
     sampler = getattr(choice.chooser, "rng", None) if choice.chooser.name == "sample" else None
     if sampler is None or draft is None:
         ch = choice.choose(history, logits, lse)
-        return ch.token, ch.logprob, draft is not None and ch.token == draft
+        return ch, draft is not None and ch.token == draft
     ids, p = choice.distribution(history, logits, lse)
     pos = int(np.searchsorted(ids, draft)) if ids is not None else draft
     pd = float(p[pos]) if ids is None or (pos < ids.size and ids[pos] == draft) else 0.0
     if sampler.random() < pd:
-        return draft, float(np.log(pd)), True
+        return Choice(draft, float(np.log(pd))), True
     rest = p.copy()
     if pd:
         rest[pos] = 0.0
     i = int(np.searchsorted(np.cumsum(rest), sampler.random() * rest.sum(), side="right"))
     i = min(i, rest.size - 1)
     token = int(ids[i]) if ids is not None else i
-    return token, float(np.log(p[i])), False
-
-
-@dataclass
-class _Emit:
-    """A token emitted at one verified position, chosen (and accepted by the chain) before its record."""
-    token: int
-    processed_logprob: float
-    logprob: float
-    top: list | None
-    reason: str | None
-    text: str | None  # known when stop strings needed it to decide (else detokenised with the record)
-    detok_ns: int
-    start_ns: int
-    chosen_ns: int
-    accept_ns: int
-    process_ns: int
-    stage_ns: dict
+    return Choice(token, float(np.log(p[i]))), False
 
 
 def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, proposer, stopping: Stopping, detok,
@@ -177,20 +160,21 @@ def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, prop
             for i, (row, lse) in enumerate(rows):
                 t0 = perf_counter_ns()
                 draft = prop.drafts[i] if i < len(prop.drafts) else None
-                token, plp, kept = _accept_or_correct(choice, session.tokens[0, :prop.base + i], row, lse, draft)
-                lp = float(row[token] - lse)
-                top = top_logprobs(row, top_n, lse) if top_n else None
+                ch, kept = _accept_or_correct(choice, session.tokens[0, :prop.base + i], row, lse, draft)
+                token = ch.token
+                allowed = choice.chain.allowed
                 t2 = perf_counter_ns()
                 emitted += 1
-                reason = stopping.check(token, emitted, (t2 - t_start_ns) / 1e9)
+                c = Chosen(token, ch, float(row[token] - lse), top_logprobs(row, top_n, lse) if top_n else None,
+                           stopping.check(token, emitted, (t2 - t_start_ns) / 1e9), t0, t2, allowed)
                 ta = perf_counter_ns()
                 choice.accept(token)
                 tb = perf_counter_ns()
-                text = None
+                c.taken(choice, tb - ta)
+                text, reason = None, c.reason  # (the text, when stop strings need it to decide)
                 if stop_strings.stops:
                     text, reason = _text(detok, stop_strings, token, reason)
-                emits.append(_Emit(token, plp, lp, top, reason, text, perf_counter_ns() - tb if text is not None else 0,
-                                   t0, t2, tb - ta, choice.process_ns, dict(choice.timings_ns)))
+                emits.append((c, text, reason, perf_counter_ns() - tb if text is not None else 0))
                 if reason or not kept:
                     break
             # all but the last emitted token were kept drafts; the last is pending (not in the KV state)
@@ -205,18 +189,15 @@ def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, prop
                 prop = _propose(session, proposer, token, stopping, emitted, max_draft)
                 if overlap and not stop_strings.stops:
                     started = session.start_append(prop.block, logits_to_keep=len(prop.block))
-            for i, e in enumerate(emits):
-                text, reason, detok_ns = e.text, e.reason, e.detok_ns
+            for i, (c, text, reason, detok_ns) in enumerate(emits):
                 if text is None:
                     td = perf_counter_ns()
-                    text, reason = _text(detok, stop_strings, e.token, e.reason)
+                    text, reason = _text(detok, stop_strings, c.token, c.reason)
                     detok_ns = perf_counter_ns() - td
                 t3 = perf_counter_ns()
-                rec = TokenRecord(emitted - len(emits) + i, e.token, text, e.logprob, e.processed_logprob, reason,
-                                  e.top, sequence, model_ns if i == 0 else 0, e.process_ns,
-                                  e.chosen_ns - e.start_ns - e.process_ns, detok_ns, t3, e.stage_ns,
-                                  infer_start_ns=infer_start if i == 0 else 0, start_ns=e.start_ns,
-                                  overlapped=bool(started), accept_ns=e.accept_ns, draft=step if i == 0 else None)
+                rec = c.record(emitted - len(emits) + i, text, reason, detok_ns, t3, sequence=sequence,
+                               model_ns=model_ns if i == 0 else 0, infer_start_ns=infer_start if i == 0 else 0,
+                               overlapped=bool(started), draft=step if i == 0 else None)
                 yield rec
                 rec.callback_ns = perf_counter_ns() - t3
             if reason:

@@ -175,3 +175,29 @@ def test_cli_constraints(model_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() in ("red", "green")
     assert main(["generate", "-m", str(model_dir), "--json-schema", str(tmp_path / "missing.json"), "x"]) == 2
     assert "--json-schema: cannot read" in capsys.readouterr().err
+
+
+def _allowed_before_each_token(model, schema, token_ids) -> list[int]:
+    """How many tokens llguidance's mask allows before each token is chosen, replayed on a fresh stage."""
+    stage = grammar_stage(model, model.generation_config.replace(json_schema=schema))
+    counts = []
+    for token in token_ids:
+        counts.append(stage.allowed)
+        stage.accept(token)
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["decode", "batched", "prompt_lookup"])
+def test_each_record_reports_the_mask_its_token_was_chosen_under(model, mode):
+    """`record.allowed` is the mask of the token's own step (not the next one, which accepting the
+    token computes), in the one-row loop, batched rows and speculative verification."""
+    schema = SCHEMAS[0][2]
+    cfg = {"max_new_tokens": 60, "json_schema": schema, "prompt_lookup": mode == "prompt_lookup"}
+    prompts = ["Person:", "A person, as JSON:"]
+    if mode == "batched":
+        seqs = [r.sequences[0] for r in ovgen.generate(model, prompts, cfg)]
+    else:
+        seqs = [ovgen.generate(model, prompts[0], cfg).sequences[0]]
+    for seq in seqs:
+        assert [r.allowed for r in seq.records] == _allowed_before_each_token(model, schema, seq.token_ids)
+        assert len(set(r.allowed for r in seq.records)) > 2  # the masks differ from step to step
