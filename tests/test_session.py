@@ -201,3 +201,35 @@ def test_argmax_from_the_top_candidates_is_np_argmax_or_unknown():
         got = Session.argmax.fget(SimpleNamespace(top=top))
         tied = int(np.sum(np.array(row) == max(row)))
         assert got == (int(np.argmax(row)) if tied < 4 else None), what
+
+
+_OWN_REQUEST = """
+import gc, sys
+import numpy as np, ovgen
+model = ovgen.load(sys.argv[1])
+ids = model.tokenizer.encode("The history of the printing press begins")
+ovgen.generate(model, "Hello", {"max_new_tokens": 8})  # an ovgen session sets its input tensors, then dies
+gc.collect()
+request = model.compiled.create_infer_request()  # the README's advice: share_inputs=True
+feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64),
+        "position_ids": np.arange(len(ids))[None], "beam_idx": np.zeros(1, np.int32), "logits_to_keep": np.ones(1, np.int64)}
+for _ in range(3):
+    request.reset_state()
+    request.infer(feed, share_inputs=True)
+own = request.get_tensor("logits").data[0, -1].copy()
+ref = model.session().prefill(ids)
+print("same" if np.array_equal(own, ref) else f"differ by {np.abs(own - ref).max()}")
+"""
+
+
+def test_an_own_infer_request_after_an_ovgen_session_with_shared_inputs(model_dir):
+    """README: after a session is collected, a request of your own on `model.compiled` fed with
+    share_inputs=True runs clean (fed by copying, the CPU plugin can write to the dead session's
+    freed inputs) and computes what a session does. In a subprocess: a crash must not end pytest."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _OWN_REQUEST, str(model_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "same"
