@@ -103,6 +103,13 @@ def choose(choice: TokenChoice, history, logits, lse, top, top_n: int, stopping:
     ch = choice.choose(history, logits, lse, top)
     if ch.top_choice is None and peak is not None and (p := peak()) is not None:
         ch.top_choice = ch.token == p
+    return chosen(ch, choice, logits, lse, top_n, stopping, n, t_start_ns, t0)
+
+
+def chosen(ch: Choice, choice: TokenChoice, logits, lse, top_n: int, stopping: Stopping, n: int, t_start_ns: int,
+           t0: int) -> Chosen:
+    """The n-th token's Chosen from its Choice (made since `t0`; speculative decoding's accept-or-correct
+    makes its own): log-probabilities, the mask's count, whether eos / length / time end it there."""
     lp = float(logits[ch.token] - lse)
     tl = top_logprobs(logits, top_n, lse) if top_n else None
     allowed = choice.chain.allowed

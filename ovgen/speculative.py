@@ -38,7 +38,7 @@ from time import perf_counter_ns
 import numpy as np
 
 from .choice import Choice, TokenChoice
-from .search import Chosen, TokenRecord, _text, top_logprobs
+from .search import TokenRecord, _text, chosen
 from .stopping import StopStrings, Stopping
 
 
@@ -162,11 +162,8 @@ def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, prop
                 draft = prop.drafts[i] if i < len(prop.drafts) else None
                 ch, kept = _accept_or_correct(choice, session.tokens[0, :prop.base + i], row, lse, draft)
                 token = ch.token
-                lp, top = float(row[token] - lse), top_logprobs(row, top_n, lse) if top_n else None
-                allowed = choice.chain.allowed
-                t2 = perf_counter_ns()
                 emitted += 1
-                c = Chosen(token, ch, lp, top, stopping.check(token, emitted, (t2 - t_start_ns) / 1e9), t0, t2, allowed)
+                c = chosen(ch, choice, row, lse, top_n, stopping, emitted, t_start_ns, t0)
                 ta = perf_counter_ns()
                 choice.accept(token)
                 tb = perf_counter_ns()
