@@ -31,7 +31,8 @@ from _results import default_path, save_result
 from _timing import lockstep, median_ratio
 from ovgen.bench import synthetic_prompt
 from ovgen.kernels import graph
-from ovgen.model import TOP_CANDIDATES, read_ir
+from ovgen.backend import TOP_CANDIDATES
+from ovgen.model import read_ir
 from ovgen.runtime import core
 
 G = importlib.import_module("ovgen.generate")  # the module (ovgen.generate the attribute is the function)

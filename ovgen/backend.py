@@ -16,6 +16,9 @@ import numpy as np
 
 from .config import GenerationConfig, check_token_ids  # noqa: F401 - part of the backend API
 
+TOP_CANDIDATES = 64  # width of the graph's top-k candidate output (see kernels.graph.add_topk_output)
+TOP_GATE = "topk_on"  # the IR input that turns the graph's top-k candidates on per infer (Session.want_top)
+
 
 @runtime_checkable
 class SessionLike(Protocol):
@@ -26,6 +29,7 @@ class SessionLike(Protocol):
     tokens: np.ndarray  # [rows, length] int64, what the KV state holds
     logsumexp: Any  # log(sum(exp(last logits))) per row
     top: tuple[np.ndarray, np.ndarray] | None  # (values, ids ascending) of the largest last logits, or None
+    want_top: bool  # compute `top` in the next runs (False: the loop will not read it; a runtime may skip it)
     infer_ns: int  # wall time of the last model run
     infer_start_ns: int  # perf_counter_ns() when it started
     reorder_kv: bool  # reorder() works (False: beam search is the runtime's own, see `beam_records`)

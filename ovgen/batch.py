@@ -25,7 +25,7 @@ import numpy as np
 
 from .choice import TokenChoice, token_choice
 from .config import GenerationConfig
-from .search import Chosen, TokenRecord, _text, choose, decode
+from .search import Chosen, TokenRecord, _text, candidates, choose, decode
 from .stopping import StopStrings, Stopping
 from .tokenizer import IncrementalDecoder
 
@@ -74,6 +74,11 @@ def batch_decode(model, session, rows: list[_Row], t_start_ns: int) -> Iterator[
     live = [r for r in rows if r.stopping.max_new_tokens > 0]
     if not live:
         return
+    with candidates(session, any(r.choice.wants_top for r in live)):
+        yield from _batch_decode(model, session, live, t_start_ns)
+
+
+def _batch_decode(model, session, live: list[_Row], t_start_ns: int) -> Iterator[TokenRecord]:
     logits = np.atleast_2d(session.prefill_rows([r.ids for r in live]))
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
     started = 0  # the id of the step started asynchronously (0: none)

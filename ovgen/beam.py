@@ -33,6 +33,7 @@ from ovgen.kernels.sampling import top_k_indices
 from .beam_groups import group_beam_search
 from .beam_state import NEG, Beams, BeamStep, Hypothesis
 from .choice import beam_candidates, build_chain
+from .search import candidates
 from .config import GenerationConfig
 
 __all__ = ["BeamSearch", "BeamStep", "Beams", "Hypothesis", "beam_search", "check_beam_config"]
@@ -94,12 +95,13 @@ class BeamSearch:
             self._result = []
             return
         t_start = perf_counter_ns()
-        if logits is None:
-            logits = self.session.prefill(self.prompt)
-        if self.cfg.num_beam_groups > 1:
-            yield from group_beam_search(self, logits, t_start)
-        else:
-            yield from self._vectorized(logits, t_start)
+        with candidates(self.session, False):  # beams read the whole vocabulary, never the graph's top-k
+            if logits is None:
+                logits = self.session.prefill(self.prompt)
+            if self.cfg.num_beam_groups > 1:
+                yield from group_beam_search(self, logits, t_start)
+            else:
+                yield from self._vectorized(logits, t_start)
 
     def result(self) -> list[Hypothesis]:
         if self._result is None:

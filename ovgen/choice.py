@@ -26,6 +26,7 @@ import numpy as np
 
 from ovgen.kernels.sampling import NEG_INF, mirostat_v2, multinomial, softmax, top_k_indices
 
+from .backend import TOP_CANDIDATES
 from .config import GenerationConfig
 from .processors import Chain, Stage, as_stage, penalty_stages, warpers
 
@@ -213,6 +214,20 @@ class TokenChoice:
     @property
     def timings_ns(self) -> dict[str, int]:
         return self.chain.timings_ns
+
+    @property
+    def wants_top(self) -> bool:
+        """Whether the graph's top-k candidates can decide this stage's tokens; when not, the loops
+        skip the graph's TopK (Session.want_top). They can when the chain closes them (a top-k of
+        k < 64 before any stage that needs the whole vocabulary), or for a chooser object of the
+        user's. Greedy without processors could decide on them too, but takes the argmax and its
+        log-probability from the whole vocabulary in microseconds; after processors it never can
+        (the mass outside them is unknown)."""
+        if isinstance(self.chooser, FunctionChooser):
+            return False
+        if not isinstance(self.chooser, (Greedy, Sampler, Mirostat)):
+            return True
+        return self.chain.closes(TOP_CANDIDATES)
 
     def choose(self, token_ids: np.ndarray, logits: np.ndarray, logsumexp, top=None) -> Choice:
         """`token_ids: [T]` the sequence so far; `logits: [vocab]` the model's (not written to);

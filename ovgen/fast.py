@@ -27,6 +27,7 @@ from time import perf_counter
 import numpy as np
 import openvino as ov
 
+from .backend import TOP_GATE
 from .runtime import device_info, has_bf16
 
 HINTS = ("f32", "bf16", "f16")
@@ -115,6 +116,8 @@ def _inputs(r: ov.InferRequest, ids: np.ndarray, past: int) -> dict:
         out["beam_idx"] = np.zeros(1, np.int32)
     if "logits_to_keep" in names:
         out["logits_to_keep"] = np.ones(1, np.int64)
+    if TOP_GATE in names:
+        out[TOP_GATE] = np.array(True)  # timed with the top-k candidates on, as sampling runs
     return out
 
 

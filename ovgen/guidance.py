@@ -36,6 +36,7 @@ class Guidance(Stage):
             raise NotImplementedError("guidance_scale runs one sequence at a time (no beams, no batches)")
         if self.session is None:
             self.session = self.model.session()
+            self.session.want_top = False  # its logits are used whole (log_softmax), never its candidates
         if self.first:
             uncond = self.session.prefill(self.negative_ids or [int(token_ids[-1])])
             self.first = False

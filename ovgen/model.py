@@ -17,12 +17,11 @@ import openvino as ov
 from ovgen.kernels.graph import add_logsumexp_output, add_topk_output, slice_last_position, slice_logits_to_keep
 
 from . import precision as P
-from .backend import ModelFiles, generation_defaults
+from .backend import TOP_CANDIDATES, TOP_GATE, ModelFiles, generation_defaults
 from .config import GenerationConfig
 from .runtime import check_device, core
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
-TOP_CANDIDATES = 64  # width of the graph's top-k candidate output (see kernels.graph.add_topk_output)
 
 
 @dataclass
@@ -209,8 +208,9 @@ def build_ir(folder: Path, last_logits_only: bool = True, *, keep_input: bool = 
     the last position(s) only (`last_logits_only`; with `keep_input` their number is the
     `logits_to_keep` input, 1 but when proposed tokens are verified), a logsumexp output (each
     token's log-probability in O(1)), and the top-64 logits as candidates (sampling with top-k and
-    greedy read them instead of scanning the vocabulary in NumPy). `keep_input=False` gives the IR
-    with the inputs an exporter wrote (for references such as optimum-intel's model class).
+    top-p read them instead of scanning the vocabulary in NumPy), computed only in the infers whose
+    `topk_on` input is true (`Session.want_top`). `keep_input=False` gives the IR with the inputs an
+    exporter wrote (for references such as optimum-intel's model class; its candidates always on).
     `attention="paged"`: the PagedAttention IR (ovgen/paged.py), its logits_to_keep on the token axis."""
     if attention == "paged" and not (last_logits_only and keep_input):
         raise ValueError("attention='paged' needs last_logits_only=True (its logits_to_keep input)")
@@ -228,7 +228,7 @@ def build_ir(folder: Path, last_logits_only: bool = True, *, keep_input: bool = 
         raise ValueError(f"{folder / 'openvino_model.xml'}: logits' last dimension (vocab) is not static")
     top = TOP_CANDIDATES if vocab.get_length() > 4 * TOP_CANDIDATES else 0
     if top:
-        add_topk_output(ir, top)
+        add_topk_output(ir, top, gate=TOP_GATE if keep_input else None)
     return ir, sliced, vocab.get_length(), top
 
 

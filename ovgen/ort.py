@@ -124,6 +124,7 @@ class OrtSession(TokenHistory):
     snapshots = True
     argmax = None  # no graph outputs on this path: the loop scans the logits in NumPy
     top = None
+    want_top = True  # (no candidates to skip here)
 
     def __init__(self, model: OrtModel):
         super().__init__()

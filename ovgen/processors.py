@@ -229,6 +229,20 @@ class Chain:
             self.timings_ns[st.name] = perf_counter_ns() - t0
         return values, bound
 
+    def closes(self, n: int) -> bool:
+        """Whether `on_subset` can pass n candidates through every stage closed (a top-k stage of
+        k < n masks every outsider - its k-th largest must beat the n-th - and no stage needs the
+        whole vocabulary): only then can a sampler - or greedy after processors - decide on them."""
+        closed = False
+        for st in self.stages:
+            if st.subset == "opaque" or (not closed and st.subset in ("tokenwise", "distribution")):
+                return False
+            if st.subset == "top_k" and not closed:
+                if st.width >= n:
+                    return False
+                closed = True
+        return closed
+
     def culprit(self, token_ids: np.ndarray, logits: np.ndarray) -> str:
         """The first stage after which every token is masked (for the error message)."""
         for st in self.stages:

@@ -12,6 +12,7 @@ The last token of a generation is not run through the model (nothing needs its l
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
@@ -122,6 +123,18 @@ def greedy(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
+@contextmanager
+def candidates(session, on: bool):
+    """The graph's top-k candidates on or off (`Session.want_top`) for the infers started inside;
+    as they were afterwards (a session that outlives the loop: a chat, the user's own)."""
+    was = getattr(session, "want_top", True)
+    session.want_top = on
+    try:
+        yield
+    finally:
+        session.want_top = was
+
+
 def top_logprobs(logits: np.ndarray, n: int, logsumexp: float) -> list[tuple[int, float]]:
     """The n most likely tokens and their log-probabilities, most likely first (lowest id at ties)."""
     return [(int(t), float(logits[t] - logsumexp)) for t in top_k_indices(logits, n)]
@@ -144,38 +157,40 @@ def decode(session, logits: np.ndarray, *, choice: TokenChoice, stopping: Stoppi
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
     n, started = done, 0  # tokens so far; the id of the step started asynchronously (0: none)
 
-    def peak():  # the model's own top token, from the graph's candidates (when the chooser did not tell)
-        return session.argmax
+    def peak():  # the model's own top token (when the chooser did not tell): from the graph's candidates,
+        top = session.argmax  # else from the row (the candidates are off, or all of them tie)
+        return top if top is not None else int(np.argmax(logits))
 
-    try:
-        while True:
-            n += 1
-            c = choose(choice, session.tokens[0, skip:], logits, session.logsumexp, session.top, top_n, stopping, n,
-                       t_start_ns, peak)
-            token = c.token
-            # From here on nothing reads `logits`: the next infer may write them.
-            if overlap and not c.reason and not stop_strings.stops:
-                started = session.start_step(token)
-            ta = perf_counter_ns()
-            choice.accept(token)
-            tb = perf_counter_ns()
-            c.taken(choice, tb - ta)
-            text, reason = _text(detok, stop_strings, token, c.reason)
-            if overlap and not reason and not started:
-                started = session.start_step(token)
-            t3 = perf_counter_ns()
-            rec = c.record(n - 1, text, reason, t3 - c.chosen_ns - (tb - ta), t3, sequence=sequence, model_ns=model_ns,
-                           infer_start_ns=infer_start, overlapped=bool(started))
-            yield rec
-            rec.callback_ns = perf_counter_ns() - t3
-            if reason:
-                return
-            logits = session.finish_step() if started else session.step(token)
-            started = 0
-            model_ns, infer_start = session.infer_ns, session.infer_start_ns
-    finally:
-        if started:  # the consumer stopped early: let the running infer finish before anyone reuses the
-            session.settle(started)  # session (unless another call already did)
+    with candidates(session, choice.wants_top):
+        try:
+            while True:
+                n += 1
+                c = choose(choice, session.tokens[0, skip:], logits, session.logsumexp, session.top, top_n, stopping, n,
+                           t_start_ns, peak)
+                token = c.token
+                # From here on nothing reads `logits`: the next infer may write them.
+                if overlap and not c.reason and not stop_strings.stops:
+                    started = session.start_step(token)
+                ta = perf_counter_ns()
+                choice.accept(token)
+                tb = perf_counter_ns()
+                c.taken(choice, tb - ta)
+                text, reason = _text(detok, stop_strings, token, c.reason)
+                if overlap and not reason and not started:
+                    started = session.start_step(token)
+                t3 = perf_counter_ns()
+                rec = c.record(n - 1, text, reason, t3 - c.chosen_ns - (tb - ta), t3, sequence=sequence,
+                               model_ns=model_ns, infer_start_ns=infer_start, overlapped=bool(started))
+                yield rec
+                rec.callback_ns = perf_counter_ns() - t3
+                if reason:
+                    return
+                logits = session.finish_step() if started else session.step(token)
+                started = 0
+                model_ns, infer_start = session.infer_ns, session.infer_start_ns
+        finally:
+            if started:  # the consumer stopped early: let the running infer finish before anyone reuses the
+                session.settle(started)  # session (unless another call already did)
 
 
 def _text(detok, stop_strings: StopStrings, token: int, reason: str | None) -> tuple[str, str | None]:

@@ -26,7 +26,7 @@ import numpy as np
 import openvino as ov
 
 from . import kvstate
-from .backend import check_token_ids
+from .backend import TOP_GATE, check_token_ids
 
 
 class TokenHistory:
@@ -95,6 +95,12 @@ class Session(TokenHistory):
         self._has_positions = "position_ids" in model.input_names
         self._has_beam_idx = "beam_idx" in model.input_names
         self._has_keep = "logits_to_keep" in model.input_names
+        # The graph's top-k candidates are computed only in infers started while `want_top` is true
+        # (an If on the IR's topk_on input): the token-choice loops turn it off when their stage
+        # cannot use them (greedy without processors, beam search), saving the TopK's share of a step.
+        self.want_top = True
+        self._gate = np.ones((), np.bool_) if TOP_GATE in model.input_names else None
+        self._top_on = True  # want_top as the last started infer saw it
         self._beam_idx: np.ndarray | None = None  # pending reorder, applied by the next infer
         self.infer_ns = 0  # wall time of the last infer() call
         # log(sum(exp(logits))) of the last position, per row (a graph output: see kernels.graph)
@@ -117,6 +123,7 @@ class Session(TokenHistory):
         self._prefill_request = None  # on the prefill compile of a split plan (ovgen/fast.py), made on first use
         self._prefill_out = None
         self.handover_ns = 0  # the last prefill's KV handover to the decode compile (0: none)
+        self._set_gate(self.request)
 
     @property
     def rows(self) -> int:
@@ -172,6 +179,7 @@ class Session(TokenHistory):
         (decode) request: O(prompt), once."""
         if self._prefill_request is None:
             self._prefill_request = self.model.prefill_compiled.create_infer_request()
+            self._set_gate(self._prefill_request)
         decode = (self.request, self._out, self._fast)
         self._prefill_request.reset_state()
         self.request, self._out, self._fast = self._prefill_request, self._prefill_out, None
@@ -258,6 +266,7 @@ class Session(TokenHistory):
 
     def _step_one(self, token: int) -> np.ndarray:
         self._prepare_one(token)
+        self._arm()
         self.infer_start_ns = t0 = perf_counter_ns()
         self.request.infer()
         self.infer_ns = perf_counter_ns() - t0
@@ -281,7 +290,7 @@ class Session(TokenHistory):
 
     def _after_one(self, token: int) -> np.ndarray:
         logits, lse, cand = self._out.logits, self._out.logsumexp, self._out.top
-        self.top = cand
+        self.top = cand if self._top_on else None
         if self._len + 1 > self._hist.shape[1]:
             self._push(np.array([[token]], dtype=np.int64))
         else:
@@ -301,6 +310,7 @@ class Session(TokenHistory):
         if self._pending is not None or not self._fast_ok():
             return 0
         self._prepare_one(int(token))
+        self._arm()
         self.infer_start_ns = perf_counter_ns()
         self.request.start_async()
         self._pending = int(token)
@@ -332,6 +342,7 @@ class Session(TokenHistory):
 
     def _start(self, ids: np.ndarray, inputs: dict | None, keep: int) -> int:
         """Start the infer `_begin` prepared (inputs None: preset tensors hold them); `finish_step` ends it."""
+        self._arm()
         self.infer_start_ns = perf_counter_ns()
         if inputs is None:
             self.request.start_async()
@@ -366,6 +377,17 @@ class Session(TokenHistory):
             p.tensors["attention_mask"].set_shape([rows, n])
             p.shape = (rows, n)
         self._outputs(rows, 1)
+
+    def _set_gate(self, request) -> None:
+        """Put the topk_on tensor (a view of `_gate`) on a request once; `_arm` writes it per infer."""
+        if self._gate is not None:
+            request.set_tensor(TOP_GATE, ov.Tensor(self._gate, shared_memory=True))
+
+    def _arm(self) -> None:
+        """Right before an infer starts: the top-k candidates run in it as `want_top` says."""
+        self._top_on = bool(self.want_top)
+        if self._gate is not None:
+            self._gate[()] = self._top_on
 
     def _install(self, preset) -> None:
         """Set a preset's input tensors (`preset.tensors`) on the request; the others are off."""
@@ -453,6 +475,7 @@ class Session(TokenHistory):
     def _infer(self, ids: np.ndarray, keep: int) -> np.ndarray:
         # ids: [rows, t] int64
         inputs = self._begin(ids, keep)
+        self._arm()
         self.infer_start_ns = t0 = perf_counter_ns()
         if inputs is None:  # preset input tensors hold them
             self.request.infer(share_outputs=True)
@@ -484,11 +507,11 @@ class Session(TokenHistory):
             logits = self.request.get_tensor("logits").data  # [rows, t, vocab], a view
             lse = self.request.get_tensor("logsumexp").data  # [rows, t, 1]
             cand = None
-            if self.model.top_candidates:
+            if self.model.top_candidates and self._top_on:
                 cand = tuple(self.request.get_tensor(n).data[0, -1] for n in ("topk_values", "topk_ids"))
         self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
-        self.top = cand if rows == 1 else None
-        self.top_rows = per_row if rows > 1 else None
+        self.top = cand if rows == 1 and self._top_on else None
+        self.top_rows = per_row if rows > 1 and self._top_on else None
         if keep > 1:
             self.kept_logsumexp = lse[..., 0] if rows > 1 else lse[0, :, 0]  # [keep] (or [rows, keep])
             return logits[0, -keep:] if rows == 1 else logits[:, -keep:]

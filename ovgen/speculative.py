@@ -38,7 +38,7 @@ from time import perf_counter_ns
 import numpy as np
 
 from .choice import Choice, TokenChoice
-from .search import TokenRecord, _text, chosen
+from .search import TokenRecord, _text, candidates, chosen
 from .stopping import StopStrings, Stopping
 
 
@@ -104,12 +104,13 @@ class DraftModel:
         common = int(np.argmin(np.append(held[:tokens.shape[0]] == tokens[:held.shape[0]], False)))
         common = min(common, tokens.shape[0] - 1)  # re-run at least one token: its logits start the draft
         s.rewind(s.length - common)
-        logits = s.append(tokens[common:])
         out = []
-        for _ in range(min(k, self.num_tokens)):
-            out.append(int(np.argmax(logits)))
-            if len(out) < min(k, self.num_tokens):
-                logits = s.step(out[-1])
+        with candidates(s, False):  # drafts are np.argmax of the whole row
+            logits = s.append(tokens[common:])
+            for _ in range(min(k, self.num_tokens)):
+                out.append(int(np.argmax(logits)))
+                if len(out) < min(k, self.num_tokens):
+                    logits = s.step(out[-1])
         return out
 
     def feedback(self, proposed: list[int], accepted: int) -> None:
@@ -154,58 +155,59 @@ def speculative_decode(session, logits: np.ndarray, *, choice: TokenChoice, prop
     prop = _Proposal([], [], 0, 0, session.length)  # the block those logits came from (here: the prompt's)
     step = None
     started = 0  # the id of the verification started asynchronously (0: none)
-    try:
-        while True:
-            emits = []
-            for i, (row, lse) in enumerate(rows):
-                t0 = perf_counter_ns()
-                draft = prop.drafts[i] if i < len(prop.drafts) else None
-                ch, kept = _accept_or_correct(choice, session.tokens[0, :prop.base + i], row, lse, draft)
-                token = ch.token
-                emitted += 1
-                c = chosen(ch, choice, row, lse, top_n, stopping, emitted, t_start_ns, t0)
-                ta = perf_counter_ns()
-                choice.accept(token)
-                tb = perf_counter_ns()
-                c.taken(choice, tb - ta)
-                text, reason = None, c.reason  # (the text, when stop strings need it to decide)
-                if stop_strings.stops:
-                    text, reason = _text(detok, stop_strings, token, reason)
-                emits.append((c, text, reason, perf_counter_ns() - tb if text is not None else 0))
-                if reason or not kept:
-                    break
-            # all but the last emitted token were kept drafts; the last is pending (not in the KV state)
-            kept_drafts = len(emits) - 1
-            if step is not None:
-                step.accepted = kept_drafts
-                proposer.feedback(step.proposed, kept_drafts)
-            if session.length > prop.base + kept_drafts:
-                session.rewind(session.length - prop.base - kept_drafts)
-            # From here on nothing reads the verified logits: the next verification may write them.
-            if not reason:
-                prop = _propose(session, proposer, token, stopping, emitted, max_draft)
-                if overlap and not stop_strings.stops:
-                    started = session.start_append(prop.block, logits_to_keep=len(prop.block))
-            for i, (c, text, reason, detok_ns) in enumerate(emits):
-                if text is None:
-                    td = perf_counter_ns()
-                    text, reason = _text(detok, stop_strings, c.token, c.reason)
-                    detok_ns = perf_counter_ns() - td
-                t3 = perf_counter_ns()
-                rec = c.record(emitted - len(emits) + i, text, reason, detok_ns, t3, sequence=sequence,
-                               model_ns=model_ns if i == 0 else 0, infer_start_ns=infer_start if i == 0 else 0,
-                               overlapped=bool(started), draft=step if i == 0 else None)
-                yield rec
-                rec.callback_ns = perf_counter_ns() - t3
-            if reason:
-                return
-            out = session.finish_step() if started else session.append(prop.block, logits_to_keep=len(prop.block))
-            started = 0
-            step, rows = prop.verified(session, out)
-            model_ns, infer_start = session.infer_ns, session.infer_start_ns
-    finally:
-        if started:  # the consumer stopped early: the running verification finishes before anyone reuses
-            session.settle(started)  # the session (unless another call already did)
+    with candidates(session, False):  # the verified rows are chosen on the whole vocabulary
+        try:
+            while True:
+                emits = []
+                for i, (row, lse) in enumerate(rows):
+                    t0 = perf_counter_ns()
+                    draft = prop.drafts[i] if i < len(prop.drafts) else None
+                    ch, kept = _accept_or_correct(choice, session.tokens[0, :prop.base + i], row, lse, draft)
+                    token = ch.token
+                    emitted += 1
+                    c = chosen(ch, choice, row, lse, top_n, stopping, emitted, t_start_ns, t0)
+                    ta = perf_counter_ns()
+                    choice.accept(token)
+                    tb = perf_counter_ns()
+                    c.taken(choice, tb - ta)
+                    text, reason = None, c.reason  # (the text, when stop strings need it to decide)
+                    if stop_strings.stops:
+                        text, reason = _text(detok, stop_strings, token, reason)
+                    emits.append((c, text, reason, perf_counter_ns() - tb if text is not None else 0))
+                    if reason or not kept:
+                        break
+                # all but the last emitted token were kept drafts; the last is pending (not in the KV state)
+                kept_drafts = len(emits) - 1
+                if step is not None:
+                    step.accepted = kept_drafts
+                    proposer.feedback(step.proposed, kept_drafts)
+                if session.length > prop.base + kept_drafts:
+                    session.rewind(session.length - prop.base - kept_drafts)
+                # From here on nothing reads the verified logits: the next verification may write them.
+                if not reason:
+                    prop = _propose(session, proposer, token, stopping, emitted, max_draft)
+                    if overlap and not stop_strings.stops:
+                        started = session.start_append(prop.block, logits_to_keep=len(prop.block))
+                for i, (c, text, reason, detok_ns) in enumerate(emits):
+                    if text is None:
+                        td = perf_counter_ns()
+                        text, reason = _text(detok, stop_strings, c.token, c.reason)
+                        detok_ns = perf_counter_ns() - td
+                    t3 = perf_counter_ns()
+                    rec = c.record(emitted - len(emits) + i, text, reason, detok_ns, t3, sequence=sequence,
+                                   model_ns=model_ns if i == 0 else 0, infer_start_ns=infer_start if i == 0 else 0,
+                                   overlapped=bool(started), draft=step if i == 0 else None)
+                    yield rec
+                    rec.callback_ns = perf_counter_ns() - t3
+                if reason:
+                    return
+                out = session.finish_step() if started else session.append(prop.block, logits_to_keep=len(prop.block))
+                started = 0
+                step, rows = prop.verified(session, out)
+                model_ns, infer_start = session.infer_ns, session.infer_start_ns
+        finally:
+            if started:  # the consumer stopped early: the running verification finishes before anyone reuses
+                session.settle(started)  # the session (unless another call already did)
 
 
 @dataclass

@@ -179,3 +179,135 @@ def test_generation_on_candidates_matches_the_whole_vocabulary(model, settings):
         b = ovgen.generate(without, prompt, cfg).sequences[0]
         assert a.token_ids == b.token_ids, (settings, prompt)
         assert [r.processed_logprob for r in a.records] == [r.processed_logprob for r in b.records]
+
+
+def test_the_top_k_gate_computes_the_candidates_only_when_asked():
+    """kernels.graph.add_topk_output(gate=...): with the gate on, the outputs of the ungated TopK;
+    off, zeros of the same shapes; the logits are the same either way."""
+    import openvino as ov
+    from openvino import opset13
+
+    from ovgen.kernels.graph import add_topk_output
+
+    def graph(gate):
+        x = opset13.parameter([-1, -1, 12], ov.Type.f32, name="x")
+        out = opset13.result(opset13.multiply(x, np.float32(2)))
+        out.output(0).get_tensor().set_names({"logits"})
+        m = ov.Model([out], [x])
+        add_topk_output(m, 4, gate=gate)
+        return ov.Core().compile_model(m, "CPU")
+
+    plain, gated = graph(None), graph("on")
+    assert [p.any_name for p in gated.inputs] == ["x", "on"]
+    x = np.random.default_rng(0).standard_normal((3, 2, 12)).astype(np.float32)
+    ref = plain(x)
+    on = gated({"x": x, "on": np.array(True)})
+    off = gated({"x": x, "on": np.array(False)})
+    for name in ("logits", "topk_values", "topk_ids"):
+        np.testing.assert_array_equal(on[gated.output(name)], ref[plain.output(name)])
+        assert off[gated.output(name)].shape == ref[plain.output(name)].shape
+    np.testing.assert_array_equal(off[gated.output("logits")], ref[plain.output("logits")])
+    assert not off[gated.output("topk_values")].any() and not off[gated.output("topk_ids")].any()
+
+
+def test_the_gate_leaves_logits_and_logsumexp_as_they_are(model):
+    """A session whose infers alternate candidates on and off computes, bit for bit, the logits and
+    logsumexp of one that always has them on; `top` is None after an infer that ran without them."""
+    ids = model.tokenizer.encode(PROMPTS[1])
+    a, b = model.session(), model.session()
+    la, lb = a.prefill(ids).copy(), b.prefill(ids)
+    for i in range(12):
+        np.testing.assert_array_equal(la, lb)
+        assert a.logsumexp == b.logsumexp
+        assert (b.top is None) == (i > 0 and i % 2 == 0) and a.top is not None
+        token = int(np.argmax(la))
+        b.want_top = i % 2 == 0
+        la, lb = a.step(token).copy(), b.step(token)
+
+
+def _gate_log(monkeypatch):
+    """The want_top every infer of a Session started with, in order."""
+    from ovgen.session import Session
+
+    log, arm = [], Session._arm
+
+    def spy(self):
+        arm(self)
+        log.append(self._top_on)
+    monkeypatch.setattr(Session, "_arm", spy)
+    return log
+
+
+def test_greedy_runs_without_the_candidates_and_chooses_the_same(model, monkeypatch):
+    """Greedy without processors turns the top-k off after the prefill (TokenChoice.wants_top) and
+    gives the tokens, log-probabilities and top-choice flags of the same run with them on."""
+    from ovgen.choice import TokenChoice
+
+    log = _gate_log(monkeypatch)
+    cfg = {"max_new_tokens": 24, "ignore_eos": True}
+    for prompt in PROMPTS[:3]:
+        log.clear()
+        off = ovgen.generate(model, prompt, cfg).sequences[0]
+        assert log[0] and not any(log[1:]) and len(log) == 24  # the prefill keeps them (a session's default)
+        with monkeypatch.context() as m:
+            m.setattr(TokenChoice, "wants_top", property(lambda self: True))
+            log.clear()
+            on = ovgen.generate(model, prompt, cfg).sequences[0]
+            assert all(log)
+        assert off.token_ids == on.token_ids
+        assert [r.logprob for r in off.records] == [r.logprob for r in on.records]
+        assert [r.top_choice for r in off.records] == [r.top_choice for r in on.records]
+        assert any(r.subset for r in on.records) and not any(r.subset for r in off.records[1:])
+
+
+def test_each_loop_asks_for_the_candidates_it_uses(model, monkeypatch):
+    """Sampling and processors keep the top-k on; beam search and speculative verification (which
+    choose on whole rows) turn it off; a batch keeps it on when any row uses it; a session passed in
+    gets its own setting back afterwards."""
+    log = _gate_log(monkeypatch)
+    greedy = {"max_new_tokens": 6, "ignore_eos": True}
+    sample = {**greedy, "do_sample": True, "top_k": 20, "seed": 0}
+    cases = [(PROMPTS[0], sample, True), (PROMPTS[0], {**sample, "top_k": 0, "top_p": 0.9}, False),
+             (PROMPTS[0], {**greedy, "repetition_penalty": 1.2}, False),
+             (PROMPTS[0], {**greedy, "num_beams": 3}, False), (PROMPTS[:2], greedy, False),
+             (PROMPTS[0], {**sample, "prompt_lookup": True, "num_assistant_tokens": 3}, False)]
+    for prompt, cfg, want in cases:
+        log.clear()
+        ovgen.generate(model, prompt, cfg, **({"batch_size": 2} if isinstance(prompt, list) else {}))
+        assert set(log[1:]) == {want}, cfg
+    log.clear()
+    ovgen.generate(model, PROMPTS[:2], greedy, batch_size=2, configs=[{}, sample])  # rows of their own settings
+    assert log[0] and all(log[:6]), log  # both rows in the batch: on while the sampling row needs it
+    s = model.session()
+    s.want_top = False
+    ovgen.generate(model, PROMPTS[0], sample, session=s)
+    assert s.want_top is False
+
+
+@pytest.mark.parametrize("settings, closes", [
+    ({"do_sample": True, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.1}, True),
+    ({"do_sample": True, "top_k": 63, "min_p": 0.1}, True),
+    ({"do_sample": True, "top_k": 64}, False),  # its 64th largest cannot beat the 64th candidate
+    ({"do_sample": True, "top_k": 0, "top_p": 0.9}, False),  # top-p needs the subset closed first
+    ({"do_sample": True, "top_k": 20, "mirostat": 2}, True),
+    ({"repetition_penalty": 1.3}, False),  # greedy after a processor: the mass outside is unknown
+])
+def test_the_loops_want_the_candidates_only_where_they_can_decide(settings, closes):
+    """TokenChoice.wants_top against what the stage does on candidates: when it says no, 200 random
+    rows never decide on them; when it says yes, they decide on most."""
+    cfg = GenerationConfig(**settings)
+    assert token_choice(cfg, prompt_len=1).wants_top is closes
+    rng = np.random.default_rng(1)
+    decided = 0
+    for trial in range(200):
+        logits = (rng.standard_normal(3000) * 3).astype(np.float32)
+        tc = token_choice(cfg, prompt_len=1)
+        tc.chain.reset()
+        decided += tc.choose(np.array([5, 6, 7]), logits, np.float32(0), _candidates(logits, 64)).subset
+    assert (decided > 150) if closes else decided == 0, decided
+
+
+def test_plain_greedy_does_not_want_the_candidates():
+    """Greedy without processors could decide on the candidates, but reads the argmax and its
+    log-probability from the whole row in microseconds: the loops skip the graph's TopK for it."""
+    assert not token_choice(GenerationConfig(top_k=20), prompt_len=1).wants_top

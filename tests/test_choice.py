@@ -125,7 +125,11 @@ def test_a_user_chooser_plugs_in(model):
 
 def test_records_say_where_the_token_came_from(model):
     recs = ovgen.generate(model, PROMPT, {"max_new_tokens": 6}).sequences[0].records
-    assert all(r.subset and r.top_choice for r in recs)  # plain greedy: the graph's candidates decide
+    # plain greedy: the prefill's candidates decide the first token; then the loop turns them off
+    # (TokenChoice.wants_top) and the whole vocabulary decides
+    assert recs[0].subset and not any(r.subset for r in recs[1:]) and all(r.top_choice for r in recs)
+    recs = ovgen.generate(model, PROMPT, {"max_new_tokens": 6, "repetition_penalty": 1.1}).sequences[0].records
+    assert not any(r.subset for r in recs)  # greedy after a processor: the mass outside them is unknown
     recs = ovgen.generate(model, PROMPT, {"max_new_tokens": 6, "do_sample": True, "top_k": 0, "seed": 1}
                           ).sequences[0].records
     assert not any(r.subset for r in recs) and all(r.top_choice in (True, False) for r in recs)

@@ -212,7 +212,8 @@ ovgen.generate(model, "Hello", {"max_new_tokens": 8})  # an ovgen session sets i
 gc.collect()
 request = model.compiled.create_infer_request()  # the README's advice: share_inputs=True
 feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64),
-        "position_ids": np.arange(len(ids))[None], "beam_idx": np.zeros(1, np.int32), "logits_to_keep": np.ones(1, np.int64)}
+        "position_ids": np.arange(len(ids))[None], "beam_idx": np.zeros(1, np.int32), "logits_to_keep": np.ones(1, np.int64),
+        "topk_on": np.array(True)}
 for _ in range(3):
     request.reset_state()
     request.infer(feed, share_inputs=True)
