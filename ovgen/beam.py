@@ -33,8 +33,8 @@ from ovgen.kernels.sampling import top_k_indices
 from .beam_groups import group_beam_search
 from .beam_state import NEG, Beams, BeamStep, Hypothesis
 from .choice import beam_candidates, build_chain
-from .search import candidates
 from .config import GenerationConfig
+from .search import candidates
 
 __all__ = ["BeamSearch", "BeamStep", "Beams", "Hypothesis", "beam_search", "check_beam_config"]
 

@@ -96,8 +96,8 @@ class Session(TokenHistory):
         self._has_beam_idx = "beam_idx" in model.input_names
         self._has_keep = "logits_to_keep" in model.input_names
         # The graph's top-k candidates are computed only in infers started while `want_top` is true
-        # (an If on the IR's topk_on input): the token-choice loops turn it off when their stage
-        # cannot use them (greedy without processors, beam search), saving the TopK's share of a step.
+        # (an If on the IR's topk_on input): the loops turn it off where their stage would not decide
+        # on them (TokenChoice.wants_top: greedy, beams, speculative verification), saving the TopK.
         self.want_top = True
         self._gate = np.ones((), np.bool_) if TOP_GATE in model.input_names else None
         self._top_on = True  # want_top as the last started infer saw it
