@@ -75,10 +75,10 @@ def batch_decode(model, session, rows: list[_Row], t_start_ns: int) -> Iterator[
     if not live:
         return
     with candidates(session, any(r.choice.wants_top for r in live)):
-        yield from _batch_decode(model, session, live, t_start_ns)
+        yield from _batch_decode(session, live, t_start_ns)
 
 
-def _batch_decode(model, session, live: list[_Row], t_start_ns: int) -> Iterator[TokenRecord]:
+def _batch_decode(session, live: list[_Row], t_start_ns: int) -> Iterator[TokenRecord]:
     logits = np.atleast_2d(session.prefill_rows([r.ids for r in live]))
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
     started = 0  # the id of the step started asynchronously (0: none)

@@ -159,7 +159,7 @@ def decode(session, logits: np.ndarray, *, choice: TokenChoice, stopping: Stoppi
 
     def peak():  # the model's own top token (when the chooser did not tell): from the graph's candidates,
         top = session.argmax  # else from the row (the candidates are off, or all of them tie)
-        return top if top is not None else int(np.argmax(logits))
+        return top if top is not None else greedy(logits)
 
     with candidates(session, choice.wants_top):
         try:
