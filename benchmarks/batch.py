@@ -10,7 +10,10 @@ balanced order; medians of the rounds, ratios per B (median of the per-round rat
 
 `--in-process PAIRS`: both runtimes in one process instead, PAIRS interleaved batches each per B,
 ratios per pair (this machine's drift swings the worker rounds by more than the gap between the
-runtimes); writes results/batch_in_process.json.
+runtimes); writes results/batch_in_process.json. A third runtime runs beside them there, "loop": a
+bare Python loop (new input arrays per step, np.argmax per row) over the very model ovgen compiled,
+its top-k candidates off - about the least a Python loop on that graph can do, so the ratios tell
+the share of a gap that is ovgen's loop from the share that is Python and the graph.
 
     python benchmarks/batch.py --in-process 6 [--new-tokens 64]
 """
@@ -49,20 +52,61 @@ def runner(runtime: str, model, b: int, n: int):
                                                                                       "ignore_eos": True},
                                                                      batch_size=b)]
         return run
+    if runtime == "loop":
+        return _bare_loop(model, prompts, n)
     import openvino as ov
     import openvino_genai as og
 
     pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
     cfg = og.GenerationConfig()
     cfg.max_new_tokens, cfg.ignore_eos, cfg.do_sample = n, True, False
-    ids = [model.tokenizer.encode(p) for p in prompts]  # the same ids as ovgen's, left-padded
-    width = max(map(len, ids))
-    padded = np.array([[0] * (width - len(x)) + x for x in ids], np.int64)
-    mask = np.array([[0] * (width - len(x)) + [1] * len(x) for x in ids], np.int64)
+    padded, mask = _left_padded(model, prompts)  # the same ids as ovgen's
 
     def run():
         out = pipe.generate(og.TokenizedInputs(ov.Tensor(padded), ov.Tensor(mask)), cfg)
         return [[int(t) for t in row] for row in out.tokens]
+    return run
+
+
+def _left_padded(model, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The prompts' ids left-padded with 0 into one batch, and its attention mask."""
+    ids = [model.tokenizer.encode(p) for p in prompts]
+    width = max(map(len, ids))
+    padded = np.array([[0] * (width - len(x)) + x for x in ids], np.int64)
+    mask = np.array([[0] * (width - len(x)) + [1] * len(x) for x in ids], np.int64)
+    return padded, mask
+
+
+def _bare_loop(model, prompts: list[str], n: int):
+    """Greedy on `model.compiled` with nothing but the inputs each infer needs: the prompt batch, then
+    per step the argmax tokens, a grown mask and positions as new arrays (`share_inputs=True`), the
+    top-k candidates off. What ovgen adds over this is its loop; what this lacks against genai is
+    Python and the graph's outputs."""
+    request = model.compiled.create_infer_request()
+    padded, mask = _left_padded(model, prompts)
+    b = len(prompts)
+    fixed = {"beam_idx": np.arange(b, dtype=np.int32)}
+    names = {name for port in model.compiled.inputs for name in port.get_names()}
+    if "logits_to_keep" in names:
+        fixed["logits_to_keep"] = np.ones(1, np.int64)
+    if "topk_on" in names:
+        fixed["topk_on"] = np.zeros((), np.bool_)
+
+    def run():
+        request.reset_state()
+        m, pos = mask, np.maximum(np.cumsum(mask, 1) - 1, 0)
+        feed = {"input_ids": padded, "attention_mask": m, "position_ids": pos, **fixed}
+        rows = []
+        for i in range(n):
+            request.start_async(feed, share_inputs=True)
+            request.wait()
+            rows.append(request.get_tensor("logits").data[:, -1].argmax(-1))
+            if i + 1 < n:
+                m = np.concatenate([m, np.ones((b, 1), np.int64)], 1)
+                pos = pos[:, -1:] + 1
+                feed = {"input_ids": rows[-1][:, None].astype(np.int64), "attention_mask": m, "position_ids": pos,
+                        **fixed}
+        return np.stack(rows, 1).tolist()
     return run
 
 
@@ -82,12 +126,13 @@ def worker(runtime: str, b: int, n: int, runs: int) -> dict:
 
 
 def in_process(model, n: int, pairs: int) -> dict:
-    """Both runtimes in this one process (one model, one genai pipeline per B), `pairs` timed batches
-    of each per B in a balanced order: the per-pair throughput ratios cancel the machine's drift,
-    which the worker processes' rounds do not (no peak RSS here: one process holds both)."""
+    """Both runtimes and the bare loop in this one process (one model, one genai pipeline per B),
+    `pairs` timed batches of each per B in a balanced order: the per-pair throughput ratios cancel
+    the machine's drift, which the worker processes' rounds do not (no peak RSS here: one process
+    holds them all)."""
     rows = {}
     for b in SIZES:
-        runs = {rt: runner(rt, model, b, n) for rt in ("ovgen", "genai")}
+        runs = {rt: runner(rt, model, b, n) for rt in ("ovgen", "genai", "loop")}
         tokens = {rt: run() for rt, run in runs.items()}  # warm-up
         tps = {rt: [] for rt in runs}
         for i in range(pairs):
@@ -95,10 +140,11 @@ def in_process(model, n: int, pairs: int) -> dict:
                 t0 = perf_counter()
                 tokens[rt] = runs[rt]()
                 tps[rt].append(b * n / (perf_counter() - t0))
-        rows[b] = {"ovgen_tokens_per_s": float(np.median(tps["ovgen"])),
-                   "genai_tokens_per_s": float(np.median(tps["genai"])),
-                   "ovgen_over_genai": float(np.median(np.array(tps["ovgen"]) / np.array(tps["genai"]))),
-                   "same_tokens": tokens["ovgen"] == tokens["genai"]}
+        ratio = {(a, c): float(np.median(np.array(tps[a]) / np.array(tps[c])))
+                 for a, c in (("ovgen", "genai"), ("loop", "genai"), ("ovgen", "loop"))}
+        rows[b] = {**{f"{rt}_tokens_per_s": float(np.median(t)) for rt, t in tps.items()},
+                   **{f"{a}_over_{c}": r for (a, c), r in ratio.items()},
+                   "same_tokens": tokens["ovgen"] == tokens["genai"] == tokens["loop"]}
         print(b, json.dumps(rows[b]), flush=True)
     return rows
 
@@ -123,7 +169,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="timed batches per worker (their median)")
     ap.add_argument("--worker", nargs=4, default=None)
     ap.add_argument("--in-process", type=int, default=0, metavar="PAIRS",
-                    help="instead: both runtimes in this process, PAIRS interleaved batches each per B")
+                    help="instead: both runtimes and a bare loop in this process, PAIRS interleaved batches each per B")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], *map(int, args.worker[1:]))))
