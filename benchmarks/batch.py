@@ -31,6 +31,7 @@ import numpy as np
 
 from _results import default_path, line_plot, save_result  # benchmarks/ is on sys.path when run as a script
 from _timing import balanced
+from ovgen.backend import TOP_GATE
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
            "List three prime numbers:", "Write a haiku about the sea.", "The quick brown fox",
@@ -86,11 +87,10 @@ def _bare_loop(model, prompts: list[str], n: int):
     padded, mask = _left_padded(model, prompts)
     b = len(prompts)
     fixed = {"beam_idx": np.arange(b, dtype=np.int32)}
-    names = {name for port in model.compiled.inputs for name in port.get_names()}
-    if "logits_to_keep" in names:
+    if "logits_to_keep" in model.input_names:
         fixed["logits_to_keep"] = np.ones(1, np.int64)
-    if "topk_on" in names:
-        fixed["topk_on"] = np.zeros((), np.bool_)
+    if TOP_GATE in model.input_names:
+        fixed[TOP_GATE] = np.zeros((), np.bool_)
 
     def run():
         request.reset_state()
