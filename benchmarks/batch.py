@@ -98,13 +98,13 @@ def _bare_loop(model, prompts: list[str], n: int):
         fixed[TOP_GATE] = np.zeros((), np.bool_)
     ids, pos, grid = np.zeros((b, 1), np.int64), np.zeros((b, 1), np.int64), np.ones((b, width), np.int64)
     grid[:, :mask.shape[1]] = mask  # the whole run's mask; each step's [b, kv] is copied out of it
+    first = np.maximum(np.cumsum(mask, 1) - 1, 0)  # the prompt's positions, each row from its first real token
     flat = np.zeros(b * width, np.int64)  # the mask tensor's memory, viewed as [b, kv] per step
     preset = {"input_ids": ov.Tensor(ids, shared_memory=True), "position_ids": ov.Tensor(pos, shared_memory=True),
               "attention_mask": ov.Tensor(flat.reshape(b, width), shared_memory=True)}
 
     def run():
         request.reset_state()
-        first = np.maximum(np.cumsum(mask, 1) - 1, 0)
         request.start_async({"input_ids": padded, "attention_mask": mask, "position_ids": first, **fixed},
                             share_inputs=True)
         request.wait()
