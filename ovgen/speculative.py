@@ -17,9 +17,11 @@ Processors see exactly the histories they would see without speculation; each em
 
 One verify width: a session with `pad_verify_to = W` (the paged one: 4) gets every block of up to
 W positions padded to 1 + k (k the proposer's `num_tokens`), as openvino-genai's prompt lookup pads
-its candidates: the CPU plugin re-plans the whole graph whenever an input's shape changes (+4-5 ms
-on a 13 ms infer of SmolLM2 on the README's AVX512-BF16 EPYC), more than padding up to 4 positions
-computes (4 positions cost 1.2-1.35x one on the CPUs measured) but less than padding to 11 (~2x).
+its candidates, up to the last verification (fewer tokens left than k: padded all the same): the
+CPU plugin re-plans the whole graph whenever an input's shape changes (+4-5 ms on a 13 ms infer of
+SmolLM2 on the README's AVX512-BF16 EPYC; +1-3 ms on a 10.5 ms one on a Zen 5 EPYC), more than
+padding up to 4 positions computes (4 positions cost 1.2-1.35x one on the CPUs measured) but less
+than padding to 11 (~2x).
 Padded positions are never kept (the token after the real drafts is the stage's own choice, as
 without padding) and are rewound with the rejected drafts, so the tokens do not change.
 
@@ -65,24 +67,34 @@ class PromptLookup:
     """transformers' PromptLookupCandidateGenerator: the longest n-gram (max_ngram_size down to 1)
     ending the sequence is looked up in it, first match left to right; the tokens after the match
     (at most k) are the proposal, cut before an eos token. `schedule="heuristic"` adapts k as the
-    draft model's schedule does."""
+    draft model's schedule does.
+
+    The search is `bytes.find` over the history's int64 bytes (a match counts at a token boundary
+    only): it runs right after each verification, on the critical path between two infers, where
+    the infer has just evicted the host's caches - a dozen NumPy calls cost ~115 us there (cold)
+    against ~15 us warm; this costs a few."""
 
     def __init__(self, max_ngram_size: int = 3, num_tokens: int = 10, eos_token_ids=(), schedule: str = "constant"):
         self.max_ngram_size, self.num_tokens, self.schedule = max_ngram_size, num_tokens, schedule
-        self.eos = np.asarray(sorted(eos_token_ids), np.int64)
+        self.eos = frozenset(int(e) for e in eos_token_ids)
 
     def propose(self, tokens: np.ndarray, k: int) -> list[int]:
-        n_all = tokens.shape[0]
+        n_all, k = tokens.shape[0], min(k, self.num_tokens)
+        if k <= 0:
+            return []
+        buf = np.asarray(tokens, np.int64).tobytes()  # 8 bytes a token
+        end = 8 * (n_all - 1)  # a match starts before the tail's own n-gram: it ends by the last token
         for n in range(min(self.max_ngram_size, n_all - 1), 0, -1):
-            tail = tokens[n_all - n:]
-            starts = np.flatnonzero(tokens[:n_all - n] == tail[0])
-            for j in range(1, n):
-                starts = starts[tokens[starts + j] == tail[j]]
-            for s in starts.tolist():
-                found = tokens[s + n:min(s + n + min(k, self.num_tokens), n_all)]
-                if found.size:
-                    stop = np.flatnonzero(np.isin(found, self.eos))
-                    return found[:stop[0] if stop.size else found.size].tolist()
+            tail = buf[8 * (n_all - n):]
+            i = buf.find(tail, 0, end)
+            while i > 0 and i % 8:  # a match across token boundaries: look further
+                i = buf.find(tail, i + 1, end)
+            if i >= 0:
+                found = tokens[i // 8 + n:i // 8 + n + k].tolist()
+                for j, t in enumerate(found):
+                    if t in self.eos:
+                        return found[:j]
+                return found
         return []
 
     def feedback(self, proposed: list[int], accepted: int) -> None:
@@ -233,15 +245,16 @@ class _Proposal:
 def _propose(session, proposer, token: int, stopping: Stopping, emitted: int, max_draft: int) -> _Proposal:
     """The proposer's drafts after the pending `token`, as a block to run through the target in one infer."""
     tokens = np.append(session.tokens[0], token)
-    room = stopping.max_new_tokens - emitted - 1  # the token after the drafts must fit too
     limit = session.model.max_context
-    if limit:
-        room = min(room, limit - tokens.shape[0] - 1)
+    fits = limit - tokens.shape[0] - 1 if limit else max_draft  # positions the context holds after the block's first
+    room = min(stopping.max_new_tokens - emitted - 1, fits)  # the token after the drafts must fit too
     tp = perf_counter_ns()
     drafts = proposer.propose(tokens, min(max_draft, room)) if room > 0 else []
     drafts = drafts[:max(room, 0)]
     tv = perf_counter_ns()
-    width = 1 + max(len(drafts), min(getattr(proposer, "num_tokens", 0), max_draft, room))
+    # the width stays 1 + k up to the last verification (fewer tokens left to generate than k: padded
+    # too, as genai pads): only the context's end narrows it
+    width = 1 + max(len(drafts), min(getattr(proposer, "num_tokens", 0), max_draft, fits))
     pads = width - 1 - len(drafts) if width <= getattr(session, "pad_verify_to", 0) else 0
     block = [token, *drafts] + [token] * pads  # any valid id pads: those positions are never kept
     return _Proposal(block, drafts, pads, tv - tp, session.length + 1)

@@ -45,8 +45,9 @@ def test_paged_greedy_and_prompt_lookup_equal_the_stateful_greedy(model, paged, 
 
 def test_verifications_are_padded_to_one_width(model, paged, monkeypatch):
     """On the paged IR every verification runs 1 + k positions when that is at most 4 (a shape change
-    re-plans the graph): short or empty proposals are padded, the padding is never kept, the tokens
-    stay greedy's. Wider blocks (k = 8) and the stateful IR (where a padded position would leave a
+    re-plans the graph), to the end of the generation: short or empty proposals are padded, and so
+    are the last ones, when fewer than k tokens are left to generate; the padding is never kept, the
+    tokens stay greedy's. Wider blocks (k = 8) and the stateful IR (where a padded position would leave a
     hole) keep each proposal's own width."""
     from ovgen.paged import PagedSession
 
@@ -54,7 +55,7 @@ def test_verifications_are_padded_to_one_width(model, paged, monkeypatch):
     monkeypatch.setattr(PagedSession, "_begin", lambda self, ids, keep: widths.append((ids.shape[1], keep))
                         or begin(self, ids, keep))
     cfg = {"max_new_tokens": 40, "ignore_eos": True, "prompt_lookup": True, "num_assistant_tokens": 3}
-    padded = 0
+    padded = short_end = 0
     for prompt in GROUNDED + PROMPTS[:2]:
         widths.clear()
         res = ovgen.generate(paged, prompt, cfg)
@@ -63,12 +64,14 @@ def test_verifications_are_padded_to_one_width(model, paged, monkeypatch):
         emitted = 1  # the prompt's token
         for (t, keep), step in zip(widths[1:], steps):
             room = 40 - emitted - 1  # what the block may hold after its first token
-            assert t == keep == 1 + min(3, room) == 1 + len(step.proposed) + step.padded
+            assert t == keep == 4 == 1 + len(step.proposed) + step.padded
+            assert len(step.proposed) <= room  # drafts beyond max_new_tokens are never proposed
+            short_end += room < 3
             assert step.accepted <= len(step.proposed)  # a padded position is never kept
             emitted += step.accepted + 1
         padded += sum(s.padded for s in steps)
         assert res.sequences[0].token_ids == _greedy(model, prompt, 40)
-    assert padded > 0  # some proposals were short or empty
+    assert padded > 0 and short_end > 0  # some proposals were short or empty; some came with < k tokens left
     stateful = ovgen.generate(model, GROUNDED[0], cfg).sequences[0].records
     assert all(r.draft.padded == 0 for r in stateful if r.draft is not None)
     wide = ovgen.generate(paged, GROUNDED[0], {**cfg, "num_assistant_tokens": 8}).sequences[0].records

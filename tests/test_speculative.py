@@ -168,6 +168,35 @@ def _first_two(lm, choice, proposer, seed):
     return recs[0].token_id, recs[1].token_id
 
 
+def test_padded_verifications_stop_at_the_context_end():
+    """A session that pads verifications to 1 + k (the paged one) keeps padding while fewer than k
+    tokens are left to generate, but never past the model's context: every block fits, the last
+    ones narrow only there, and the tokens are those of plain greedy on the same toy model."""
+    greedy = GenerationConfig(do_sample=False)
+    detok = type("D", (), {"push": lambda self, t: "", "flush": lambda self: ""})()
+
+    def run(proposer, limit):
+        lm = _ToyLM(seed=3)
+        lm.pad_verify_to, lm.model.max_context = 4, limit
+        blocks, append = [], lm.append
+        lm.append = lambda ids, logits_to_keep=1: blocks.append((lm.length, len(ids))) or append(ids, logits_to_keep)
+        logits = lm.prefill([1, 2, 3, 4])
+        stopping = Stopping(eos_token_ids=[], max_new_tokens=limit - 4 if limit else 20)  # as generate() caps it
+        recs = list(speculative_decode(lm, logits, choice=token_choice(greedy, prompt_len=4), proposer=proposer,
+                                       stopping=stopping, detok=detok, stop_strings=StopStrings([]), max_draft=3))
+        return [r.token_id for r in recs], blocks[1:]
+
+    plain, _ = run(_Fixed([]), None)
+    for limit in (None, 16, 19):
+        lookup = PromptLookup(max_ngram_size=2, num_tokens=3)
+        tokens, blocks = run(lookup, limit)
+        assert tokens == plain[:len(tokens)] and len(tokens) == (limit - 4 if limit else 20)
+        for held, width in blocks:
+            fits = limit - held - 2 if limit else 3  # after the block's first: the block and the token after it fit
+            assert width == 1 + min(3, fits)
+        assert not limit or min(width for _, width in blocks) < 4
+
+
 def test_speculative_sampling_has_the_targets_distribution():
     """Exact on a 6-token toy model: the joint law of the first two tokens under speculative sampling
     (drafts fixed to tokens the model rarely picks, so both branches of the rule act) is the plain
@@ -314,3 +343,29 @@ def test_prompt_lookup_proposals_follow_transformers():
     assert lookup.propose(np.array([1, 2, 9, 4, 1, 2]), 4) == []  # cut before eos
     assert lookup.propose(np.array([1, 4, 4, 2, 3, 4]), 2) == [4, 2]  # (3, 4) unseen: the 1-gram (4,)
     assert lookup.propose(np.array([1, 2, 3]), 4) == []
+
+
+def test_prompt_lookup_proposals_equal_transformers_generator():
+    """Against transformers' PromptLookupCandidateGenerator itself, on 3,000 random histories over
+    small vocabularies (many overlapping matches; token ids up to 2^40, so their int64 bytes also
+    repeat across token boundaries), n-gram sizes 1-4, k 1-6, with and without an eos among them."""
+    import torch
+    from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+    rng = np.random.default_rng(7)
+    differ = []
+    for case in range(3000):
+        vocab = rng.choice([3, 5, 8], p=[0.4, 0.4, 0.2])
+        ids = rng.integers(0, vocab, size=int(rng.integers(1, 40)))
+        if case % 3 == 0:  # ids whose bytes look alike at other offsets
+            ids = ids * 257 + (1 << 40) * (ids % 2)
+        n, k = int(rng.integers(1, 5)), int(rng.integers(1, 7))
+        eos = [int(ids[rng.integers(len(ids))])] if case % 2 else []
+        ref = PromptLookupCandidateGenerator(eos_token_id=torch.tensor(eos, dtype=torch.long), num_output_tokens=k,
+                                             max_matching_ngram_size=n, max_length=10_000)
+        cand, _ = ref.get_candidates(torch.tensor(ids[None], dtype=torch.long))
+        want = cand[0, len(ids):].tolist()
+        got = PromptLookup(max_ngram_size=n, num_tokens=k, eos_token_ids=eos).propose(ids.astype(np.int64), k)
+        if got != want:
+            differ.append((ids.tolist(), n, k, eos, got, want))
+    assert not differ, differ[:3]
