@@ -58,11 +58,25 @@ class TokenHistory:
         """Append `ids: [rows, t]` to the history (amortised O(t))."""
         n, t = self._len, ids.shape[1]
         if n + t > self._hist.shape[1]:
-            grown = np.zeros((self._hist.shape[0], 2 * (n + t)), dtype=np.int64)
-            grown[:, :n] = self._hist[:, :n]
-            self._hist = grown
+            self._grow(n + t)
         self._hist[:, n:n + t] = ids
         self._len = n + t
+
+    def _grow(self, need: int) -> None:
+        grown = np.zeros((self._hist.shape[0], 2 * need), dtype=np.int64)
+        grown[:, :self._len] = self._hist[:, :self._len]
+        self._hist = grown
+
+    def tokens_then(self, token: int) -> np.ndarray:
+        """`[length + 1]` int64: row 0's history, then `token` - written into the buffer past the held
+        tokens, so no copy (a speculative proposer reads it right after each verification); a
+        read-only view, valid until the session changes."""
+        if self._len + 1 > self._hist.shape[1]:
+            self._grow(self._len + 1)
+        self._hist[0, self._len] = token
+        view = self._hist[0, :self._len + 1]
+        view.flags.writeable = False
+        return view
 
 
 class _Buffers(NamedTuple):
@@ -407,7 +421,9 @@ class Session(TokenHistory):
             raise RuntimeError("finish_step() without a started step")
         pending, self._pending = self._pending, None
         self.request.wait()
-        self.infer_ns = int(self.request.latency * 1e6)  # start_async -> done, measured by OpenVINO
+        # start_async -> the host sees it done (as infer() is timed); not the request's `latency`
+        # property, whose read costs ~15 us here, between two infers
+        self.infer_ns = perf_counter_ns() - self.infer_start_ns
         return self._end(pending[0], pending[2]) if isinstance(pending, tuple) else self._after_one(pending)
 
     def settle(self, step_id: int | None = None) -> None:

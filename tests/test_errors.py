@@ -202,3 +202,33 @@ def test_beam_search_invariants_on_a_tiny_lm(seed, beams, lp, early, max_new, eo
         # the score is the sum of the chosen tokens' log-probabilities over length ** length_penalty
         assert h.score == pytest.approx(sum(h.processed_logprobs) / n ** lp, abs=1e-5)
         assert np.isfinite(h.score) and h.score <= 0
+
+
+@pytest.mark.parametrize("n", [1, 4, 64, 65, 300])  # up to 64 ids checked in Python, more in NumPy
+def test_token_ids_outside_the_vocabulary_are_named_at_every_length(n):
+    from ovgen.config import check_token_ids
+
+    ids = np.arange(n, dtype=np.int64) % 49152
+    assert check_token_ids(ids, 49152).tolist() == ids.tolist()
+    assert check_token_ids(ids.reshape(1, -1), 49152).shape == (1, n)
+    assert check_token_ids([49151] * n, 49152).tolist() == [49151] * n  # the last id is in
+    for bad in (-1, 49152, 10**12):
+        wrong = ids.copy()
+        wrong[n // 2] = bad
+        with pytest.raises(ValueError, match=rf"what \[{bad}\] are outside the vocabulary \[0, 49152\)"):
+            check_token_ids(wrong, 49152, "what")
+    assert check_token_ids([], 49152).size == 0
+
+
+def test_tokens_then_views_the_history_and_the_next_token_without_changing_it():
+    from ovgen.session import TokenHistory
+
+    h = TokenHistory()
+    for n in (0, 255, 256, 600):  # empty, one short of the buffer, a full buffer (grows), a grown one
+        h.tokens = np.arange(n).reshape(1, -1)
+        view = h.tokens_then(7)
+        assert view.tolist() == [*range(n), 7]
+        assert not view.flags.writeable
+        assert h.length == n and h.tokens.tolist() == [list(range(n))]
+        h._push(np.array([[9]]))  # the next push writes where the view's last token was
+        assert h.tokens[0].tolist() == [*range(n), 9]

@@ -230,3 +230,18 @@ def test_cli_attention_paged(model_dir, capsys, tmp_path):
     assert main(["batch", str(rows), "--output", str(tmp_path / "out.jsonl"), "--attention", "paged"]) == 2
     assert "--attention paged runs one row" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_verification_with_a_bad_id_is_refused_before_inference(paged):
+    ids = paged.tokenizer.encode(PROMPTS[2])
+    s = paged.session()
+    s.prefill(ids)
+    for block in ([5, 49152, 6, 7], [-1, 5, 6, 7]):
+        with pytest.raises(ValueError, match=rf"\[{block[0] if block[0] < 0 else block[1]}\] are outside the vocabulary"):
+            s.start_append(block, logits_to_keep=4)
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            s.append(block, logits_to_keep=4)
+    assert s.length == len(ids) and s._pending is None
+    fresh = paged.session()
+    fresh.prefill(ids)
+    np.testing.assert_array_equal(s.append([5, 6, 7, 8], logits_to_keep=4), fresh.append([5, 6, 7, 8], logits_to_keep=4))

@@ -114,6 +114,9 @@ class _ToyLM:
     def length(self):
         return len(self._toks)
 
+    def tokens_then(self, token):
+        return np.array(self._toks + [token], np.int64)
+
     def append(self, ids, logits_to_keep=1):
         rows = []
         for t in ids:
