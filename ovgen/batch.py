@@ -23,9 +23,9 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from .choice import TokenChoice, token_choice
+from .choice import Choice, Greedy, TokenChoice, token_choice
 from .config import GenerationConfig
-from .search import Chosen, TokenRecord, _text, candidates, choose, decode
+from .search import Chosen, TokenRecord, _text, candidates, choose, chosen, decode
 from .stopping import StopStrings, Stopping
 from .tokenizer import IncrementalDecoder
 
@@ -46,6 +46,7 @@ class _Row:
     detok: IncrementalDecoder
     stops: StopStrings
     n: int = 0
+    greedy: bool = False  # plain greedy (no processors): its token is the row's argmax, taken for all such rows at once
 
 
 def _row(model, index: int, ids: list[int], cfg: GenerationConfig, processors, extra) -> _Row:
@@ -57,7 +58,8 @@ def _row(model, index: int, ids: list[int], cfg: GenerationConfig, processors, e
     choice.reset()
     return _Row(index, ids, cfg, choice, Stopping(eos_token_ids=cfg.eos_token_id, max_new_tokens=max_new,
                                                   max_time=cfg.max_time, ignore_eos=cfg.ignore_eos),
-                IncrementalDecoder(model.tokenizer), StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output))
+                IncrementalDecoder(model.tokenizer), StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output),
+                greedy=type(choice.chooser) is Greedy and not choice.chain.stages)
 
 
 def _fresh(p):
@@ -84,9 +86,7 @@ def _batch_decode(session, live: list[_Row], t_start_ns: int) -> Iterator[TokenR
     started = 0  # the id of the step started asynchronously (0: none)
     try:
         while len(live) > 1:
-            lse, tops = session.logsumexp, session.top_rows  # [rows] each (rows > 1)
-            picks = [_pick(session, j, row, logits[j], lse[j], None if tops is None else (tops[0][j], tops[1][j]),
-                           t_start_ns) for j, row in enumerate(live)]
+            picks = _picks(session, live, logits, t_start_ns)
             # From here on nothing reads `logits`: the next infer may write them.
             if not any(row.stops.stops for row in live):
                 going = [j for j, p in enumerate(picks) if p.reason is None]
@@ -129,10 +129,27 @@ def _alone(session, row: _Row, logits, t_start_ns: int) -> Iterator[TokenRecord]
         records.close()  # a consumer that stops early: the pending infer is settled now, not at collection
 
 
-def _pick(session, j: int, row: _Row, logits, lse, top, t_start_ns: int) -> Chosen:
-    row.n += 1
-    return choose(row.choice, session.tokens[j, int(session.pad[j]):], logits, lse, top, row.cfg.top_logprobs,
-                  row.stopping, row.n, t_start_ns)
+def _picks(session, live: list[_Row], logits, t_start_ns: int) -> list[Chosen]:
+    """Every row's token at this step (logits: [rows, vocab]). Plain greedy rows take theirs from one
+    argmax over the whole batch (lowest id at ties, as Greedy's; the model's log-probability is then
+    the processed one): what each row's own stage would choose, without a stage call per row. The
+    others run their token-choice stage on their row."""
+    lse, tops = session.logsumexp, session.top_rows  # [rows] each (rows > 1)
+    t0 = perf_counter_ns()
+    best = logits.argmax(axis=1).tolist() if any(row.greedy for row in live) else None
+    picks = []
+    for j, row in enumerate(live):
+        row.n += 1
+        if row.greedy:
+            ch = Choice(best[j], float(logits[j, best[j]] - lse[j]), False, True)
+            picks.append(chosen(ch, row.choice, logits[j], lse[j], row.cfg.top_logprobs, row.stopping, row.n,
+                                t_start_ns, t0))
+        else:
+            top = None if tops is None else (tops[0][j], tops[1][j])
+            picks.append(choose(row.choice, session.tokens[j, int(session.pad[j]):], logits[j], lse[j], top,
+                                row.cfg.top_logprobs, row.stopping, row.n, t_start_ns))
+        t0 = perf_counter_ns()  # the next row's choice starts here (the first row's includes the batch argmax)
+    return picks
 
 
 def _record(row: _Row, p: Chosen, model_ns: int, infer_start: int, overlapped: bool) -> TokenRecord:

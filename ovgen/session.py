@@ -380,8 +380,16 @@ class Session(TokenHistory):
             self._install(p)
             p.shape = None
         p.ids[:rows] = ids
-        p.pos[:rows] = self._positions(self._len, 1)
-        p.beam[:rows] = self._beam_idx if self._beam_idx is not None else np.arange(rows, dtype=np.int32)
+        # each row's next position: its held tokens after its left padding (_positions, with t = 1:
+        # the padding is narrower than the prompt batch, so no row's is below 0; one ufunc call is
+        # ~45 us cheaper right after an infer than _positions' arange, broadcast and maximum)
+        np.subtract(self._len, self.pad, out=p.pos[:rows, 0])
+        if self._beam_idx is not None:
+            p.beam[:rows] = self._beam_idx
+            p.ordered = False
+        elif not p.ordered:
+            p.beam[:] = np.arange(p.beam.size, dtype=np.int32)  # every row continues from itself
+            p.ordered = True
         p.mask[:rows * n].reshape(rows, n)[:] = self._mask[:, :n]
         if p.shape != (rows, n):
             if p.shape is None or p.shape[0] != rows:
@@ -622,7 +630,8 @@ class _RowsStep:
     def __init__(self, rows: int, width: int, keep: bool):
         self.ids = np.zeros((rows, 1), np.int64)
         self.pos = np.zeros((rows, 1), np.int64)
-        self.beam = np.zeros(rows, np.int32)
+        self.beam = np.arange(rows, dtype=np.int32)
+        self.ordered = True  # beam holds 0 .. rows - 1 (no reorder pending)
         self.mask = np.zeros(rows * width, np.int64)
         self.tensors = {"input_ids": ov.Tensor(self.ids, shared_memory=True),
                         "position_ids": ov.Tensor(self.pos, shared_memory=True),

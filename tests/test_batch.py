@@ -232,3 +232,41 @@ def test_records_time_the_grammar_apart_from_detokenisation(model):
     spec = ovgen.stream(model, [{"role": "user", "content": PROMPTS[0]}], {**cfg, "prompt_lookup": True})
     for records in (list(batched), list(spec)):
         assert all(r.accept_ns > 0 for r in records)
+
+
+def test_plain_greedy_rows_pick_what_their_own_stage_would(model):
+    """Plain greedy rows take their tokens from one argmax over the batch (batch._picks); rows with
+    processors or sampling run their own stage. Every row's token, log-probabilities and flags equal
+    what its stage chooses on its row alone, ties (to the lowest id) included."""
+    import numpy as np
+
+    from ovgen import batch
+    from ovgen.search import choose
+
+    vocab = model.vocab_size
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((5, vocab)).astype(np.float32)
+    logits[0, [7, 900, 40000]] = 9.0  # a three-way tie: the lowest id wins
+    logits[3, [vocab - 1, 2]] = 8.5
+    lse = np.log(np.exp(logits.astype(np.float64)).sum(axis=1)).astype(np.float32)
+    greedy = model.generation_config.replace(max_new_tokens=8, ignore_eos=True)
+    cfgs = [greedy, greedy.replace(repetition_penalty=1.3), greedy.replace(do_sample=True, seed=4, top_k=20),
+            greedy.replace(top_logprobs=3), greedy]
+
+    class Rows:  # what _picks reads of a session
+        logsumexp, top_rows, pad = lse, None, np.zeros(5, np.int64)
+        tokens = np.array([[1, 7, 900, 2, 5]] * 5, np.int64)
+
+    def rows():
+        return [batch._row(model, i, [1, 7, 900, 2, 5], c, (), []) for i, c in enumerate(cfgs)]
+
+    live = rows()
+    assert [r.greedy for r in live] == [True, False, False, True, True]
+    picks = batch._picks(Rows, live, logits, 0)
+    alone = [choose(r.choice, Rows.tokens[j], logits[j], lse[j], None, r.cfg.top_logprobs, r.stopping, 1, 0)
+             for j, r in enumerate(rows())]
+    assert [p.token for p in picks][0::3] == [7, 2]
+    for p, a in zip(picks, alone, strict=True):
+        assert (p.token, p.logprob, p.choice.logprob, p.top, p.reason) == (a.token, a.logprob, a.choice.logprob,
+                                                                             a.top, a.reason)
+        assert (p.choice.subset, p.choice.top_choice) == (a.choice.subset, a.choice.top_choice)
