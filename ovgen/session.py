@@ -282,9 +282,20 @@ class Session(TokenHistory):
         self._prepare_one(token)
         self._arm()
         self.infer_start_ns = t0 = perf_counter_ns()
-        self.request.infer()
+        self._run(None)
         self.infer_ns = perf_counter_ns() - t0
         return self._after_one(token)
+
+    def _run(self, inputs: dict | None) -> None:
+        """One infer, waited for (inputs None: the preset tensors hold them). `start_async()` + `wait()`
+        rather than `infer()` on the calling thread: on a Zen 5 EPYC a decode step took 0.982 / 0.983 /
+        0.993 of the synchronous call's time at B = 1 / 4 / 16, prefills 1.002 (12 interleaved rounds,
+        one request); whole greedy generations without overlap 0.990 / 0.982 (two runs)."""
+        if inputs is None:
+            self.request.start_async()
+        else:
+            self.request.start_async(inputs, share_inputs=True)
+        self.request.wait()
 
     def _prepare_one(self, token: int) -> None:
         if not 0 <= token < self.model.vocab_size:
@@ -501,10 +512,7 @@ class Session(TokenHistory):
         inputs = self._begin(ids, keep)
         self._arm()
         self.infer_start_ns = t0 = perf_counter_ns()
-        if inputs is None:  # preset input tensors hold them
-            self.request.infer(share_outputs=True)
-        else:
-            self.request.infer(inputs, share_inputs=True, share_outputs=True)
+        self._run(inputs)
         self.infer_ns = perf_counter_ns() - t0
         return self._end(ids, keep)
 
