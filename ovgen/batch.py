@@ -2,7 +2,8 @@
 
     prompts --left-pad--> Session.prefill_rows -> logits [B, vocab]
     per step, per row: that row's token-choice stage (its own chain, chooser and generator: a row's
-    seeded output does not depend on its neighbours) -> record (row = the prompt's index)
+    seeded output does not depend on its neighbours; plain greedy rows: one argmax over the batch,
+    the same tokens) -> record (row = the prompt's index)
     rows that finish leave the batch: Session.reorder(the rows that go on) gathers the KV rows, the
     attention mask and the padding inside the next infer, so a finished row costs nothing more
     (openvino-genai's stateful pipeline drops finished rows the same way)
