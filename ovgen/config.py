@@ -292,8 +292,8 @@ def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> np.ndarray
     """`ids` as an int64 array, or ValueError naming up to five ids outside [0, vocab_size)."""
     arr = np.asarray(ids, dtype=np.int64)
     if arr.size <= 64:  # a decode step's or a verification's few ids: Python's min / max, not two NumPy
-        low = arr.ravel().tolist()  # reductions (~30 us right after an infer, whose weights evicted them)
-        ok = not low or (min(low) >= 0 and max(low) < vocab_size)
+        values = arr.ravel().tolist()  # reductions (~30 us right after an infer, whose weights evicted them)
+        ok = not values or (min(values) >= 0 and max(values) < vocab_size)
     else:
         ok = arr.min() >= 0 and arr.max() < vocab_size
     if not ok:
