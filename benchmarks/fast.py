@@ -30,7 +30,7 @@ from _results import default_path, save_result  # benchmarks/ is on sys.path whe
 from _timing import balanced, median_ratio
 from ovgen.compare import genai_runner, ovgen_runner
 from ovgen.generate import prompt_ids
-from ovgen.runtime import has_bf16
+from ovgen.runtime import describe_cpu, has_bf16
 
 CHATS = ["What is the capital of France?", "Quelle est la capitale de l'Italie ?",
          "Wie funktioniert ein Kühlschrank?", "¿Por qué el cielo es azul?", "用一句话解释光合作用。",
@@ -142,7 +142,7 @@ def main() -> None:
     rows, splits = timing(args.rounds, args.new_tokens)
     agree = agreement(48)
     report = ovgen.load().report
-    print(f"CPU: {report['name']} {report.get('cpu_flags')}; fast plan: {splits['reports']['fast']}")
+    print(f"CPU: {describe_cpu(report)}; fast plan: {splits['reports']['fast']}")
     print(f"{'prompt':>6} {'runner':<15} {'TTFT ms':>8} {'TPOT ms':>8} {'TTFT/genai-def':>14} {'TPOT/genai-def':>14} "
           f"{'TTFT/genai-same':>15} {'TPOT/genai-same':>15} {'TTFT/exact':>10} same-as-exact")
     for length, r in rows.items():

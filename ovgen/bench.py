@@ -14,6 +14,7 @@ from time import perf_counter
 import numpy as np
 
 from .profiling import STAGES, Profile, chrome_trace, stage_ns
+from .runtime import describe_cpu
 
 _TEXT = ("The river rose slowly through the night, and by morning the low fields east of the village were "
          "under water. People moved what they could to the upper floors, counted their animals, and waited "
@@ -118,7 +119,7 @@ def table(result: dict) -> str:
             f"{'floor ms':>8} {'/floor':>6}   per decode token: model / read / process / choice / accept / detok / "
             "callback (ms)")
     rep = result["report"]
-    lines = [f"{rep.get('name', rep['device'])} ({', '.join(rep.get('cpu_flags', [])) or 'no precision flags'}), "
+    lines = [f"{describe_cpu(rep)}, "
              f"precision {result['precision']}: " + ", ".join(f"{k} {v}" for k, v in result["ov_config"].items()),
              f"floor: {result['floor']['weights_bytes'] / 1e6:.0f} MB of weights + "
              f"{result['floor']['kv_bytes_per_token'] / 1e3:.1f} KB of KV per token, read at "

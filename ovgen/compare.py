@@ -25,6 +25,7 @@ from time import perf_counter_ns
 
 import numpy as np
 
+from .runtime import describe_cpu
 from .ties import first_divergence
 
 RUNNERS = ("ovgen-ov", "ovgen-onnx", "ort-genai", "ov-genai")
@@ -198,7 +199,7 @@ def compare(prompts: list[str], ir_dir: Path, onnx_dir: Path, new_tokens: int, *
 
 def table(result: dict) -> str:
     cpu = result["models"]["openvino"]
-    lines = [f"{cpu['name']} ({', '.join(cpu.get('cpu_flags', [])) or 'no precision flags'})",
+    lines = [describe_cpu(cpu),
              f"{'runner':<12} {'precision':<14} {'TTFT ms':>9} {'TPOT ms':>9} {'TTFT/ovgen-ov':>14} {'TPOT/ovgen-ov':>14}"]
     for name, s in result["summary"].items():
         lines.append(f"{name:<12} {s['precision']:<14} {s['ttft_ms']:>9.1f} {s['tpot_ms']:>9.2f} "

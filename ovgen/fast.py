@@ -80,8 +80,8 @@ def _cache_path(folder: Path, device: str) -> Path:
 
     info = device_info(device)
     # CALIBRATION names what a cached plan was measured with (2: f32 phases without dynamic quantization)
-    key = json.dumps([CALIBRATION, info.get("name"), info.get("cpu_flags"), ov.get_version(), str(folder.resolve()),
-                      (folder / "openvino_model.bin").stat().st_size])
+    key = json.dumps([CALIBRATION, info.get("name"), info.get("cpu_model"), info.get("cpu_flags"), ov.get_version(),
+                      str(folder.resolve()), (folder / "openvino_model.bin").stat().st_size])
     return ovgen_home() / "fast" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
 
 

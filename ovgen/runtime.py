@@ -36,30 +36,58 @@ def check_device(device: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def device_info(device: str = "CPU") -> dict:
-    """What a figure or a result must name: the device's full name, the CPU's precision-relevant
-    flags and the precisions the plugin can infer in ("BF16", "FP16" in OPTIMIZATION_CAPABILITIES)."""
+    """What a figure or a result must name: the device's full name, which CPU it is (`cpu_model`: two
+    CPUs of one name and flags, a Zen 4 and a Zen 5 EPYC, decode at very different speeds), the CPU's
+    precision-relevant flags and the precisions the plugin can infer in ("BF16", "FP16" in
+    OPTIMIZATION_CAPABILITIES)."""
     name = device.split(":")[0]
     info = {"device": device, "name": str(core().get_property(device, "FULL_DEVICE_NAME"))}
     if name == "CPU":
         caps = [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
         info["capabilities"] = caps
+        info["cpu_model"] = cpu_model()
         info["cpu_flags"] = cpu_flags()
         info["machine"] = platform.machine()
     return info
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """The PRECISION_FLAGS this CPU has (empty where /proc/cpuinfo is not readable)."""
+def _first_cpu(cpuinfo: Path) -> dict[str, str]:
+    """The first processor's `key: value` lines of /proc/cpuinfo (empty where it is not readable)."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return []
-    flags = set()
+        return {}
+    fields = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The PRECISION_FLAGS this CPU has (empty where /proc/cpuinfo is not readable)."""
+    flags = set(_first_cpu(cpuinfo).get("flags", "").split())
     return [f for f in PRECISION_FLAGS if f in flags]
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """Which CPU this is beyond its marketing name: vendor, family and model as /proc/cpuinfo gives
+    them ("AuthenticAMD family 25 model 17"; "" where it does not say)."""
+    f = _first_cpu(cpuinfo)
+    if "cpu family" not in f:
+        return ""
+    return f"{f.get('vendor_id', '?')} family {f['cpu family']} model {f.get('model', '?')}"
+
+
+def describe_cpu(report: dict) -> str:
+    """One line naming the CPU of a model's report: name, vendor/family/model, precision flags."""
+    ident = f" [{report['cpu_model']}]" if report.get("cpu_model") else ""
+    flags = ", ".join(report.get("cpu_flags", [])) or "no precision flags"
+    return f"{report.get('name', report.get('device', '?'))}{ident} ({flags})"
 
 
 def has_bf16(device: str = "CPU") -> bool:

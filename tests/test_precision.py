@@ -11,7 +11,7 @@ import pytest
 import ovgen
 from ovgen.cli import main
 from ovgen.precision import CPU_DEFAULTS, F32_DEFAULTS, compile_properties, inference_hint
-from ovgen.runtime import core, cpu_flags, device_info, has_bf16
+from ovgen.runtime import core, cpu_flags, cpu_model, describe_cpu, device_info, has_bf16
 
 
 def _compiled(model, key):
@@ -69,8 +69,24 @@ def test_report_names_the_cpu(model):
     info = device_info("CPU")
     assert model.report["name"] == info["name"] == core().get_property("CPU", "FULL_DEVICE_NAME")
     assert model.report["cpu_flags"] == cpu_flags()
+    assert model.report["cpu_model"] == cpu_model()
     assert set(model.report["cpu_flags"]) <= {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16",
                                               "amx_fp16", "amx_int8"}
+
+
+def test_cpu_model_and_flags_come_from_the_first_processor(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16 sse\n\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+                    "flags\t\t: amx_bf16\n")
+    assert cpu_model(info) == "AuthenticAMD family 25 model 17"
+    assert cpu_flags(info) == ["avx2", "avx512f", "avx512_bf16"]
+    report = {"name": "AMD EPYC", "cpu_model": cpu_model(info), "cpu_flags": cpu_flags(info)}
+    assert describe_cpu(report) == "AMD EPYC [AuthenticAMD family 25 model 17] (avx2, avx512f, avx512_bf16)"
+    missing = tmp_path / "absent"
+    assert cpu_model(missing) == "" and cpu_flags(missing) == []
+    assert describe_cpu({"name": "ARM", "cpu_model": "", "cpu_flags": []}) == "ARM (no precision flags)"
 
 
 def test_cli_precision_reaches_the_model_and_every_json_result(model_dir, capsys):
