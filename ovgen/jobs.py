@@ -28,41 +28,47 @@ PROMPT_KEYS = ("id", "prompt", "messages")
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Every input row as {"id", "line", "row" | "error"}, in order; duplicate ids refuse the job."""
+    """Every input row as {"id", "row", "error"}, in order; duplicate ids refuse the job. A row without
+    an id is known by its line number (JSONL: the file's line, blank lines counted; Parquet: the row's
+    number, from 1)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such input file")
     raw = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
-    rows, seen = [], {}
-    for n, (row, error) in enumerate(raw):
-        rid = row.get("id", n) if isinstance(row, dict) else n
+    rows, seen = [], {}  # id -> (its line, whether the row gives it)
+    for line, row, error in raw:
+        given = "id" in row
+        rid = row["id"] if given else line
         if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-            rid, error = n, error or f"id must be a string or an integer, got {rid!r}"
+            rid, given, error = line, False, error or f"id must be a string or an integer, got {rid!r}"
         if rid in seen:
-            raise ValueError(f"{path}: id {rid!r} appears twice (lines {seen[rid] + 1} and {n + 1}); ids must be unique")
-        seen[rid] = n
+            first, first_given = seen[rid]
+            how = "" if first_given and given else "; a row without an id is known by its line number"
+            raise ValueError(f"{path}: id {rid!r} appears twice (lines {first} and {line}{how}); ids must be unique")
+        seen[rid] = (line, given)
         rows.append({"id": rid, "row": row, "error": error})
     return rows
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[dict, str | None]]:
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict, str | None]]:
+    """(line number from 1, row, error) per non-blank line."""
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if not line.strip():
+        for n, text in enumerate(f, 1):
+            if not text.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(text)
             except json.JSONDecodeError as e:
-                yield {}, f"line {n + 1} is not JSON ({e.msg})"
+                yield n, {}, f"line {n} is not JSON ({e.msg})"
                 continue
-            yield (row, None) if isinstance(row, dict) else ({}, f"line {n + 1} is not a JSON object")
+            yield (n, row, None) if isinstance(row, dict) else (n, {}, f"line {n} is not a JSON object")
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[dict, str | None]]:
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict, str | None]]:
     import pyarrow.parquet as pq  # the `ray` extra brings pyarrow
 
-    for row in pq.read_table(path).to_pylist():
-        yield {k: v for k, v in row.items() if v is not None}, None
+    for n, row in enumerate(pq.read_table(path).to_pylist(), 1):
+        yield n, {k: v for k, v in row.items() if v is not None}, None
 
 
 def done_ids(output: str | Path) -> set:

@@ -142,7 +142,7 @@ ROWS = [{"id": "a", "prompt": "The capital of France is"},
         {"id": "e", "prompt": "Once upon a time", "do_sample": True, "seed": 4},
         {"id": "f", "prompt": "def fib(n):", "num_beams": 2},
         {"prompt": "The quick brown fox", "stop_strings": [" over"]},
-        {"id": 7, "prompt": "My favourite colour is", "logit_bias": {"30": -5}}]
+        {"id": 42, "prompt": "My favourite colour is", "logit_bias": {"30": -5}}]
 
 
 def _write(path, rows):
@@ -163,14 +163,14 @@ def reference(model, tmp_path_factory):
 
 def test_batch_job_output(model, reference):
     _, out = reference
-    assert set(out) == {"a", "b", "c", "d", "e", "f", 6, 7}
+    assert set(out) == {"a", "b", "c", "d", "e", "f", 7, 42}  # the row without an id: its line, 7
     assert out["c"] == {"id": "c", "error": "prompt is empty"}
     assert "temprature" in out["d"]["error"]
     assert len(out["b"]["token_ids"]) <= 8 and len(out["a"]["token_ids"]) == 12
     assert out["a"]["token_ids"] == _alone(model, "The capital of France is", {"max_new_tokens": 12})
     assert out["e"]["token_ids"] == _alone(model, "Once upon a time", {"max_new_tokens": 12, "do_sample": True,
                                                                         "seed": 4})
-    assert out[6]["finish_reason"] == "stop_string" or " over" not in out[6]["text"]
+    assert out[7]["finish_reason"] == "stop_string" or " over" not in out[7]["text"]
     assert len(out["a"]["logprobs"]) == 12 and all(lp <= 0 for lp in out["a"]["logprobs"])
 
 
@@ -188,6 +188,19 @@ def test_batch_job_resumes_after_a_kill(model, reference, tmp_path):
     assert _lines(tmp_path / "out.jsonl") == ref
     again = jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", {"max_new_tokens": 12}, batch_size=3)
     assert again["skipped"] == len(ROWS) and len((tmp_path / "out.jsonl").read_text().splitlines()) == len(ROWS)
+
+
+def test_rows_without_an_id_are_known_by_their_line_number(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"id": "x", "prompt": "a"}\n\nnot json\n{"prompt": "b"}\n[1]\n'
+                                       '{"id": null, "prompt": "c"}\n')
+    rows = jobs.read_rows(tmp_path / "in.jsonl")  # blank line 2 counted, no row
+    assert [r["id"] for r in rows] == ["x", 3, 4, 5, 6]
+    assert [r["error"] for r in rows] == [None, "line 3 is not JSON (Expecting value)", None,
+                                          "line 5 is not a JSON object", "id must be a string or an integer, got None"]
+    (tmp_path / "clash.jsonl").write_text('{"prompt": "a"}\n{"id": 1, "prompt": "b"}\n')
+    with pytest.raises(ValueError, match=r"clash.jsonl: id 1 appears twice \(lines 1 and 2; a row without an id "
+                                         r"is known by its line number\)"):
+        jobs.read_rows(tmp_path / "clash.jsonl")
 
 
 def test_batch_job_refuses_duplicate_ids_and_reads_parquet(model, tmp_path):
