@@ -131,6 +131,27 @@ def _read_text(path: str, option: str) -> str:
         raise FileNotFoundError(f"{option}: cannot read {path} ({e.strerror})") from None
 
 
+def _check_outputs(args, *options: str) -> None:
+    """Every output file given can be written, and --plot can draw: refused before any inference
+    (not after a long run). Nothing is created here."""
+    import os
+    from pathlib import Path
+
+    for opt in options:
+        path = getattr(args, opt)
+        if not path:
+            continue
+        flag, parent = f"--{opt.replace('_', '-')}", Path(path).resolve().parent
+        if Path(path).is_dir():
+            raise UsageError(f"{flag}: {path} is a directory, not a file")
+        if not parent.is_dir():
+            raise UsageError(f"{flag}: cannot write {path} (no directory {parent})")
+        if not os.access(parent, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
+            raise UsageError(f"{flag}: cannot write {path} (permission denied)")
+    if getattr(args, "plot", None):
+        import matplotlib  # noqa: F401  (missing: main() names the extra that installs it)
+
+
 def _generation_args(g: argparse.ArgumentParser) -> None:
     """The generation settings every generating command takes (generate, chat, batch)."""
     _model_args(g, "IR folder (default: the prepared default model)")
@@ -305,6 +326,7 @@ def cmd_batch(args) -> int:
     if args.attention == "paged":
         raise UsageError("--attention paged runs one row at a time; ovgen batch batches rows on the stateful IR")
     jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
+    _check_outputs(args, "output")
     with tqdm(desc="batch", unit="row", file=sys.stderr) as bar:
         tokens = [0, perf_counter_ns()]
 
@@ -338,6 +360,7 @@ def cmd_bench(args) -> int:
     for opt in ("new_tokens", "runs"):
         if getattr(args, opt) < 1:
             raise UsageError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+    _check_outputs(args, "plot", "trace", "csv")
     model = _load(args)
     lengths = parse_lengths(args.prompt_tokens, model.max_context, args.new_tokens)
     with tqdm(total=len(lengths) * args.runs, desc="bench", unit="run", file=sys.stderr) as bar:
@@ -370,6 +393,7 @@ def cmd_compare(args) -> int:
     if args.new_tokens < 1:
         raise UsageError(f"--new-tokens must be >= 1, got {args.new_tokens}")
     prompts = read_prompts(args.prompts)
+    _check_outputs(args, "plot")
     ir = resolve_model_dir(args.model)
     onnx = Path(args.onnx) if args.onnx else flavour_dir("onnx")
     if not (onnx / "genai_config.json").is_file():

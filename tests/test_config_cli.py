@@ -133,6 +133,25 @@ def test_cli_bad_arguments_one_line(model_dir, args, needle):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["bench", "--plot", "{tmp}/no/such/dir/lat.png"], "--plot: cannot write {tmp}/no/such/dir/lat.png (no directory"),
+    (["bench", "--csv", "{tmp}"], "--csv: {tmp} is a directory, not a file"),
+    (["bench", "--trace", "{tmp}/missing/t.json"], "--trace: cannot write {tmp}/missing/t.json"),
+    (["compare", "--plot", "{tmp}/missing/c.png"], "--plot: cannot write {tmp}/missing/c.png"),
+    (["batch", "{tmp}/in.jsonl", "--output", "{tmp}/missing/o.jsonl"], "--output: cannot write {tmp}/missing/o.jsonl"),
+])
+def test_unwritable_outputs_are_refused_before_the_model_loads(tmp_path, capsys, args, needle):
+    from ovgen.cli import main
+
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    # a model folder that does not exist: the output path must be refused first, before any loading
+    argv = [a.format(tmp=tmp_path) for a in args] + ["-m", str(tmp_path / "no-model")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle.format(tmp=tmp_path) in err and "model folder" not in err
+    assert not (tmp_path / "missing").exists()
+
+
 def test_cli_chat_session(model_dir):
     out = subprocess.run([sys.executable, "-m", "ovgen.cli", "chat", "--max-new-tokens", "12"],
                          input="Hello!\n/reset\nWho are you?\n/exit\n", capture_output=True, text=True, timeout=300)
