@@ -224,8 +224,11 @@ def proposer_for(model, session, cfg: GenerationConfig, assistant=None, proposer
         raise NotImplementedError("speculative decoding needs several positions' logits from one infer "
                                   "(an OpenVINO IR loaded with last_logits_only=True; not the onnxruntime-genai path)")
     if assistant is not None:
-        if getattr(assistant, "vocab_size", None) not in (None, model.vocab_size):
-            raise ValueError(f"assistant's vocabulary ({assistant.vocab_size}) differs from the model's "
+        if not (hasattr(assistant, "session") or hasattr(assistant, "rewind")):
+            raise TypeError(f"assistant must be a Model or a Session (the draft), got {type(assistant).__name__}")
+        vocab = getattr(assistant, "vocab_size", None) or getattr(getattr(assistant, "model", None), "vocab_size", None)
+        if vocab not in (None, model.vocab_size):
+            raise ValueError(f"assistant's vocabulary ({vocab}) differs from the model's "
                              f"({model.vocab_size}): a draft must share the tokenizer")
         return DraftModel(assistant, cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule)
     if cfg.prompt_lookup:

@@ -151,9 +151,13 @@ def save(session, path) -> None:
               "precision": _precision(session.model), "holes": session.holes, "sha256": _digest(arrays)}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
-    os.replace(tmp, path)  # never a half-written file under the final name
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+        os.replace(tmp, path)  # never a half-written file under the final name
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"save: cannot write {path} ({e.strerror})") from None
 
 
 def load(session, path) -> None:

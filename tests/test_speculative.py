@@ -297,6 +297,9 @@ def test_save_and_load(model, model_dir, tmp_path):
         model.session().load(tmp_path / "x.npz")
     with pytest.raises(FileNotFoundError):
         model.session().load(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match=r"save: cannot write .*nodir.s\.npz \(No such file"):
+        a.save(tmp_path / "nodir" / "s.npz")
+    assert not (tmp_path / "nodir").exists() and a.tokens[0].tolist() == ids  # the session is untouched
 
 
 def test_prefix_cache_reuses_a_shared_system_prompt(model):
@@ -323,6 +326,12 @@ def test_speculative_errors_come_before_inference(model):
         ovgen.generate(model, "hi", {"prompt_lookup": True, "num_beams": 2}, session=session)
     with pytest.raises(ValueError, match="num_assistant_tokens_schedule"):
         ovgen.generate(model, "hi", {"num_assistant_tokens_schedule": "fast"}, session=session)
+    with pytest.raises(TypeError, match="assistant must be a Model or a Session .*got str"):
+        ovgen.generate(model, "hi", {}, assistant="draft", session=session)
+    phi3 = ovgen.load(require_flavour("phi3-tiny"))
+    for other in (phi3, phi3.session()):  # another tokenizer: refused, as a Model or as a Session
+        with pytest.raises(ValueError, match=f"assistant's vocabulary \\({phi3.vocab_size}\\) differs"):
+            ovgen.generate(model, "hi", {}, assistant=other, session=session)
     onnx = ovgen.load(require_flavour("onnx"))
     with pytest.raises(NotImplementedError, match="several positions' logits"):
         ovgen.generate(onnx, "hi", {"prompt_lookup": True})
