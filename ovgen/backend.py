@@ -72,12 +72,37 @@ class ModelLike(Protocol):
 
 class ModelFiles:
     """What every backend's model shares: its folder's tokenizer (loaded on first use, checked
-    against the logits' width) and its generation_config.json (eos ids from config.json when it has
-    none). `ort.OrtModel` and `Model` both build on it."""
+    against the logits' width), its generation_config.json (eos ids from config.json when it has
+    none) and `warmup`. `ort.OrtModel` and `Model` both build on it."""
 
     path: Path
     vocab_size: int
     tokenizer_backend: str = "hf"
+
+    def warmup(self, prompt_tokens: int = 32, new_tokens: int = 2) -> float:
+        """One throwaway generation with the model's default settings, on its own session: a prompt
+        of `prompt_tokens` ids (and one of `min_prefill_tokens` when a second compile prefills long
+        prompts, precision "fast"), so that what the runtime does the first time it meets a prompt
+        and a one-token step is paid now, not by the first answer. On SmolLM2 through OpenVINO's
+        CPU plugin the first prefill of a process costs ~+270 ms and the first one-token step
+        ~+240 ms whatever the prompt's length; one 32-token warm-up removes both for prompts of 8
+        to 400 tokens (benchmarks/first_call.py; llama.cpp warms up at load likewise).
+        Multi-position verifies and batches of several rows keep their own first-use cost. Returns
+        the milliseconds it took; no session or cache of the caller's is touched."""
+        from time import perf_counter_ns
+
+        from .generate import generate
+
+        t0 = perf_counter_ns()
+        lengths = {prompt_tokens}
+        if getattr(self, "prefill_compiled", None) is not None:
+            lengths.add(self.min_prefill_tokens)
+        limit = self.max_context
+        for n in sorted(lengths):
+            n = max(1, min(n, limit - new_tokens) if limit else n)
+            generate(self, [1 + i % (self.vocab_size - 1) for i in range(n)],
+                     {"max_new_tokens": new_tokens, "ignore_eos": True})
+        return (perf_counter_ns() - t0) / 1e6
 
     @property
     def tokenizer(self):

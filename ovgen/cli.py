@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from time import perf_counter_ns
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                            ("batch", "a JSONL dataset of prompts through batched generation (resumable)")):
         g = sub.add_parser(name, help=helptext)
         _generation_args(g)
+        if name in ("generate", "chat"):
+            g.add_argument("--no-warmup", action="store_true",
+                           help="skip the warm-up generation at load (the first answer then pays the runtime's "
+                                "first-use costs, ~0.5 s on SmolLM2)")
         if name == "generate":
             g.add_argument("prompt", nargs="?", help="prompt text (use --chat to wrap it in the chat template)")
             g.add_argument("--prompt-ids", help="comma-separated token ids instead of a prompt")
@@ -268,13 +273,15 @@ def cmd_generate(args) -> int:
         sys.stdout.flush()
 
     assistant = ovgen.load(args.draft, device=args.device, precision=args.precision) if args.draft else None
+    warmup_ms = 0.0 if args.no_warmup else sum(m.warmup() for m in (model, assistant) if m is not None)
     result = ovgen.generate(model, prompt, cfg, on_token=None if args.json else show, chat_template=template,
                             assistant=assistant)
     if args.json:
-        print(json.dumps({**result.to_dict(), "model": model.report}, ensure_ascii=False))
+        print(json.dumps({**result.to_dict(), "model": model.report, "warmup_ms": warmup_ms}, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
-        print(summary_line(result.metrics) + (f" (sequence 1 of {n_seq})" if n_seq > 1 else ""), file=sys.stderr)
+        print(summary_line(result.metrics) + (f" (sequence 1 of {n_seq})" if n_seq > 1 else "")
+              + (f" | after a {warmup_ms / 1e3:.2f} s warm-up" if warmup_ms else ""), file=sys.stderr)
     return 0
 
 
@@ -286,20 +293,30 @@ def cmd_chat(args) -> int:
     if args.draft:
         raise UsageError("--draft: ovgen chat runs without a draft model (use ovgen generate)")
     chat = Chat(model, _config_overrides(args), system=args.system, chat_template=_read_template(args))
-    print("ovgen chat - /reset clears the history, /exit quits", file=sys.stderr)
+    warm = "" if args.no_warmup else f" (warmed up in {model.warmup() / 1e3:.2f} s)"
+    print(f"ovgen chat{warm} - {_CHAT_HELP}", file=sys.stderr)
     while True:
         try:
             line = input("> ")
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return 0
-        if line.strip() == "/exit":
+        command = line.strip()
+        if command == "/exit":
             return 0
-        if line.strip() == "/reset":
+        if command == "/reset":
             chat.reset()
             print("(history cleared)", file=sys.stderr)
             continue
-        if not line.strip():
+        if command == "/help":
+            print(_CHAT_HELP, file=sys.stderr)
+            continue
+        if re.fullmatch(r"/[A-Za-z]+", command.split(maxsplit=1)[0] if command else ""):
+            print(f"(unknown command {command.split()[0]}: {_CHAT_HELP})", file=sys.stderr)
+            continue
+        if line.startswith("//"):
+            line = line[1:]
+        if not command:
             continue
         t0, recs = perf_counter_ns(), []
         try:
@@ -310,9 +327,15 @@ def cmd_chat(args) -> int:
         except KeyboardInterrupt:
             print("\n(interrupted)", file=sys.stderr)
             continue
+        except ValueError as e:  # refused before inference (e.g. the chat outgrew the context): the chat goes on
+            print(f"(error: {e}; the history is unchanged, /reset starts over)", file=sys.stderr)
+            continue
         sys.stdout.write("\n")
         m = summarize(recs, t0, prompt_tokens=chat.prompt_tokens)
         print(f"[{summary_line(m)}; {chat.reused_tokens} prompt tokens reused from the KV cache]", file=sys.stderr)
+
+
+_CHAT_HELP = "/reset clears the history, /exit quits, /help shows this; start a message with // to send it as /..."
 
 
 def cmd_batch(args) -> int:

@@ -110,6 +110,18 @@ def test_cli_generate_json_schema(model_dir):
     assert {"ttft_ms", "tpot_ms", "tokens_per_s"} <= set(obj["metrics"])
 
 
+def test_cli_warms_up_unless_told_not_to(model_dir):
+    runs = {}
+    for flag in ((), ("--no-warmup",)):
+        out = run_cli("generate", "--prompt-ids", "1,9690,198", "--max-new-tokens", "4", "--ignore-eos", "--json", *flag)
+        assert out.returncode == 0, out.stderr
+        runs[flag] = json.loads(out.stdout)
+    assert runs[()]["warmup_ms"] > 0 and runs[("--no-warmup",)]["warmup_ms"] == 0
+    assert runs[()]["sequences"] == runs[("--no-warmup",)]["sequences"]  # the same answer either way
+    out = run_cli("generate", "--prompt-ids", "1,9690,198", "--max-new-tokens", "4")
+    assert out.returncode == 0 and " s warm-up" in out.stderr
+
+
 def test_cli_plain_output_streams_text_only(model_dir):
     out = run_cli("generate", "--chat", "What is the capital of France?", "--max-new-tokens", "32")
     assert out.returncode == 0, out.stderr
@@ -157,3 +169,16 @@ def test_cli_chat_session(model_dir):
                          input="Hello!\n/reset\nWho are you?\n/exit\n", capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("TTFT") == 2 and "(history cleared)" in out.stderr
+
+
+def test_cli_chat_commands_and_a_refused_message_keep_the_chat_going(model_dir):
+    too_long = "word " * 9000  # more tokens than the context holds: refused, the chat goes on
+    out = subprocess.run([sys.executable, "-m", "ovgen.cli", "chat", "--max-new-tokens", "6"],
+                         input=f"Hello!\n/bogus\n/help\n{too_long}\n//reset is a command?\n/exit\n",
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "(unknown command /bogus: /reset clears the history" in out.stderr
+    assert "(error: " in out.stderr and "context" in out.stderr and "the history is unchanged" in out.stderr
+    # two replies: "Hello!" and the //-escaped message (the second reused the first turn's KV cache)
+    assert out.stderr.count("TTFT") == 2 and "(history cleared)" not in out.stderr
+    assert not out.stderr.splitlines()[-2].endswith("; 0 prompt tokens reused from the KV cache]")

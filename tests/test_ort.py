@@ -54,6 +54,10 @@ def test_greedy_matches_onnxruntime_genai(onnx_dir, onnx_model, prompt):
 def test_loads_as_ort_model(onnx_model):
     assert type(onnx_model).__name__ == "OrtModel" and onnx_model.runtime == "onnxruntime-genai"
     assert onnx_model.vocab_size == 49152 and onnx_model.generation_config.eos_token_id == [2]
+    ids = onnx_model.tokenizer.encode("The capital of France is", add_special_tokens=False)
+    before = ovgen.generate(onnx_model, ids, {"max_new_tokens": 6}).sequences[0].token_ids
+    assert onnx_model.warmup() > 0  # the same warm-up as an IR's, through the same loop
+    assert ovgen.generate(onnx_model, ids, {"max_new_tokens": 6}).sequences[0].token_ids == before
 
 
 def test_processors_and_sampling_drive_the_runtime(onnx_model):

@@ -82,6 +82,19 @@ def test_reorder_fans_out_and_swaps_rows(model, prompt):
     assert np.abs(swapped[0] - expected[1]).max() > 20 * np.abs(swapped - expected).max()  # rows differ
 
 
+def test_warmup_leaves_the_callers_sessions_and_results_alone(model, prompt):
+    cfg = {"max_new_tokens": 12}
+    before = ovgen.generate(model, prompt, cfg).sequences[0].token_ids
+    a = model.session()
+    la = np.array(a.prefill(prompt))
+    history = a.tokens.copy()
+    assert model.warmup() > 0
+    assert np.array_equal(a.tokens, history) and a.length == len(prompt)
+    fresh = model.session()
+    assert greedy_tokens(a, la, 12) == greedy_tokens(fresh, fresh.prefill(prompt), 12)
+    assert ovgen.generate(model, prompt, cfg).sequences[0].token_ids == before
+
+
 def test_sessions_over_one_compiled_model_are_independent(model, prompt):
     a, b = model.session(), model.session()
     la = a.prefill(prompt)
