@@ -87,8 +87,9 @@ class ModelFiles:
         CPU plugin the first prefill of a process costs ~+270 ms and the first one-token step
         ~+240 ms whatever the prompt's length; one 32-token warm-up removes both for prompts of 8
         to 400 tokens (benchmarks/first_call.py; llama.cpp warms up at load likewise).
-        Multi-position verifies and batches of several rows keep their own first-use cost. Returns
-        the milliseconds it took; no session or cache of the caller's is touched."""
+        A first multi-position infer (a speculative verify) still costs a little extra (~+15-20 ms
+        for 2-11 positions here). Returns the milliseconds it took; no session or cache of the
+        caller's is touched."""
         from time import perf_counter_ns
 
         from .generate import generate
