@@ -163,8 +163,15 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     `overlap`: the next token's infer runs while the consumer handles a record (search.decode); the
     consumer must then not call the session itself before asking for the next record."""
     if is_batch(prompt):
+        given = {"chooser": chooser, "assistant": assistant, "proposer": proposer, "prefix_cache": prefix_cache}
+        for name, value in given.items():
+            if value is not None:
+                raise ValueError(f"{name} applies to one prompt at a time; a list of prompts runs batched without "
+                                 "it (run the prompts one by one to use it)")
         return _batch_stream(model, prompt, config, configs, session=session, processors=processors,
                              chat_template=chat_template, batch_size=batch_size)
+    if configs is not None:
+        raise ValueError("configs gives each prompt of a list its settings; one prompt takes config")
     cfg = resolve_config(model, config)
     ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
     extra = constraint_stages(model, cfg)  # a grammar compiles now: its errors come before any inference

@@ -132,6 +132,17 @@ def test_a_bad_prompt_is_named_before_inference(model):
         ovgen.generate(model, ["hello", ""], {"max_new_tokens": 3})
     with pytest.raises(ValueError, match=r"prompts\[0\]: .*did you mean temperature"):
         ovgen.generate(model, ["hello", "x"], configs=[{"temprature": 1}, {}])
+    # what only a one-prompt generation uses is refused for a list, not silently dropped (and back)
+    from ovgen.prefix import PrefixCache
+
+    session = model.session()
+    for name, value in (("chooser", lambda *a: 0), ("assistant", model), ("proposer", object()),
+                        ("prefix_cache", PrefixCache())):
+        with pytest.raises(ValueError, match=f"{name} applies to one prompt at a time"):
+            ovgen.generate(model, ["hello", "x"], {"max_new_tokens": 3}, session=session, **{name: value})
+    with pytest.raises(ValueError, match="one prompt takes config"):
+        ovgen.generate(model, "hello", {"max_new_tokens": 3}, configs=[{}], session=session)
+    assert session.length == 0
 
 
 # ---- ovgen batch -------------------------------------------------------------------------------------------
