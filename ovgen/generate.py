@@ -95,8 +95,16 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
         if not prompt:
             raise ValueError("prompt is empty")
         ids = model.tokenizer.encode(prompt, add_special_tokens=False)
+    elif not isinstance(prompt, (list, tuple, np.ndarray)):
+        raise TypeError("a prompt is a string, a list of token ids or a list of chat messages (a list of those: "
+                        f"a batch), got {type(prompt).__name__}")
     elif isinstance(prompt, np.ndarray) or (len(prompt) and not isinstance(prompt[0], dict)):
-        ids = [int(t) for t in np.asarray(prompt).reshape(-1)]
+        flat = np.asarray(prompt, dtype=object).reshape(-1)
+        bad = next((i for i, t in enumerate(flat) if isinstance(t, bool) or not isinstance(t, (int, np.integer))), None)
+        if bad is not None:
+            raise TypeError(f"prompt token ids must be integers, got {flat[bad]!r} ({type(flat[bad]).__name__}) "
+                            f"at position {bad}")
+        ids = [int(t) for t in flat]
     else:
         if not prompt:
             raise ValueError("prompt is empty (no messages)")

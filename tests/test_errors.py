@@ -220,6 +220,25 @@ def test_token_ids_outside_the_vocabulary_are_named_at_every_length(n):
     assert check_token_ids([], 49152).size == 0
 
 
+@pytest.mark.parametrize("prompt,message", [
+    (5, "a prompt is a string, a list of token ids or a list of chat messages .* got int"),
+    (None, "got NoneType"),
+    ([1.5, 2], r"prompt token ids must be integers, got 1.5 \(float\) at position 0"),
+    ([1, "a"], r"got 'a' \(str\) at position 1"),
+    (np.array([3.0, 4.0]), r"got 3.0 \(float\) at position 0"),
+    ([True, 2], r"got True \(bool\) at position 0"),
+])
+def test_a_prompt_of_the_wrong_type_is_named(model, prompt, message):
+    session = model.session()
+    with pytest.raises(TypeError, match=message):
+        ovgen.generate(model, prompt, {"max_new_tokens": 2}, session=session)
+    assert session.length == 0
+    with pytest.raises(TypeError, match=r"prompts\[1\]: .*" + message):  # in a batch: which prompt
+        ovgen.generate(model, ["hello", prompt], {"max_new_tokens": 2})
+    ok = ovgen.generate(model, np.array([[1, 2, 3]]), {"max_new_tokens": 1})  # integer arrays are ids
+    assert ok.prompt_token_ids == [1, 2, 3]
+
+
 def test_tokens_then_views_the_history_and_the_next_token_without_changing_it():
     from ovgen.session import TokenHistory
 
