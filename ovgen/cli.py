@@ -348,9 +348,10 @@ def cmd_batch(args) -> int:
         raise UsageError("--draft: ovgen batch runs without a draft model")
     if args.attention == "paged":
         raise UsageError("--attention paged runs one row at a time; ovgen batch batches rows on the stateful IR")
-    jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
+    items = jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
     _check_outputs(args, "output")
-    with tqdm(desc="batch", unit="row", file=sys.stderr) as bar:
+    done = jobs.done_ids(args.output)
+    with tqdm(desc="batch", unit="row", total=sum(it["id"] not in done for it in items), file=sys.stderr) as bar:
         tokens = [0, perf_counter_ns()]
 
         def progress(rows, n):
@@ -477,6 +478,11 @@ def main(argv=None) -> int:
             return 2
         except BrokenPipeError:
             return 0
+        except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (chat handles its own)
+            hint = "; rerun the same command to go on (rows already written are skipped)" \
+                if args.command == "batch" else ""
+            print(f"\novgen {args.command}: interrupted{hint}", file=sys.stderr)
+            return 130
         except ImportError as e:  # an optional runtime: name the extra that installs it
             extra = {"matplotlib": "plot", "onnxruntime_genai": "onnx", "openvino_genai": "prepare",
                      "llguidance": "structured", "ray": "ray"}.get(e.name)

@@ -236,6 +236,34 @@ def test_cli_batch(model_dir, tmp_path, capsys):
     assert main(["batch", "-m", str(model_dir), str(tmp_path / "missing.jsonl"), "--output", "x"]) == 2
 
 
+def test_cli_batch_ctrl_c_then_rerun(model_dir, tmp_path):
+    """A real SIGINT to `ovgen batch` once its first rows are written: one line saying how to go on,
+    exit 130, no traceback; the same command again writes only the missing rows."""
+    import signal
+    import time
+
+    rows = [{"id": i, "prompt": f"Count from {i} to {i + 50}:"} for i in range(12)]
+    _write(tmp_path / "in.jsonl", rows)
+    cmd = [sys.executable, "-m", "ovgen.cli", "batch", "-m", str(model_dir), str(tmp_path / "in.jsonl"),
+           "--output", str(tmp_path / "o.jsonl"), "--batch-size", "2", "--max-new-tokens", "96", "--ignore-eos"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (tmp_path / "o.jsonl").is_file() and (tmp_path / "o.jsonl").read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    written = len(_lines(tmp_path / "o.jsonl"))
+    assert proc.returncode == 130 and 2 <= written < len(rows), (proc.returncode, written, err[-500:])
+    assert "ovgen batch: interrupted; rerun the same command to go on" in err and "Traceback" not in err
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-500:]
+    assert f'"skipped": {written}' in again.stderr and f"{len(rows) - written}/{len(rows) - written}" in again.stderr
+    lines = (tmp_path / "o.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["id"] for x in lines) == list(range(len(rows)))  # every row once
+
+
 def test_ray_pipeline_gives_the_same_answers(model_dir, reference, tmp_path):
     """A local Ray instance (2 CPUs), started by `ovgen batch --ray` in a child process."""
     ref_dir, ref = reference
