@@ -59,3 +59,28 @@ class Chat:
                 reply.append(rec.text)
             yield rec
         self.messages = messages + [{"role": "assistant", "content": "".join(reply)}]
+
+    def save(self, path) -> None:
+        """The conversation to `path`: its messages and the session's KV state (Session.save's
+        format, the messages in its checksummed meta), so that `load` goes on without recomputing."""
+        self.session.save(path, meta={"chat": {"messages": self.messages}})
+
+    def load(self, path) -> None:
+        """Replace the conversation with one `save` wrote (same model and precision); the next
+        `send` reuses its KV state. Anything else (a plain Session.save file, another model, a
+        corrupt file) is refused before the chat changes."""
+        meta = self.session.load(path, check=lambda m: _chat_messages(path, m))
+        self.messages = _chat_messages(path, meta)
+
+
+def _chat_messages(path, meta) -> list[dict]:
+    """The messages a Chat.save file holds; ValueError naming the file otherwise."""
+    if not isinstance(meta, dict) or "chat" not in meta:
+        raise ValueError(f"{path}: a saved session without a conversation (Session.save wrote it, not Chat.save)")
+    messages = meta["chat"].get("messages") if isinstance(meta["chat"], dict) else None
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise ValueError(f"{path}: its chat messages are not a list of {{'role', 'content'}} strings")
+    return [dict(m) for m in messages]
+

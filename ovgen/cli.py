@@ -311,6 +311,9 @@ def cmd_chat(args) -> int:
         if command == "/help":
             print(_CHAT_HELP, file=sys.stderr)
             continue
+        if command.split(maxsplit=1)[0] in ("/save", "/load"):
+            _chat_file(chat, *command.split(maxsplit=1))
+            continue
         if re.fullmatch(r"/[A-Za-z]+", command.split(maxsplit=1)[0] if command else ""):
             print(f"(unknown command {command.split()[0]}: {_CHAT_HELP})", file=sys.stderr)
             continue
@@ -335,7 +338,22 @@ def cmd_chat(args) -> int:
         print(f"[{summary_line(m)}; {chat.reused_tokens} prompt tokens reused from the KV cache]", file=sys.stderr)
 
 
-_CHAT_HELP = "/reset clears the history, /exit quits, /help shows this; start a message with // to send it as /..."
+_CHAT_HELP = ("/reset clears the history, /save PATH and /load PATH keep the conversation (with its KV state), "
+              "/exit quits, /help shows this; start a message with // to send it as /...")
+
+
+def _chat_file(chat, verb: str, path: str | None = None) -> None:
+    """/save PATH, /load PATH: the chat goes on whatever happens."""
+    if not path:
+        print(f"(usage: {verb} PATH)", file=sys.stderr)
+        return
+    try:
+        chat.save(path) if verb == "/save" else chat.load(path)
+    except (ValueError, OSError, NotImplementedError) as e:
+        print(f"(error: {e}; the chat is unchanged)", file=sys.stderr)
+        return
+    done = f"saved to {path}" if verb == "/save" else f"loaded from {path}"
+    print(f"({len(chat.messages)} messages and {chat.session.length} tokens of KV state {done})", file=sys.stderr)
 
 
 def cmd_batch(args) -> int:

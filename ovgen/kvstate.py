@@ -8,7 +8,8 @@ token that does not grow with the context.
 
 Save. `save` writes an .npz (no pickles) with a JSON header: format and version, the model's
 fingerprint (sha256 of its IR files), the precision it ran at (INFERENCE_PRECISION_HINT,
-KV_CACHE_PRECISION), the history, the mask and a sha256 of every array; `load` refuses a different
+KV_CACHE_PRECISION), the history, the mask, the caller's JSON `meta` if any (a Chat's messages) and a
+sha256 of every array; `load` refuses a different
 model, a different precision, another format version or a file whose arrays do not match their sum.
 States are stored in the KV cache's own precision (f16 values survive f32 -> f16 exactly).
 """
@@ -141,12 +142,14 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save(session, path) -> None:
+def save(session, path, meta: dict | None = None) -> None:
     if session._beam_idx is not None:
         raise ValueError("save: a reorder is pending (beam search mid-step); save after the next step")
     store = np.float16 if session.model.ov_config.get("KV_CACHE_PRECISION") == "f16" else np.float32
     arrays = {f"state:{name}": a.astype(store) for name, a in _states(session).items()}
     arrays["tokens"], arrays["mask"] = session.tokens.copy(), session.mask.copy()
+    if meta is not None:  # the caller's JSON (a Chat's messages), under the same checksum as the arrays
+        arrays["meta"] = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), np.uint8)
     header = {"format": FORMAT, "version": VERSION, "model": fingerprint(session.model),
               "precision": _precision(session.model), "holes": session.holes, "sha256": _digest(arrays)}
     path = Path(path)
@@ -160,7 +163,9 @@ def save(session, path) -> None:
         raise OSError(e.errno, f"save: cannot write {path} ({e.strerror})") from None
 
 
-def load(session, path) -> None:
+def load(session, path, check=None) -> dict | None:
+    """Replace the session's state with the file's; returns the `meta` it was saved with (None: none).
+    `check(meta)` runs once the file is verified and before anything changes: raise to refuse it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no saved session there")
@@ -173,11 +178,15 @@ def load(session, path) -> None:
     _check_header(path, header, session.model)
     if _digest(arrays) != header["sha256"]:
         raise ValueError(f"{path}: corrupt (its arrays do not match the checksum in its header)")
+    meta = json.loads(bytes(arrays.pop("meta")).decode()) if "meta" in arrays else None
+    if check is not None:
+        check(meta)
     states = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("state:")}
     _put_states(session, states)
     session.tokens = arrays["tokens"]
     session._beam_idx, session.top, session.logsumexp = None, None, np.float32(0)
     _put_mask(session, arrays["mask"], int(header["holes"]))
+    return meta
 
 
 def _check_header(path: Path, header: dict, model) -> None:

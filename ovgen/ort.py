@@ -11,6 +11,7 @@ as `onnxruntime_genai`'s model builder writes it (`ovgen prepare --flavours onnx
     snapshot() / restore()    the token history + last logits; restore rewinds to the snapshot's
                               length (so it only goes back to a prefix of what the session holds)
     reorder(beam_idx)         NotImplementedError: the Generator has no public KV gather
+    save() / load()           NotImplementedError: its KV cache can be neither read out nor written
 
 ovgen's processors, samplers and stopping run unchanged on the logits. Beam search on this path is
 the runtime's own (`beam_records`): ovgen's processors cannot run inside it, so a beam search with
@@ -219,6 +220,13 @@ class OrtSession(TokenHistory):
                                       "sequence (the Generator's KV cache cannot be copied)")
         self.rewind(self._len - n)
         self._logits, self.logsumexp = snap.logits, snap.logsumexp
+
+    def save(self, path, meta=None) -> None:
+        raise NotImplementedError(f"{RUNTIME} sessions cannot be saved (the Generator's KV cache cannot be read out)")
+
+    def load(self, path, check=None) -> None:
+        raise NotImplementedError(f"{RUNTIME} sessions cannot load a saved KV state (the Generator's cache cannot "
+                                  "be written)")
 
     def reorder(self, beam_idx) -> None:
         raise NotImplementedError(f"{RUNTIME} has no way to reorder its Generator's KV cache rows "

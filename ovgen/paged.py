@@ -179,10 +179,10 @@ class PagedSession(Session):
     def compact(self) -> None:
         """Nothing to do: a paged cache has no holes."""
 
-    def save(self, path) -> None:
+    def save(self, path, meta=None) -> None:
         self._unsupported("save")
 
-    def load(self, path) -> None:
+    def load(self, path, check=None) -> None:
         self._unsupported("load")
 
 

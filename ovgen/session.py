@@ -585,16 +585,17 @@ class Session(TokenHistory):
         self.settle()
         kvstate.compact(self)
 
-    def save(self, path) -> None:
+    def save(self, path, meta: dict | None = None) -> None:
         """Write the KV state and history to `path` (ovgen/kvstate.py: a versioned .npz that names
-        the model and its precision; `load` refuses anything else)."""
+        the model and its precision; `load` refuses anything else), with `meta` (any JSON) if given."""
         self.settle()
-        kvstate.save(self, path)
+        kvstate.save(self, path, meta)
 
-    def load(self, path) -> None:
-        """Replace this session's state with one `save` wrote for the same model and precision."""
+    def load(self, path, check=None) -> dict | None:
+        """Replace this session's state with one `save` wrote for the same model and precision;
+        returns its `meta`. `check(meta)` may refuse the file before anything changes."""
         self.settle()
-        kvstate.load(self, path)
+        return kvstate.load(self, path, check)
 
     def reorder(self, beam_idx) -> None:
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens

@@ -171,6 +171,21 @@ def test_cli_chat_session(model_dir):
     assert out.stderr.count("TTFT") == 2 and "(history cleared)" in out.stderr
 
 
+def test_cli_chat_saves_and_loads_the_conversation(model_dir, tmp_path):
+    path = tmp_path / "chat.npz"
+    chat = [sys.executable, "-m", "ovgen.cli", "chat", "--max-new-tokens", "8", "--no-warmup"]
+    first = subprocess.run(chat, input=f"Hello, I am Ada.\n/save {path}\n/save\n", capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0 and f"saved to {path})" in first.stderr and "(usage: /save PATH)" in first.stderr
+    second = subprocess.run(chat, input=f"/load {tmp_path / 'nothing.npz'}\n/load {path}\nWho am I?\n",
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "no saved session there; the chat is unchanged)" in second.stderr
+    assert "(2 messages and" in second.stderr and f"loaded from {path})" in second.stderr
+    reused = int(second.stderr.split("; ")[-1].split()[0])  # "...; N prompt tokens reused from the KV cache]"
+    assert reused > 20
+
+
 def test_cli_chat_commands_and_a_refused_message_keep_the_chat_going(model_dir):
     too_long = "word " * 9000  # more tokens than the context holds: refused, the chat goes on
     out = subprocess.run([sys.executable, "-m", "ovgen.cli", "chat", "--max-new-tokens", "6"],

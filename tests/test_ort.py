@@ -120,6 +120,10 @@ def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):
         s.append([49152])
     with pytest.raises(ValueError, match="exceed the generator's max_length 8192"):
         s.append(np.ones(8190, np.int64))
+    with pytest.raises(NotImplementedError, match="onnxruntime-genai sessions cannot be saved"):
+        s.save("never-written.npz")
+    with pytest.raises(NotImplementedError, match="cannot load a saved KV state"):
+        Chat(onnx_model).load("whatever.npz")
     assert s.length == 3  # the refused calls left the session as it was
 
 

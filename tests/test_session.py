@@ -129,6 +129,30 @@ def test_chat_reuses_kv_and_matches_fresh_generation(model):
     assert second == fresh
 
 
+def test_a_saved_chat_goes_on_where_it_stopped(model, tmp_path):
+    chat = Chat(model, {"max_new_tokens": 16})
+    list(chat.send("Hello, my name is Ada. Name a fruit."))
+    chat.save(tmp_path / "chat.npz")
+    saved = [dict(m) for m in chat.messages]
+    going_on = [r.token_id for r in chat.send("What is my name?")]
+    other = Chat(model, {"max_new_tokens": 16}, system="another system prompt")
+    other.load(tmp_path / "chat.npz")
+    assert other.messages == saved and other.session.length > 30
+    assert [r.token_id for r in other.send("What is my name?")] == going_on
+    assert other.reused_tokens == chat.reused_tokens > 30  # the loaded KV state, not recomputed
+    # refused before the chat changes: a Session.save file without a conversation, a missing file
+    s = model.session()
+    s.prefill([1, 2, 3])
+    s.save(tmp_path / "plain.npz")
+    assert s.load(tmp_path / "plain.npz") is None  # no meta
+    before, length = [dict(m) for m in other.messages], other.session.length
+    with pytest.raises(ValueError, match="plain.npz: a saved session without a conversation"):
+        other.load(tmp_path / "plain.npz")
+    with pytest.raises(FileNotFoundError):
+        other.load(tmp_path / "missing.npz")
+    assert other.messages == before and other.session.length == length
+
+
 def test_interrupted_stream_leaves_session_usable(model):
     s = model.session()
     ref = ovgen.generate(model, "Tell me a story", {"max_new_tokens": 12}).sequences[0].token_ids
