@@ -79,7 +79,7 @@ class ModelFiles:
     vocab_size: int
     tokenizer_backend: str = "hf"
 
-    def warmup(self, prompt_tokens: int = 32, new_tokens: int = 2) -> float:
+    def warmup(self, prompt_tokens: int = 32, new_tokens: int = 2, config=None) -> float:
         """One throwaway generation with the model's default settings, on its own session: a prompt
         of `prompt_tokens` ids (and one of `min_prefill_tokens` when a second compile prefills long
         prompts, precision "fast"), so that what the runtime does the first time it meets a prompt
@@ -88,13 +88,17 @@ class ModelFiles:
         ~+240 ms whatever the prompt's length; one 32-token warm-up removes both for prompts of 8
         to 400 tokens (benchmarks/first_call.py; llama.cpp warms up at load likewise).
         A first multi-position infer (a speculative verify) still costs a little extra (~+15-20 ms
-        for 2-11 positions here). Returns the milliseconds it took; no session or cache of the
-        caller's is touched."""
+        for 2-11 positions here). `config`: the settings the answers will use; a structured-output
+        constraint in it is compiled now too (the first one builds llguidance's tokenizer, ~+350 ms
+        here, then cached on the model's tokenizer). Returns the milliseconds it took; no session
+        or cache of the caller's is touched."""
         from time import perf_counter_ns
 
-        from .generate import generate
+        from .generate import constraint_stages, generate, resolve_config
 
         t0 = perf_counter_ns()
+        if config is not None:
+            constraint_stages(self, resolve_config(self, config))
         lengths = {prompt_tokens}
         if getattr(self, "prefill_compiled", None) is not None:
             lengths.add(self.min_prefill_tokens)

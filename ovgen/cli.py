@@ -273,7 +273,7 @@ def cmd_generate(args) -> int:
         sys.stdout.flush()
 
     assistant = ovgen.load(args.draft, device=args.device, precision=args.precision) if args.draft else None
-    warmup_ms = 0.0 if args.no_warmup else sum(m.warmup() for m in (model, assistant) if m is not None)
+    warmup_ms = 0.0 if args.no_warmup else model.warmup(config=cfg) + (assistant.warmup() if assistant else 0.0)
     result = ovgen.generate(model, prompt, cfg, on_token=None if args.json else show, chat_template=template,
                             assistant=assistant)
     if args.json:
@@ -293,7 +293,7 @@ def cmd_chat(args) -> int:
     if args.draft:
         raise UsageError("--draft: ovgen chat runs without a draft model (use ovgen generate)")
     chat = Chat(model, _config_overrides(args), system=args.system, chat_template=_read_template(args))
-    warm = "" if args.no_warmup else f" (warmed up in {model.warmup() / 1e3:.2f} s)"
+    warm = "" if args.no_warmup else f" (warmed up in {model.warmup(config=chat.config) / 1e3:.2f} s)"
     print(f"ovgen chat{warm} - {_CHAT_HELP}", file=sys.stderr)
     while True:
         try:

@@ -67,6 +67,18 @@ def _balanced(text: str) -> bool:
     return depth == 0
 
 
+def test_warmup_with_a_constraint_builds_the_grammar_tokenizer_first(model_dir):
+    fresh = ovgen.load(model_dir)  # its own tokenizer: nothing cached yet
+    fresh.warmup()
+    assert "llguidance" not in fresh.tokenizer.cache  # no constraint asked: none built
+    fresh.warmup(config={"regex": "[0-9]+"})
+    built = fresh.tokenizer.cache["llguidance"]
+    out = ovgen.generate(fresh, "Count: 1, 2,", {"max_new_tokens": 6, "regex": "[0-9]+"}).sequences[0].text
+    assert re.fullmatch("[0-9]+", out) and fresh.tokenizer.cache["llguidance"] is built  # reused, not rebuilt
+    with pytest.raises(ValueError, match="regex: llguidance cannot compile it"):
+        fresh.warmup(config={"regex": "("})  # a bad constraint fails in the warm-up, before any answer
+
+
 def test_choices(model):
     for mode in ({}, SAMPLED):
         seq = ovgen.generate(model, "Is Paris in France? Answer:", {"max_new_tokens": 10,
