@@ -56,9 +56,16 @@ def snapshot(session) -> Snapshot:
 
 
 def _put_states(session, states: dict[str, np.ndarray]) -> None:
-    for s in session.request.query_state():
+    held = session.request.query_state()
+    for s in held:
         if s.name not in states:
             raise ValueError(f"the saved state has no tensor named {s.name!r}; it is from another model")
+    if all(states[s.name].size == 0 for s in held):
+        # an empty state (a session that had run nothing): its tensors have batch 0, and set as they are
+        # the next infer fails (beam_idx 0 out of a batch of 0); the IR's own initial state is the empty one
+        session.request.reset_state()
+        return
+    for s in held:
         s.state = ov.Tensor(np.ascontiguousarray(states[s.name], dtype=np.float32))
 
 

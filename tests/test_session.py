@@ -129,6 +129,22 @@ def test_chat_reuses_kv_and_matches_fresh_generation(model):
     assert second == fresh
 
 
+def test_an_empty_sessions_snapshot_and_saved_state_restore_to_a_usable_session(model, prompt, tmp_path):
+    """A session that has run nothing holds batch-0 state tensors: put back as they are, the next
+    append failed in the CPU plugin (beam_idx 0 out of a batch of 0); a saved empty chat hit it."""
+    empty = model.session()
+    snap = empty.snapshot()
+    empty.save(tmp_path / "empty.npz")
+    fresh = model.session()
+    ref = greedy_tokens(fresh, fresh.append(prompt), 8)
+    for put in (lambda s: s.restore(snap), lambda s: s.load(tmp_path / "empty.npz")):
+        s = model.session()
+        s.prefill([5, 6, 7])
+        put(s)
+        assert s.length == 0
+        assert greedy_tokens(s, s.append(prompt), 8) == ref
+
+
 def test_a_saved_chat_goes_on_where_it_stopped(model, tmp_path):
     chat = Chat(model, {"max_new_tokens": 16})
     list(chat.send("Hello, my name is Ada. Name a fruit."))
