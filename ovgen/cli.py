@@ -228,18 +228,21 @@ def _load(args):
 
 
 def _read_template(args) -> str | None:
-    if not args.chat_template:
-        return None
-    with open(args.chat_template, encoding="utf-8") as f:
-        return f.read()
+    return _read_text(args.chat_template, "--chat-template") if args.chat_template else None
 
 
 def _prompt(args, template):
     if args.prompt_ids:
         try:
-            return [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
         except ValueError:
             raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+        if args.prompt is not None:
+            raise UsageError("give a PROMPT or --prompt-ids, not both")
+        if args.chat or args.system or template:
+            raise UsageError("--chat, --system and --chat-template render a text PROMPT; --prompt-ids are used as "
+                             "they are")
+        return ids
     if args.prompt is None:
         raise UsageError("give a PROMPT or --prompt-ids")
     if args.chat or args.system or template:

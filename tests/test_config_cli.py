@@ -134,6 +134,8 @@ def test_cli_plain_output_streams_text_only(model_dir):
     (["--temperature", "-2"], "temperature must be in [0, inf), got -2.0"),
     (["--num-return-sequences", "2"], "num_return_sequences > 1 needs do_sample=True"),
     (["--prompt-ids", "1,x"], "--prompt-ids must be comma-separated integers"),
+    (["--prompt-ids", "1,2"], "give a PROMPT or --prompt-ids, not both"),
+    (["--chat-template", "/no/such.jinja"], "--chat-template: cannot read /no/such.jinja (No such file"),
     (["--ov-config", "KV_CACHE_PRECISION"], "--ov-config takes KEY=VALUE items, got 'KV_CACHE_PRECISION'"),
     (["--ov-config", "KV_CACHE_PRECISION=q7"], "ov_config: Wrong value q7 for property key KV_CACHE_PRECISION"),
     (["--ov-config", "NOT_A_PROPERTY=1"], "ov_config: NotFound: Unsupported property NOT_A_PROPERTY"),
@@ -143,6 +145,15 @@ def test_cli_bad_arguments_one_line(model_dir, args, needle):
     assert out.returncode == 2
     assert needle in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_prompt_ids_with_chat_rendering_are_refused_before_the_model_loads(tmp_path, capsys):
+    from ovgen.cli import main
+
+    for flag in (["--chat"], ["--system", "Be brief."]):
+        assert main(["generate", "--prompt-ids", "1,2", *flag, "-m", str(tmp_path / "no-model")]) == 2
+        err = capsys.readouterr().err
+        assert "--prompt-ids are used as they are" in err and "model folder" not in err
 
 
 @pytest.mark.parametrize("args,needle", [
