@@ -83,4 +83,3 @@ def _chat_messages(path, meta) -> list[dict]:
             for m in messages):
         raise ValueError(f"{path}: its chat messages are not a list of {{'role', 'content'}} strings")
     return [dict(m) for m in messages]
-

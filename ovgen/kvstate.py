@@ -9,8 +9,8 @@ token that does not grow with the context.
 Save. `save` writes an .npz (no pickles) with a JSON header: format and version, the model's
 fingerprint (sha256 of its IR files), the precision it ran at (INFERENCE_PRECISION_HINT,
 KV_CACHE_PRECISION), the history, the mask, the caller's JSON `meta` if any (a Chat's messages) and a
-sha256 of every array; `load` refuses a different
-model, a different precision, another format version or a file whose arrays do not match their sum.
+sha256 of every array; `load` refuses a different model, a different precision, another format
+version or a file whose arrays do not match their sum.
 States are stored in the KV cache's own precision (f16 values survive f32 -> f16 exactly).
 """
 
