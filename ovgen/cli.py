@@ -305,6 +305,9 @@ def cmd_chat(args) -> int:
             print(file=sys.stderr)
             return 0
         command = line.strip()
+        if not command:
+            continue
+        words = command.split(maxsplit=1)  # the command and its argument (a path)
         if command == "/exit":
             return 0
         if command == "/reset":
@@ -314,16 +317,14 @@ def cmd_chat(args) -> int:
         if command == "/help":
             print(_CHAT_HELP, file=sys.stderr)
             continue
-        if command.split(maxsplit=1)[0] in ("/save", "/load"):
-            _chat_file(chat, *command.split(maxsplit=1))
+        if words[0] in ("/save", "/load"):
+            _chat_file(chat, *words)
             continue
-        if re.fullmatch(r"/[A-Za-z]+", command.split(maxsplit=1)[0] if command else ""):
-            print(f"(unknown command {command.split()[0]}: {_CHAT_HELP})", file=sys.stderr)
+        if re.fullmatch(r"/[A-Za-z]+", words[0]):
+            print(f"(unknown command {words[0]}: {_CHAT_HELP})", file=sys.stderr)
             continue
         if line.startswith("//"):
             line = line[1:]
-        if not command:
-            continue
         t0, recs = perf_counter_ns(), []
         try:
             for rec in chat.send(line):
