@@ -370,11 +370,14 @@ def cmd_batch(args) -> int:
         raise UsageError("--draft: ovgen batch runs without a draft model")
     if args.attention == "paged":
         raise UsageError("--attention paged runs one row at a time; ovgen batch batches rows on the stateful IR")
-    items = jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
+    jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
     _check_outputs(args, "output")
-    done = jobs.done_ids(args.output)
-    with tqdm(desc="batch", unit="row", total=sum(it["id"] not in done for it in items), file=sys.stderr) as bar:
+    with tqdm(desc="batch", unit="row", file=sys.stderr) as bar:
         tokens = [0, perf_counter_ns()]
+
+        def started(rows):  # the rows OUTPUT does not hold yet: the bar's total (and its ETA)
+            bar.total = rows
+            bar.refresh()
 
         def progress(rows, n):
             tokens[0] += n
@@ -388,10 +391,11 @@ def cmd_batch(args) -> int:
             counts = run_job_ray(resolve_model_dir(args.model), args.input, args.output, base,
                                  batch_size=args.batch_size, device=args.device, precision=args.precision,
                                  ov_config=_ov_config(args.ov_config), logprobs=args.logprobs, timings=args.timings,
-                                 address=args.ray_address, concurrency=args.concurrency, progress=progress)
+                                 address=args.ray_address, concurrency=args.concurrency, progress=progress,
+                                 started=started)
         else:
             counts = jobs.run_job(_load(args), args.input, args.output, base, batch_size=args.batch_size,
-                                  logprobs=args.logprobs, timings=args.timings, progress=progress)
+                                  logprobs=args.logprobs, timings=args.timings, progress=progress, started=started)
     print(json.dumps(counts), file=sys.stderr)
     return 0
 

@@ -179,18 +179,27 @@ class Writer:
         self.f.close()
 
 
+def pending(input: str | Path, output: str | Path, started: Callable[[int], None] | None = None) -> tuple[list, dict]:
+    """(the input rows OUTPUT does not hold yet, the job's counts so far); `started(len(todo))` once
+    known (the CLI's progress bar total). Shared by `run_job` and the Ray driver."""
+    items = read_rows(input)
+    done = done_ids(output)
+    todo = [it for it in items if it["id"] not in done]
+    if started:
+        started(len(todo))
+    return todo, {"rows": len(items), "skipped": len(items) - len(todo), "done": 0, "errors": 0}
+
+
 def run_job(model, input: str | Path, output: str | Path, base: dict | None = None, *, batch_size: int = 8,
             logprobs: bool = False, timings: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> dict:
-    """Run every row OUTPUT does not hold yet; returns counts. `progress(rows, tokens)` per row."""
+            progress: Callable[[int, int], None] | None = None, started: Callable[[int], None] | None = None) -> dict:
+    """Run every row OUTPUT does not hold yet; returns counts. `started(rows to run)` once,
+    `progress(rows, tokens)` per row."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     base = dict(base or {})
     GenerationConfig.from_dict(base)  # unknown command-level settings fail before anything runs
-    items = read_rows(input)
-    done = done_ids(output)
-    todo = [it for it in items if it["id"] not in done]
-    counts = {"rows": len(items), "skipped": len(items) - len(todo), "done": 0, "errors": 0}
+    todo, counts = pending(input, output, started)
     session = model.session()
     write_all(output, (run_chunk(model, session, chunk, base, logprobs=logprobs, timings=timings)
                        for chunk in chunks(todo, batch_size)), counts, progress)

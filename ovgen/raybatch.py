@@ -50,7 +50,7 @@ class Generate:
 def run_job_ray(model_dir: str | Path, input: str | Path, output: str | Path, base: dict | None = None, *,
                 batch_size: int = 8, device: str = "CPU", precision: str = "exact", ov_config: dict | None = None,
                 logprobs: bool = False, timings: bool = False, address: str | None = None,
-                concurrency: int | None = None, num_cpus: int = 2, progress=None) -> dict:
+                concurrency: int | None = None, num_cpus: int = 2, progress=None, started=None) -> dict:
     """The job on Ray: a local instance unless `address` (or RAY_ADDRESS) names a cluster."""
     import json
 
@@ -58,10 +58,7 @@ def run_job_ray(model_dir: str | Path, input: str | Path, output: str | Path, ba
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    items = jobs.read_rows(input)
-    done = jobs.done_ids(output)
-    todo = [it for it in items if it["id"] not in done]
-    counts = {"rows": len(items), "skipped": len(items) - len(todo), "done": 0, "errors": 0}
+    todo, counts = jobs.pending(input, output, started)
     if not todo:
         return counts
     address = address or os.environ.get("RAY_ADDRESS")
