@@ -217,8 +217,16 @@ def _export_phi3(hf_dir: Path, dst: Path) -> None:
 
 def prepare(flavours: list[str] = (), *, home: Path | None = None, wheel: Path | None = None,
             progress: bool = True) -> Path:
-    """Build the default model (and the requested flavours) if missing; return `openvino/`."""
+    """Build the default model (and the requested flavours) if missing; return `openvino/`.
+
+    A `wheel` given is checked first (it exists, its sha256 is the pinned one) even when nothing
+    is left to build from it: a wrong path or file is an error, not silently unused."""
     flavours = parse_flavours(",".join(flavours))
+    if wheel is not None:
+        wheel = Path(wheel)
+        if not wheel.is_file():
+            raise FileNotFoundError(f"wheel {wheel} does not exist (--wheel takes the {WHEEL_SPEC} .whl file)")
+        verify_wheel(wheel)
     root = model_root(home)
     _remove_stale_tmp(root)
     _remove_stale_tmp(flavour_dir(PHI3_TINY, home).parent)

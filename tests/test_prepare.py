@@ -106,3 +106,17 @@ def test_flavours_are_complete():
                          ("onnx", "genai_config.json"), ("draft", "openvino_model.xml")):
         assert (prep.flavour_dir(name) / marker).is_file(), name
     assert shutil.which("optimum-cli") or Path(sys.executable).with_name("optimum-cli").exists()
+
+
+def test_a_given_wheel_is_checked_even_when_nothing_is_left_to_build(model_dir, tmp_path):
+    """The default model is prepared already (session fixture): a missing or tampered --wheel is
+    still refused, not silently unused."""
+    with pytest.raises(FileNotFoundError, match=r"wheel .*missing\.whl does not exist"):
+        prep.prepare([], wheel=tmp_path / "missing.whl", progress=False)
+    bad = tmp_path / "bad.whl"
+    bad.write_bytes(b"not a wheel")
+    with pytest.raises(ValueError, match="refusing"):
+        prep.prepare([], wheel=bad, progress=False)
+    out = subprocess.run([sys.executable, "-m", "ovgen.cli", "prepare", "--wheel", str(tmp_path / "missing.whl")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "missing.whl does not exist" in out.stderr and "Traceback" not in out.stderr
