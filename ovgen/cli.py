@@ -266,6 +266,8 @@ def cmd_generate(args) -> int:
     prompt = _prompt(args, template)
     model = _load(args)
     cfg = resolve_config(model, _config_overrides(args))  # validates before any inference
+    if cfg.top_logprobs and not args.json:
+        raise UsageError("--top-logprobs: the text output has no place for them; add --json")
     prompt_ids(model, prompt, chat_template=template, config=cfg)
     n_seq = cfg.num_return_sequences
 
@@ -295,6 +297,8 @@ def cmd_chat(args) -> int:
     model = _load(args)
     if args.draft:
         raise UsageError("--draft: ovgen chat runs without a draft model (use ovgen generate)")
+    if args.top_logprobs:
+        raise UsageError("--top-logprobs: ovgen chat prints text only (use ovgen generate --json or the Chat API)")
     chat = Chat(model, _config_overrides(args), system=args.system, chat_template=_read_template(args))
     warm = "" if args.no_warmup else f" (warmed up in {model.warmup(config=chat.config) / 1e3:.2f} s)"
     print(f"ovgen chat{warm} - {_CHAT_HELP}", file=sys.stderr)

@@ -63,9 +63,18 @@ class GenerationResult:
         return {
             "prompt_token_ids": self.prompt_token_ids,
             "sequences": [{"token_ids": s.token_ids, "text": s.text, "finish_reason": s.finish_reason,
-                           "score": s.score} for s in self.sequences],
+                           "score": s.score, "logprobs": s.logprobs, **top_logprobs_field(s.records)}
+                          for s in self.sequences],
             "metrics": self.metrics,
         }
+
+
+def top_logprobs_field(records) -> dict:
+    """`{"top_logprobs": [[[token_id, logprob], ...] per token]}` when the records carry them
+    (config.top_logprobs > 0), else `{}`: the JSON outputs of `generate --json` and `ovgen batch`."""
+    if not records or records[0].top_logprobs is None:
+        return {}
+    return {"top_logprobs": [[list(pair) for pair in r.top_logprobs or ()] for r in records]}
 
 
 def resolve_config(model, config: GenerationConfig | dict | None) -> GenerationConfig:

@@ -108,6 +108,7 @@ def prepare_row(model, item: dict, base: dict):
 
 def result_line(rid, records, *, logprobs: bool, timings: bool, prompt_tokens: int) -> dict:
     """The row's output line: its first (best) sequence; all of them under "sequences" when several."""
+    from .generate import top_logprobs_field
     from .profiling import summarize
 
     seqs = {}
@@ -119,7 +120,7 @@ def result_line(rid, records, *, logprobs: bool, timings: bool, prompt_tokens: i
                "finish_reason": recs[-1].finish_reason if recs else "length"}
         if logprobs:
             out["logprobs"] = [r.logprob for r in recs]
-        return out
+        return {**out, **top_logprobs_field(recs)}
 
     out = {"id": rid, **one(seqs.get(0, []))}
     if len(seqs) > 1:

@@ -146,7 +146,7 @@ def test_a_bad_prompt_is_named_before_inference(model):
 
 
 # ---- ovgen batch -------------------------------------------------------------------------------------------
-ROWS = [{"id": "a", "prompt": "The capital of France is"},
+ROWS = [{"id": "a", "prompt": "The capital of France is", "top_logprobs": 2},
         {"id": "b", "messages": [{"role": "user", "content": "Name a colour."}], "max_new_tokens": 8},
         {"id": "c", "prompt": ""},
         {"id": "d", "prompt": "1, 2, 3,", "temprature": 0.5},
@@ -183,6 +183,12 @@ def test_batch_job_output(model, reference):
                                                                         "seed": 4})
     assert out[7]["finish_reason"] == "stop_string" or " over" not in out[7]["text"]
     assert len(out["a"]["logprobs"]) == 12 and all(lp <= 0 for lp in out["a"]["logprobs"])
+    # the row that asked for top_logprobs has them: the greedy token first, with its own logprob
+    a = out["a"]
+    assert [[pair[0] for pair in top[:1]] for top in a["top_logprobs"]] == [[t] for t in a["token_ids"]]
+    assert [top[0][1] for top in a["top_logprobs"]] == a["logprobs"]
+    assert all(len(top) == 2 and top[0][1] >= top[1][1] for top in a["top_logprobs"])
+    assert "top_logprobs" not in out["e"]
 
 
 def test_batch_job_resumes_after_a_kill(model, reference, tmp_path):

@@ -110,6 +110,20 @@ def test_cli_generate_json_schema(model_dir):
     assert {"ttft_ms", "tpot_ms", "tokens_per_s"} <= set(obj["metrics"])
 
 
+def test_cli_generate_json_has_logprobs_and_top_logprobs_when_asked(model_dir):
+    out = run_cli("generate", "--prompt-ids", "1,9690,198", "--max-new-tokens", "5", "--ignore-eos", "--json",
+                  "--top-logprobs", "3", "--no-warmup")
+    assert out.returncode == 0, out.stderr
+    (seq,) = json.loads(out.stdout)["sequences"]
+    assert len(seq["logprobs"]) == len(seq["top_logprobs"]) == 5
+    assert [top[0][0] for top in seq["top_logprobs"]] == seq["token_ids"]  # greedy: the most likely first
+    assert [top[0][1] for top in seq["top_logprobs"]] == seq["logprobs"]
+    assert all(len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] for top in seq["top_logprobs"])
+    for cmd in (["generate", "--prompt-ids", "1,9690,198"], ["chat"]):  # text output: nowhere to show them
+        out = run_cli(*cmd, "--top-logprobs", "3", "--no-warmup")
+        assert out.returncode == 2 and "--top-logprobs" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_cli_warms_up_unless_told_not_to(model_dir):
     runs = {}
     for flag in ((), ("--no-warmup",)):
@@ -117,7 +131,8 @@ def test_cli_warms_up_unless_told_not_to(model_dir):
         assert out.returncode == 0, out.stderr
         runs[flag] = json.loads(out.stdout)
     assert runs[()]["warmup_ms"] > 0 and runs[("--no-warmup",)]["warmup_ms"] == 0
-    assert runs[()]["sequences"] == runs[("--no-warmup",)]["sequences"]  # the same answer either way
+    tokens = {flag: [s["token_ids"] for s in run["sequences"]] for flag, run in runs.items()}
+    assert tokens[()] == tokens[("--no-warmup",)]  # the same answer either way
     out = run_cli("generate", "--prompt-ids", "1,9690,198", "--max-new-tokens", "4")
     assert out.returncode == 0 and " s warm-up" in out.stderr
 
