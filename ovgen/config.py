@@ -259,6 +259,12 @@ class GenerationConfig:
             check_token_ids(ids, vocab_size, f"{name}: token ids")
 
     def _warn_unused(self) -> None:
+        if self.negative_prompt and self.guidance_scale == 1.0:
+            warnings.warn("negative_prompt has no effect with guidance_scale=1.0 (classifier-free guidance off; "
+                          "set guidance_scale > 1)", UserWarning, stacklevel=3)
+        if self.min_new_tokens > self.max_new_tokens:
+            warnings.warn(f"min_new_tokens ({self.min_new_tokens}) > max_new_tokens ({self.max_new_tokens}): "
+                          f"generation stops at max_new_tokens", UserWarning, stacklevel=3)
         if self.do_sample:
             return
         unused = [n for n, default in (("temperature", 1.0), ("top_p", 1.0), ("typical_p", 1.0))

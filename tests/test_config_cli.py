@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -41,6 +42,16 @@ def test_unknown_field_names_closest():
 def test_greedy_with_sampling_settings_warns():
     with pytest.warns(UserWarning, match="top_p have no effect with do_sample=False"):
         GenerationConfig(top_p=0.5).validate()
+
+
+def test_settings_that_do_nothing_warn():
+    with pytest.warns(UserWarning, match=r"negative_prompt has no effect with guidance_scale=1\.0"):
+        GenerationConfig(negative_prompt="bad").validate()
+    with pytest.warns(UserWarning, match=r"min_new_tokens \(20\) > max_new_tokens \(8\)"):
+        GenerationConfig(min_new_tokens=20, max_new_tokens=8).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GenerationConfig(negative_prompt="bad", guidance_scale=1.5, min_new_tokens=8, max_new_tokens=8).validate()
 
 
 def test_beam_constraints():
