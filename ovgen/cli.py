@@ -227,6 +227,9 @@ def _load(args):
                       attention=args.attention)
 
 
+_MANY_VALUED = ("stop", "choices", "dry_sequence_breakers", "ov_config")  # nargs="+" options
+
+
 def _read_template(args) -> str | None:
     return _read_text(args.chat_template, "--chat-template") if args.chat_template else None
 
@@ -244,7 +247,10 @@ def _prompt(args, template):
                              "they are")
         return ids
     if args.prompt is None:
-        raise UsageError("give a PROMPT or --prompt-ids")
+        many = [f"--{n.replace('_', '-')}" for n in _MANY_VALUED if getattr(args, n, None)]
+        raise UsageError("give a PROMPT or --prompt-ids" + (
+            f" ({'/'.join(many)} took every word after it; put PROMPT first, or end the list with --)"
+            if many else ""))
     if args.chat or args.system or template:
         msgs = [{"role": "system", "content": args.system}] if args.system else []
         return msgs + [{"role": "user", "content": args.prompt}]

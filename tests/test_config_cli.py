@@ -173,6 +173,18 @@ def test_cli_bad_arguments_one_line(model_dir, args, needle):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_a_prompt_swallowed_by_a_many_valued_option_is_explained(tmp_path, capsys):
+    from ovgen.cli import main
+
+    for flag in ("--stop", "--choices"):
+        assert main(["generate", "-m", str(tmp_path / "no-model"), flag, "a", "b", "hello"]) == 2
+        err = capsys.readouterr().err
+        assert f"give a PROMPT or --prompt-ids ({flag} took every word after it; put PROMPT first, or end the " \
+               "list with --)" in err
+    assert main(["generate", "-m", str(tmp_path / "no-model")]) == 2
+    assert capsys.readouterr().err.strip().endswith("give a PROMPT or --prompt-ids")
+
+
 def test_prompt_ids_with_chat_rendering_are_refused_before_the_model_loads(tmp_path, capsys):
     from ovgen.cli import main
 
