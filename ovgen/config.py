@@ -110,7 +110,7 @@ class GenerationConfig:
                 raise ValueError(f"unknown generation setting {key!r}{hint}")
         if "eos_token_id" in known:
             eos = known["eos_token_id"]
-            known["eos_token_id"] = [] if eos is None else [int(e) for e in ([eos] if isinstance(eos, int) else eos)]
+            known["eos_token_id"] = [] if eos is None else _id_list("eos_token_id", [eos] if _is_id(eos) else eos)
         if "response_format" in values:  # OpenAI's {"type": "json_schema", "json_schema": {"schema": ...}}
             schema = _schema_of(values["response_format"])
             if known.get("json_schema") is None:
@@ -118,7 +118,7 @@ class GenerationConfig:
         if isinstance(known.get("stop_strings"), str):
             known["stop_strings"] = [known["stop_strings"]]
         if known.get("logit_bias"):
-            known["logit_bias"] = {int(k): float(v) for k, v in known["logit_bias"].items()}
+            known["logit_bias"] = _logit_bias(known["logit_bias"])
         return cls(**known)
 
     @classmethod
@@ -187,9 +187,17 @@ class GenerationConfig:
                              f"(greedy search gives one sequence), got {self.num_return_sequences}")
         if any(not isinstance(s, str) or not s for s in self.stop_strings):
             raise ValueError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
-        for seq in self.bad_words_ids or []:
-            if not seq:
-                raise ValueError(f"bad_words_ids must hold non-empty token id lists, got {self.bad_words_ids!r}")
+        bad = self.bad_words_ids
+        if bad is not None and (isinstance(bad, (str, bytes)) or not all(
+                isinstance(seq, (list, tuple)) and seq and all(_is_id(t) for t in seq) for seq in bad)):
+            raise ValueError(f"bad_words_ids must hold non-empty token id lists (e.g. [[42], [7, 8]]), got {bad!r}")
+        if self.allowed_token_ids is not None:
+            _id_list("allowed_token_ids", self.allowed_token_ids)
+        if not isinstance(self.eos_token_id, (list, tuple)):
+            raise ValueError(f"eos_token_id must be a list of token ids, got {self.eos_token_id!r}")
+        _id_list("eos_token_id", self.eos_token_id)
+        if self.logit_bias is not None:
+            _logit_bias(self.logit_bias, text_keys=False)
         self._warn_unused()
         return self
 
@@ -277,6 +285,38 @@ class GenerationConfig:
         if unused:
             warnings.warn(f"{', '.join(unused)} have no effect with do_sample=False (greedy/beam search)",
                           UserWarning, stacklevel=3)
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _id_list(name: str, values) -> list[int]:
+    """`values` as a list of ints, or ValueError naming the field (no silent int() of floats or text)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a token id or a list of token ids, got {values!r}")
+    values = list(values)
+    wrong = [v for v in values if not _is_id(v)]
+    if wrong:
+        raise ValueError(f"{name} must hold integer token ids, got {wrong[0]!r}")
+    return [int(v) for v in values]
+
+
+def _logit_bias(bias, *, text_keys: bool = True) -> dict[int, float]:
+    """{token id: bias}; keys are ids, or their decimal text (JSON object keys, from_dict's
+    text_keys); biases any number but NaN."""
+    if not isinstance(bias, dict):
+        raise ValueError(f"logit_bias must be a dict of token id -> bias, got {bias!r}")
+    out = {}
+    for key, value in bias.items():
+        if text_keys and isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            key = int(key)
+        if not _is_id(key):
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or math.isnan(value):
+            raise ValueError(f"logit_bias[{key}] must be a number (+-inf allowed), got {value!r}")
+        out[int(key)] = float(value)
+    return out
 
 
 def _check_int(cfg: GenerationConfig, name: str, low: int) -> None:

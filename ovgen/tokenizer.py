@@ -94,9 +94,15 @@ class Tokenizer:
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {m!r}")
-        return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
-                                    bos_token=self.config.get("bos_token") or "",
-                                    eos_token=self.config.get("eos_token") or "")
+        try:
+            return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,
+                                        bos_token=self.config.get("bos_token") or "",
+                                        eos_token=self.config.get("eos_token") or "")
+        except TypeError as e:  # e.g. str + int inside the template: name the message that is not text
+            odd = next((i for i, m in enumerate(messages) if not isinstance(m["content"], str)), None)
+            where = "" if odd is None else (f"messages[{odd}]['content'] is "
+                                            f"{type(messages[odd]['content']).__name__}, not text; ")
+            raise ValueError(f"chat template cannot render these messages: {where}{e}") from None
 
 
 def render_chat_template(template: str, messages: list[dict], **context) -> str:

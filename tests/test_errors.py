@@ -239,6 +239,41 @@ def test_a_prompt_of_the_wrong_type_is_named(model, prompt, message):
     assert ok.prompt_token_ids == [1, 2, 3]
 
 
+@pytest.mark.parametrize("setting,message", [
+    ({"eos_token_id": "x"}, "eos_token_id must be a token id or a list of token ids, got 'x'"),
+    ({"eos_token_id": [2, 2.5]}, "eos_token_id must hold integer token ids, got 2.5"),
+    ({"logit_bias": {"abc": 1}}, "logit_bias keys must be token ids, got 'abc'"),
+    ({"logit_bias": {5: float("nan")}}, r"logit_bias\[5\] must be a number \(\+-inf allowed\), got nan"),
+    ({"logit_bias": {5: "high"}}, r"logit_bias\[5\] must be a number"),
+    ({"logit_bias": [5]}, "logit_bias must be a dict of token id -> bias"),
+    ({"bad_words_ids": [5, 6]}, r"bad_words_ids must hold non-empty token id lists \(e.g. \[\[42\], \[7, 8\]\]\)"),
+    ({"bad_words_ids": [[5.5]]}, "bad_words_ids must hold non-empty token id lists"),
+    ({"allowed_token_ids": [1, "2"]}, "allowed_token_ids must hold integer token ids, got '2'"),
+])
+def test_token_id_settings_of_the_wrong_type_are_named(model, setting, message):
+    """Each once went through int() / float() unnamed (or, for a NaN bias, ran and chose the NaN)."""
+    session = model.session()
+    with pytest.raises(ValueError, match=message):
+        ovgen.generate(model, PROMPT, {"max_new_tokens": 2, **setting}, session=session)
+    assert session.length == 0
+    with pytest.raises(ValueError, match=message):  # a GenerationConfig is checked the same way
+        GenerationConfig.from_dict(setting).validate()
+
+
+def test_logit_bias_takes_json_text_keys_and_infinite_biases(model):
+    forced = ovgen.generate(model, PROMPT, {"max_new_tokens": 2, "logit_bias": {"30": float("inf")}})
+    assert forced.sequences[0].token_ids == [30, 30]
+    first = _fresh(model)[0]
+    banned = ovgen.generate(model, PROMPT, {"max_new_tokens": 1, "logit_bias": {str(first): -float("inf")}})
+    assert banned.sequences[0].token_ids != [first]
+
+
+def test_chat_message_content_a_template_cannot_render_is_named(model):
+    with pytest.raises(ValueError, match=r"messages\[1\]\['content'\] is int, not text"):
+        ovgen.generate(model, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 5}],
+                       {"max_new_tokens": 2})
+
+
 def test_tokens_then_views_the_history_and_the_next_token_without_changing_it():
     from ovgen.session import TokenHistory
 
