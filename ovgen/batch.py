@@ -27,6 +27,7 @@ import numpy as np
 from .choice import Choice, Greedy, TokenChoice, token_choice
 from .config import GenerationConfig
 from .search import Chosen, TokenRecord, _text, candidates, choose, chosen, decode
+from .session import owned
 from .stopping import StopStrings, Stopping
 from .tokenizer import IncrementalDecoder
 
@@ -168,12 +169,16 @@ def batch_stream(model, prompts: Sequence[list[int]], configs: Sequence[Generati
                  extras: Sequence[list] | None = None, batch_size: int = 8, session=None) -> Iterator[TokenRecord]:
     """Every prompt (token ids, validated configs) through batches of at most `batch_size` rows;
     records of a batch interleave across its rows (`record.row` is the prompt's index)."""
-    from .generate import run  # the loop of one prompt, for rows that need their own
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    extras = extras or [[] for _ in prompts]
     session = session or model.session()
+    return owned(session, _batch_records(model, session, prompts, configs, processors, extras or [[] for _ in prompts],
+                                         batch_size))
+
+
+def _batch_records(model, session, prompts, configs, processors, extras, batch_size) -> Iterator[TokenRecord]:
+    from .generate import run  # the loop of one prompt, for rows that need their own
+
     batched = [i for i, c in enumerate(configs) if batchable(c)]
     t_start = perf_counter_ns()
     for at in range(0, len(batched), batch_size):

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from .config import GenerationConfig
 from .generate import constraint_stages, prompt_ids, proposer_for, resolve_config, run
 from .search import TokenRecord
+from .session import owned
 
 
 def common_prefix(a, b) -> int:
@@ -41,6 +42,9 @@ class Chat:
         self.session.reset()
 
     def send(self, text: str) -> Iterator[TokenRecord]:
+        return owned(self.session, self._send(text))
+
+    def _send(self, text: str) -> Iterator[TokenRecord]:
         if not text:
             raise ValueError("message is empty")
         messages = self.messages + [{"role": "user", "content": text}]

@@ -20,6 +20,7 @@ from .config import GenerationConfig
 from .processors import Processor
 from .profiling import Profile, summarize
 from .search import TokenRecord, decode, sequence_records
+from .session import owned
 from .speculative import DraftModel, PromptLookup, speculative_decode
 from .stopping import StopStrings, Stopping
 from .structured import constraint_of, grammar_stage
@@ -196,7 +197,7 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     proposer = proposer_for(model, session, cfg, assistant, proposer)
     records = run(model, session, ids, cfg, processors, chooser=chooser, overlap=overlap, extra=extra,
                   proposer=proposer, prefix_cache=prefix_cache)
-    return Stream(model, ids, cfg, records)
+    return Stream(model, ids, cfg, owned(session, records))
 
 
 def _batch_stream(model, prompts, config, configs, *, session, processors, chat_template, batch_size) -> Stream:

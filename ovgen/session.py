@@ -79,6 +79,25 @@ class TokenHistory:
         return view
 
 
+def owned(session, records):
+    """Yield `records`, a generation on `session`, which it claims when it starts. A session runs
+    one generation at a time: if another one (a `generate` / `stream` / `Chat.send` on the same
+    session) started while this one waited between two records, it stops with a RuntimeError
+    instead of going on from the other's KV state (which would give wrong tokens silently)."""
+    session.owner = mine = object()
+    try:
+        for rec in records:
+            yield rec
+            if session.owner is not mine:
+                raise RuntimeError("another generation used this session since this stream's last record "
+                                   "(a session runs one generation at a time): this stream cannot go on; "
+                                   "give each concurrent stream its own session")
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()  # the loop's own clean-up (a started step is settled only if it is still its own)
+
+
 class _Buffers(NamedTuple):
     """A request's preset output buffers as [rows, keep, ...] views (Session._outputs)."""
     rows: int

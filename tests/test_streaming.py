@@ -90,3 +90,37 @@ def test_user_processor_joins_the_chain(model):
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     res = ovgen.generate(model, msgs, {"max_new_tokens": 16}, processors=[no_paris]).sequences[0]
     assert banned not in res.token_ids and seen and seen[1] == seen[0] + 1
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_stream_whose_session_another_generation_took_stops_with_a_clear_error(model, overlap):
+    """Two streams on one session, interleaved: the second takes the session; the first, asked for
+    its next record, raises instead of decoding on from the other's KV state (without overlap it
+    used to go on silently with wrong tokens). Streams on their own sessions interleave freely."""
+    cfg = {"max_new_tokens": 6, "ignore_eos": True}
+    alone = {p: ovgen.generate(model, p, cfg).sequences[0].token_ids for p in ("Hello", "The sky is")}
+    session = model.session()
+    first = ovgen.stream(model, "Hello", cfg, session=session, overlap=overlap)
+    assert next(first).token_id == alone["Hello"][0]
+    assert ovgen.generate(model, "The sky is", cfg, session=session).sequences[0].token_ids == alone["The sky is"]
+    with pytest.raises(RuntimeError, match="another generation used this session"):
+        next(first)
+    assert ovgen.generate(model, "Hello", cfg, session=session).sequences[0].token_ids == alone["Hello"]
+    a, b = (iter(ovgen.stream(model, p, cfg, overlap=overlap)) for p in ("Hello", "The sky is"))
+    got = {"Hello": [], "The sky is": []}
+    for _ in range(6):
+        got["Hello"].append(next(a).token_id)
+        got["The sky is"].append(next(b).token_id)
+    assert got == alone
+
+
+def test_two_chat_replies_on_one_chat_cannot_interleave(model):
+    from ovgen.chat import Chat
+
+    chat = Chat(model, {"max_new_tokens": 6})
+    first = chat.send("Hi")
+    next(first)
+    second = "".join(r.text for r in chat.send("Name a colour."))
+    with pytest.raises(RuntimeError, match="another generation used this session"):
+        next(first)
+    assert chat.messages[-1] == {"role": "assistant", "content": second}
