@@ -27,6 +27,9 @@ class Chat:
 
     def __init__(self, model, config: GenerationConfig | dict | None = None, *, system: str | None = None,
                  chat_template: str | None = None):
+        for name, value in (("system", system), ("chat_template", chat_template)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be text or None, got {type(value).__name__}")
         self.model = model
         self.config = resolve_config(model, config)
         self.session = model.session()

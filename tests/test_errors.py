@@ -269,6 +269,10 @@ def test_logit_bias_takes_json_text_keys_and_infinite_biases(model):
 
 
 def test_chat_message_content_a_template_cannot_render_is_named(model):
+    from ovgen.chat import Chat
+
+    with pytest.raises(TypeError, match="system must be text or None, got int"):
+        Chat(model, system=5)  # (it used to fail only at the first message, in the template)
     with pytest.raises(ValueError, match=r"messages\[1\]\['content'\] is int, not text"):
         ovgen.generate(model, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 5}],
                        {"max_new_tokens": 2})
