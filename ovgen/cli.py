@@ -380,6 +380,12 @@ def cmd_batch(args) -> int:
         raise UsageError("--draft: ovgen batch runs without a draft model")
     if args.attention == "paged":
         raise UsageError("--attention paged runs one row at a time; ovgen batch batches rows on the stateful IR")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not args.ray and (args.ray_address or args.concurrency is not None):
+        raise UsageError("--ray-address and --concurrency apply to --ray runs")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UsageError(f"--concurrency must be >= 1, got {args.concurrency}")
     jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
     _check_outputs(args, "output")
     with tqdm(desc="batch", unit="row", file=sys.stderr) as bar:

@@ -17,7 +17,7 @@ from .backend import check_token_ids
 from .beam import beam_search, check_beam_config
 from .choice import token_choice
 from .config import GenerationConfig
-from .processors import Processor
+from .processors import Processor, as_stage
 from .profiling import Profile, summarize
 from .search import TokenRecord, decode, sequence_records
 from .session import owned
@@ -180,6 +180,7 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     `row` says which prompt it belongs to.
     `overlap`: the next token's infer runs while the consumer handles a record (search.decode); the
     consumer must then not call the session itself before asking for the next record."""
+    _check_parts(model, session, processors)
     if is_batch(prompt):
         given = {"chooser": chooser, "assistant": assistant, "proposer": proposer, "prefix_cache": prefix_cache}
         for name, value in given.items():
@@ -198,6 +199,17 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     records = run(model, session, ids, cfg, processors, chooser=chooser, overlap=overlap, extra=extra,
                   proposer=proposer, prefix_cache=prefix_cache)
     return Stream(model, ids, cfg, owned(session, records))
+
+
+def _check_parts(model, session, processors) -> None:
+    """The session and processors a call brings, checked before anything runs."""
+    if session is not None and getattr(session, "model", None) is not model:
+        what = type(session).__name__ if not hasattr(session, "model") else "a session of another model"
+        raise TypeError(f"session must be a session of this model (model.session()), got {what}")
+    if isinstance(processors, (str, bytes)) or not isinstance(processors, Sequence):
+        raise TypeError(f"processors must be a list of processors, got {type(processors).__name__}")
+    for p in processors:
+        as_stage(p)  # TypeError naming what is not a processor
 
 
 def _batch_stream(model, prompts, config, configs, *, session, processors, chat_template, batch_size) -> Stream:
@@ -311,6 +323,8 @@ def generate(model, prompt: Prompt, config: GenerationConfig | dict | None = Non
     """Generate to the end (a consumer of `stream`) and return ids, text, finish reasons and metrics.
     `on_token(record)` is called for every token as it is chosen, while the next token's infer runs
     (`overlap`, see `stream`). `result.profile` has every token's timings and the exports."""
+    if on_token is not None and not callable(on_token):
+        raise TypeError(f"on_token must be a callable taking a TokenRecord, got {type(on_token).__name__}")
     t_start = perf_counter_ns()
     s = stream(model, prompt, config, session=session, processors=processors, chooser=chooser, assistant=assistant,
                proposer=proposer, prefix_cache=prefix_cache, chat_template=chat_template, overlap=overlap,

@@ -151,6 +151,8 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
         plan_from(precision)  # a bad plan fails before anything is read or compiled
     if tokenizer not in ("hf", "openvino"):
         raise ValueError(f"tokenizer must be 'hf' or 'openvino', got {tokenizer!r}")
+    if ov_config is not None and not isinstance(ov_config, dict):
+        raise ValueError(f"ov_config must be a dict of OpenVINO properties, got {type(ov_config).__name__}")
     folder = resolve_model_dir(path)
     from . import ort
 

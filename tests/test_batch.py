@@ -242,6 +242,20 @@ def test_cli_batch(model_dir, tmp_path, capsys):
     assert main(["batch", "-m", str(model_dir), str(tmp_path / "missing.jsonl"), "--output", "x"]) == 2
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--concurrency", "2"], "--ray-address and --concurrency apply to --ray runs"),
+    (["--ray-address", "ray://head:10001"], "--ray-address and --concurrency apply to --ray runs"),
+    (["--ray", "--concurrency", "0"], "--concurrency must be >= 1, got 0"),
+])
+def test_cli_batch_options_are_checked_before_the_model_loads(tmp_path, capsys, args, message):
+    _write(tmp_path / "in.jsonl", ROWS[:1])
+    assert main(["batch", "-m", str(tmp_path / "no-model"), str(tmp_path / "in.jsonl"),
+                 "--output", str(tmp_path / "o.jsonl"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "no-model" not in err and not (tmp_path / "o.jsonl").exists()
+
+
 def test_cli_batch_ctrl_c_then_rerun(model_dir, tmp_path):
     """A real SIGINT to `ovgen batch` once its first rows are written: one line saying how to go on,
     exit 130, no traceback; the same command again writes only the missing rows."""

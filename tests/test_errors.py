@@ -268,6 +268,23 @@ def test_logit_bias_takes_json_text_keys_and_infinite_biases(model):
     assert banned.sequences[0].token_ids != [first]
 
 
+def test_the_parts_a_call_brings_are_checked_before_inference(model, model_dir):
+    session = model.session()
+    other = ovgen.load(model_dir)  # another Model (even of the same IR) keeps its own compiled model
+    for kwargs, message in (({"session": 5}, "session must be a session of this model .* got int"),
+                            ({"session": other.session()}, "got a session of another model"),
+                            ({"processors": 5}, "processors must be a list of processors, got int"),
+                            ({"processors": [5]}, "a processor must be callable"),
+                            ({"on_token": 5}, "on_token must be a callable taking a TokenRecord, got int")):
+        with pytest.raises(TypeError, match=message):
+            ovgen.generate(model, PROMPT, {"max_new_tokens": 2}, **kwargs)
+    with pytest.raises(TypeError, match="a processor must be callable"):  # before the session runs anything
+        ovgen.stream(model, PROMPT, {"max_new_tokens": 2}, session=session, processors=[None])
+    assert session.length == 0
+    with pytest.raises(ValueError, match="ov_config must be a dict of OpenVINO properties, got str"):
+        ovgen.load(model_dir, ov_config="PERFORMANCE_HINT=LATENCY")
+
+
 def test_chat_message_content_a_template_cannot_render_is_named(model):
     from ovgen.chat import Chat
 
