@@ -19,6 +19,7 @@ logits after a trim may differ from a never-trimmed run's in the last bits, as a
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from time import perf_counter_ns
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ class TokenHistory:
     def __init__(self):
         self._hist = np.zeros((1, 256), dtype=np.int64)  # token history buffer; `tokens` views it
         self._len = 0
+        self.owner = None  # the generation running on this session (see owned())
 
     @property
     def tokens(self) -> np.ndarray:
@@ -79,7 +81,7 @@ class TokenHistory:
         return view
 
 
-def owned(session, records):
+def owned(session, records: Generator):
     """Yield `records`, a generation on `session`, which it claims when it starts. A session runs
     one generation at a time: if another one (a `generate` / `stream` / `Chat.send` on the same
     session) started while this one waited between two records, it stops with a RuntimeError
@@ -93,9 +95,7 @@ def owned(session, records):
                                    "(a session runs one generation at a time): this stream cannot go on; "
                                    "give each concurrent stream its own session")
     finally:
-        close = getattr(records, "close", None)
-        if close is not None:
-            close()  # the loop's own clean-up (a started step is settled only if it is still its own)
+        records.close()  # the loop's own clean-up (a started step is settled only if it is still its own)
 
 
 class _Buffers(NamedTuple):
