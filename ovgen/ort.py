@@ -137,6 +137,7 @@ class OrtSession(TokenHistory):
         self.logsumexp = np.float32(0)
 
     def reset(self) -> None:
+        self.edits += 1  # (see session.owned)
         if self.generator is not None and self._len:
             self.generator.rewind_to(0)
         self._len, self._logits = 0, None
@@ -171,6 +172,7 @@ class OrtSession(TokenHistory):
                              f"{self.model.max_length}")
         if need > self.capacity:
             self.reserve(min(self.model.max_length, max(need, 2 * self.capacity, 256)))
+        self.edits += 1
         self.infer_start_ns = t0 = perf_counter_ns()
         self.generator.append_tokens(ids.astype(np.int32))
         logits = self.generator.get_logits()
@@ -204,6 +206,7 @@ class OrtSession(TokenHistory):
         if n == self._len:
             self.reset()
             return
+        self.edits += 1
         self.generator.rewind_to(self._len - n)
         self._len -= n
         self._logits = None

@@ -38,6 +38,7 @@ class TokenHistory:
         self._hist = np.zeros((1, 256), dtype=np.int64)  # token history buffer; `tokens` views it
         self._len = 0
         self.owner = None  # the generation running on this session (see owned())
+        self.edits = 0  # counts changes to the state (infers, rewinds, resets, ...): owned() watches it
 
     @property
     def tokens(self) -> np.ndarray:
@@ -84,16 +85,24 @@ class TokenHistory:
 def owned(session, records: Generator):
     """Yield `records`, a generation on `session`, which it claims when it starts. A session runs
     one generation at a time: if another one (a `generate` / `stream` / `Chat.send` on the same
-    session) started while this one waited between two records, it stops with a RuntimeError
-    instead of going on from the other's KV state (which would give wrong tokens silently)."""
+    session) started while this one waited between two records, or the user changed the state
+    (`session.edits`: a step, rewind, ...), it stops with a RuntimeError instead of going on from a
+    state it did not make (which would give wrong tokens silently). Reading the state between two
+    records (`snapshot`, `save`) is fine: it finishes a started step, which the stream then takes."""
     session.owner = mine = object()
     try:
         for rec in records:
+            edits = session.edits
             yield rec
             if session.owner is not mine:
                 raise RuntimeError("another generation used this session since this stream's last record "
                                    "(a session runs one generation at a time): this stream cannot go on; "
                                    "give each concurrent stream its own session")
+            if session.edits != edits:
+                raise RuntimeError("this session's state was changed (a step, append, rewind, reset, restore, "
+                                   "load or reorder) since this stream's last record: the stream cannot go on "
+                                   "from a state it did not make; close it first (or snapshot / save, which "
+                                   "leave the state as it is)")
     finally:
         records.close()  # the loop's own clean-up (a started step is settled only if it is still its own)
 
@@ -152,6 +161,7 @@ class Session(TokenHistory):
         self._out: _Buffers | None = None  # preset output buffers (see _outputs)
         self._pending = None  # the token of a step started by start_step() ((ids, inputs, keep): by _start())
         self._step_id = 0  # counts started steps (start_step returns it)
+        self._settled = None  # (step id, logits) of a started step that settle() finished for its caller
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
         self._prefill_request = None  # on the prefill compile of a split plan (ovgen/fast.py), made on first use
         self._prefill_out = None
@@ -183,6 +193,7 @@ class Session(TokenHistory):
     def reset(self) -> None:
         """Forget everything: empty KV state, empty history."""
         self.settle()
+        self._changed()
         self.request.reset_state()
         self.tokens = np.zeros((1, 0), dtype=np.int64)
         self._beam_idx = None
@@ -437,6 +448,8 @@ class Session(TokenHistory):
 
     def _arm(self) -> None:
         """Right before an infer starts: the top-k candidates run in it as `want_top` says."""
+        self.edits += 1
+        self._settled = None
         self._top_on = bool(self.want_top)
         if self._gate is not None:
             self._gate[()] = self._top_on
@@ -456,6 +469,9 @@ class Session(TokenHistory):
 
     def finish_step(self) -> np.ndarray:
         if self._pending is None:
+            settled, self._settled = self._settled, None
+            if settled is not None and settled[0] == self._step_id:
+                return settled[1]  # settle() finished it (a snapshot / save between two records)
             raise RuntimeError("finish_step() without a started step")
         pending, self._pending = self._pending, None
         self.request.wait()
@@ -466,9 +482,10 @@ class Session(TokenHistory):
 
     def settle(self, step_id: int | None = None) -> None:
         """Finish the pending step, if any (only if it is `step_id`, when given: a generation that
-        was abandoned must not finish a step that a later one started)."""
+        was abandoned must not finish a step that a later one started). Its logits stay for the
+        `finish_step()` of whoever started it, until the next infer or state change."""
         if self._pending is not None and step_id in (None, self._step_id):
-            self.finish_step()
+            self._settled = (self._step_id, self.finish_step())
 
     def _outputs(self, rows: int, keep: int):
         """Output buffers (logits, logsumexp, top candidates) set on the request in the shape the IR
@@ -578,6 +595,7 @@ class Session(TokenHistory):
         """Put back a snapshot taken from a session over the same compiled model."""
         self.settle()
         kvstate.restore(self, snap)
+        self._changed()
 
     def rewind(self, n: int) -> None:
         """Drop the last `n` tokens (0 <= n <= length): O(n), they become holes in the attention
@@ -590,6 +608,7 @@ class Session(TokenHistory):
         if n == self.length:
             self.reset()
             return
+        self._changed()
         self._drop_last(n)
         self.top = None  # the logits of the new last position are not known until the next run
 
@@ -598,6 +617,12 @@ class Session(TokenHistory):
         kvstate.drop_last(self, n)
         if self.holes > 256 and self.holes > self.max_hole_fraction * self.kv:
             kvstate.compact(self)
+
+    def _changed(self) -> None:
+        """The state changes other than by an infer (`_arm` counts those): a stream waiting between two
+        records will not go on (owned()), and a settled step's logits no longer apply."""
+        self.edits += 1
+        self._settled = None
 
     def compact(self) -> None:
         """Copy the held positions into fresh state tensors, leaving no holes: O(length)."""
@@ -614,7 +639,9 @@ class Session(TokenHistory):
         """Replace this session's state with one `save` wrote for the same model and precision;
         returns its `meta`. `check(meta)` may refuse the file before anything changes."""
         self.settle()
-        return kvstate.load(self, path, check)
+        meta = kvstate.load(self, path, check)
+        self._changed()
+        return meta
 
     def reorder(self, beam_idx) -> None:
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
@@ -625,6 +652,7 @@ class Session(TokenHistory):
             raise ValueError(f"beam_idx values must be in [0, {self.rows}), got {idx.tolist()}")
         if not self._has_beam_idx:
             raise NotImplementedError("this IR has no beam_idx input; its KV state cannot be reordered")
+        self._changed()
         prev = self._beam_idx
         self._beam_idx = idx if prev is None else prev[idx]  # compose with a pending reorder
         self.tokens = self.tokens[idx]

@@ -100,6 +100,20 @@ def test_rewind_and_restore_continue_like_a_fresh_run(onnx_model):
     np.testing.assert_array_equal(first, snap.logits)
 
 
+def test_a_stream_stops_when_the_user_rewinds_its_session(onnx_model):
+    """As on the OpenVINO path (tests/test_streaming.py): a rewind between two records stops the stream
+    with a clear error; the session is the user's, and runs the same tokens afresh."""
+    cfg = {"max_new_tokens": 6, "ignore_eos": True}
+    alone = ovgen.generate(onnx_model, "Hello", cfg).sequences[0].token_ids
+    s = onnx_model.session()
+    stream = ovgen.stream(onnx_model, "Hello", cfg, session=s)
+    next(stream), next(stream)
+    s.rewind(1)
+    with pytest.raises(RuntimeError, match="state was changed"):
+        next(stream)
+    assert ovgen.generate(onnx_model, "Hello", cfg, session=s).sequences[0].token_ids == alone
+
+
 def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):
     s = onnx_model.session()
     s.prefill([1, 2, 3])

@@ -89,6 +89,28 @@ SPEC_CONFIGS = [
 
 
 @pytest.mark.parametrize("attention", ["stateful", "paged"])
+def test_a_speculative_stream_survives_a_read_and_stops_at_a_user_rewind(request, attention):
+    """Between two records of a prompt-lookup stream (a verification may be running: overlap) a
+    settle() changes nothing - the same tokens as alone - while a rewind by the user stops the
+    stream with a clear error instead of verifying on from a state it did not make."""
+    model = request.getfixturevalue("model" if attention == "stateful" else "paged")
+    cfg = SPEC_CONFIGS[0]
+    alone = ovgen.generate(model, GROUNDED[0], cfg).sequences[0].token_ids
+    s = model.session()
+    got = []
+    for rec in ovgen.stream(model, GROUNDED[0], cfg, session=s):
+        got.append(rec.token_id)
+        s.settle()
+    assert got == alone
+    stream = ovgen.stream(model, GROUNDED[0], cfg, session=s)
+    for _ in range(12):
+        next(stream)
+    s.rewind(3)
+    with pytest.raises(RuntimeError, match="state was changed"):
+        next(stream)
+
+
+@pytest.mark.parametrize("attention", ["stateful", "paged"])
 @pytest.mark.parametrize("cfg", SPEC_CONFIGS)
 def test_overlapped_verification_changes_nothing_but_timing(request, attention, cfg):
     """With overlap (the default) each verification after the first runs while the records of the one

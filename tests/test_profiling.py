@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import ovgen
@@ -77,7 +78,15 @@ def test_session_calls_finish_a_started_step(model):
     assert snap.tokens.tolist() == [[1, 2, 3, 4]]
     ref = model.session()
     ref.prefill([1, 2, 3])
-    assert ref.step(4).argmax() == s.argmax
+    expected = ref.step(4)
+    assert expected.argmax() == s.argmax
+    # whoever started the step still gets its logits (a stream between two records), once
+    np.testing.assert_array_equal(s.finish_step(), expected)
+    with pytest.raises(RuntimeError, match="without a started step"):
+        s.finish_step()
+    assert s.start_step(5)
+    s.settle()
+    s.step(6)  # an infer after the settle: the settled logits no longer apply
     with pytest.raises(RuntimeError, match="without a started step"):
         s.finish_step()
 

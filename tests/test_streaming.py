@@ -114,6 +114,55 @@ def test_a_stream_whose_session_another_generation_took_stops_with_a_clear_error
     assert got == alone
 
 
+@pytest.mark.parametrize("overlap", [True, False])
+def test_reading_the_session_between_two_records_leaves_the_stream_going(model, tmp_path, overlap):
+    """A snapshot or save between two records finishes the step the stream started (overlap) and
+    leaves the state as it was: the stream goes on with the tokens it gives alone (it used to die
+    with 'finish_step() without a started step'); the file holds the state at that point."""
+    cfg = {"max_new_tokens": 10, "ignore_eos": True}
+    alone = ovgen.generate(model, "The capital of France is", cfg).sequences[0].token_ids
+    session = model.session()
+    got = []
+    for i, rec in enumerate(ovgen.stream(model, "The capital of France is", cfg, session=session, overlap=overlap)):
+        got.append(rec.token_id)
+        if i == 3:
+            session.save(tmp_path / "mid.npz")
+            held = session.tokens[0].tolist()  # (with overlap: now with the token whose step the save finished)
+            snap = session.snapshot()
+    assert got == alone
+    other = model.session()
+    other.load(tmp_path / "mid.npz")
+    assert other.tokens[0].tolist() == held
+    session.restore(snap)
+    assert session.tokens[0].tolist() == held
+
+
+@pytest.mark.parametrize("change", ["rewind", "step", "reset"])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_stream_whose_session_the_user_changed_stops_with_a_clear_error(model, overlap, change):
+    """A rewind / step / reset by the user between two records: the stream raises when asked for its next
+    record instead of decoding from a state it did not make (without overlap it used to go on with
+    wrong tokens, with it died with an opaque error). The session is the user's after that. A stream
+    that was abandoned (break) does not stand in the way of using the session directly."""
+    cfg = {"max_new_tokens": 8, "ignore_eos": True}
+    alone = ovgen.generate(model, "Hello", cfg).sequences[0].token_ids
+    session = model.session()
+    stream = ovgen.stream(model, "Hello", cfg, session=session, overlap=overlap)
+    assert [next(stream).token_id for _ in range(3)] == alone[:3]
+    session.settle()  # finishes the step the stream started (overlap), and changes nothing
+    held = session.length
+    {"rewind": lambda: session.rewind(2), "step": lambda: session.step(alone[3]), "reset": session.reset}[change]()
+    with pytest.raises(RuntimeError, match="state was changed .* since this stream's last record"):
+        next(stream)
+    assert session.length == {"rewind": held - 2, "step": held + 1, "reset": 0}[change]  # as the user left it
+    assert ovgen.generate(model, "Hello", cfg, session=session).sequences[0].token_ids == alone
+    for i, _ in enumerate(ovgen.stream(model, "Hello", cfg, session=session, overlap=overlap)):
+        if i == 2:
+            break
+    session.rewind(1)  # after a break the session is the user's
+    assert session.length > 0
+
+
 def test_two_chat_replies_on_one_chat_cannot_interleave(model):
     from ovgen.chat import Chat
 
