@@ -21,6 +21,9 @@ import numpy as np
 
 # Keys a generation_config.json may carry that do not change ovgen's decoding (HF bookkeeping,
 # encoder-decoder or features ovgen does not implement yet); they are read and ignored.
+PENALTY_MAX = 1e30  # |presence / frequency / diversity penalty|, repetition_penalty in [1 / this, this]
+LENGTH_POW_MAX = 70.0  # |ln(len ** length_penalty)|: beam scores (sums of log-probs) / it stay within float32
+
 _IGNORED_KEYS = {
     "transformers_version", "_from_model_config", "use_cache", "max_length", "min_length",
     "decoder_start_token_id", "output_scores", "return_dict_in_generate", "output_logits",
@@ -156,9 +159,15 @@ class GenerationConfig:
         _check_range(self, "typical_p", 0.0, 1.0, low_open=True, rng="(0, 1]")
         if self.min_p is not None:
             _check_range(self, "min_p", 0.0, 1.0, low_open=False, rng="[0, 1]")
-        _check_range(self, "repetition_penalty", 0.0, math.inf, low_open=True, rng="(0, inf)")
-        for name in ("presence_penalty", "frequency_penalty", "diversity_penalty", "length_penalty"):
-            _check_range(self, name, -math.inf, math.inf, low_open=True, rng="a finite number")
+        # the penalties scale float32 logits: past 1e30 they overflowed it (NaN / inf logits, warnings);
+        # 1e30 already acts as an infinite penalty
+        _check_range(self, "repetition_penalty", 1 / PENALTY_MAX, PENALTY_MAX, low_open=False,
+                     rng=f"[{1 / PENALTY_MAX:g}, {PENALTY_MAX:g}] (a factor on float32 logits)")
+        for name in ("presence_penalty", "frequency_penalty", "diversity_penalty"):
+            _check_range(self, name, -PENALTY_MAX, PENALTY_MAX, low_open=False,
+                         rng=f"[{-PENALTY_MAX:g}, {PENALTY_MAX:g}] (a term on float32 logits)")
+        _check_range(self, "length_penalty", -math.inf, math.inf, low_open=True, rng="a finite number")
+        self._check_length_penalty()
         self._validate_samplers()
         self._validate_constraint()
         _check_int(self, "max_ngram_size", 1)
@@ -200,6 +209,17 @@ class GenerationConfig:
             _logit_bias(self.logit_bias, text_keys=False)
         self._warn_unused()
         return self
+
+    def _check_length_penalty(self) -> None:
+        """Beam scores divide by generated_len ** length_penalty (float32, as transformers): refuse an
+        exponent that makes it overflow or vanish within max_new_tokens (an OverflowError mid-search)."""
+        if self.num_beams == 1 or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 2:
+            return
+        limit = LENGTH_POW_MAX / math.log(self.max_new_tokens)
+        if abs(self.length_penalty) > limit:
+            raise ValueError(f"length_penalty must be within +-{limit:.3g} for max_new_tokens={self.max_new_tokens} "
+                             f"(beam scores divide by generated_len ** length_penalty in float32), "
+                             f"got {self.length_penalty!r}")
 
     def _validate_samplers(self) -> None:
         for name in ("dry_multiplier", "top_n_sigma"):
@@ -331,7 +351,7 @@ def _check_range(cfg, name: str, low: float, high: float, *, low_open: bool, rng
     if ok:
         ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
-        raise ValueError(f"{name} must be in {rng}, got {value!r}")
+        raise ValueError(f"{name} must be {rng if rng.startswith('a ') else 'in ' + rng}, got {value!r}")
 
 
 def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> np.ndarray:

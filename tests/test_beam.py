@@ -50,6 +50,27 @@ def test_beam_sample_is_reproducible_by_seed(model):
     # sampled search may find a higher-scoring sequence than the deterministic one)
 
 
+def test_a_length_penalty_that_would_overflow_the_scores_is_refused_before_inference(model):
+    """Scores divide by generated_len ** length_penalty: 300 at 12 new tokens overflowed Python's
+    float mid-search (OverflowError after the prefill); now it is refused by name. Just inside the
+    bound, either sign, the search runs without a float warning."""
+    import math
+    import warnings
+
+    cfg = {"num_beams": 2, "max_new_tokens": 12, "ignore_eos": True}
+    with pytest.raises(ValueError, match=r"length_penalty must be within \+-28.2 for max_new_tokens=12"):
+        ovgen.generate(model, "Once upon a time", {**cfg, "length_penalty": 300.0})
+    limit = 70.0 / math.log(12)
+    for lp in (0.99 * limit, -0.99 * limit):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            seqs = ovgen.generate(model, "Once upon a time", {**cfg, "length_penalty": lp}).sequences
+        # (a negative one this large scales every score below HF's -1e9 "masked" mark: then, as in
+        # transformers, no hypothesis qualifies - HF returns its placeholder, ovgen an empty sequence)
+        if lp > 0:
+            assert all(len(s.token_ids) == 12 and math.isfinite(s.score) for s in seqs)
+
+
 @pytest.mark.parametrize("length_penalty", [0.5, 1.0, 2.0])
 def test_scores_are_normalised_sums_of_the_processed_logprobs(model, length_penalty):
     res = ovgen.generate(model, [{"role": "user", "content": "Name a fruit."}],
