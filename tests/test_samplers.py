@@ -204,7 +204,7 @@ def test_sampler_settings_are_validated_with_one_message_shape():
                               ("eta_cutoff", -0.1, r"eta_cutoff must be in \(0, 1\)"),
                               ("mirostat", 1, "mirostat must be 0 .* or 2"),
                               ("mirostat_tau", 0.0, r"mirostat_tau must be in \(0, inf\)"),
-                              ("guidance_scale", float("nan"), "guidance_scale must be in a finite number"),
+                              ("guidance_scale", float("nan"), "guidance_scale must be a finite number"),
                               ("negative_prompt", 5, "negative_prompt must be text or a list of token ids")]:
         with pytest.raises(ValueError, match=msg):
             GenerationConfig(**{field: value}).validate()
