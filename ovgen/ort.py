@@ -22,6 +22,7 @@ length_penalty, diversity_penalty) is refused.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter_ns
@@ -135,12 +136,21 @@ class OrtSession(TokenHistory):
         self._logits: np.ndarray | None = None
         self.infer_ns = self.infer_start_ns = 0
         self.logsumexp = np.float32(0)
+        self._flux = False  # append_tokens ran, its tokens not recorded yet (see Session._recover)
 
     def reset(self) -> None:
         self.edits += 1  # (see session.owned)
-        if self.generator is not None and self._len:
+        if self.generator is not None and (self._len or self._flux):
             self.generator.rewind_to(0)
-        self._len, self._logits = 0, None
+        self._len, self._logits, self._flux = 0, None, False
+
+    def settle(self, step_id: int | None = None) -> None:
+        """No asynchronous steps here; an append an exception cut off within its own handler is
+        settled by a reset (as Session.settle)."""
+        if self._flux:
+            warnings.warn("an append on this session was interrupted before its tokens were recorded: the session "
+                          "was reset (its KV state and history are empty)", RuntimeWarning, stacklevel=2)
+            self.reset()
 
     def reserve(self, n: int) -> None:
         """Make room for `n` tokens in all. The Generator's KV buffer is allocated whole (a full
@@ -153,7 +163,7 @@ class OrtSession(TokenHistory):
         held = self.tokens[0].copy()
         self.capacity = n
         self.generator = self.model.new_generator(n)
-        self._len, self._logits = 0, None
+        self._len, self._logits, self._flux = 0, None, False
         if held.size:
             self.append(held)
 
@@ -162,6 +172,7 @@ class OrtSession(TokenHistory):
         return self.append(token_ids)
 
     def append(self, token_ids) -> np.ndarray:
+        self.settle()
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             raise ValueError("token_ids is empty; a prompt needs at least one token")
@@ -174,10 +185,16 @@ class OrtSession(TokenHistory):
             self.reserve(min(self.model.max_length, max(need, 2 * self.capacity, 256)))
         self.edits += 1
         self.infer_start_ns = t0 = perf_counter_ns()
-        self.generator.append_tokens(ids.astype(np.int32))
-        logits = self.generator.get_logits()
-        self.infer_ns = perf_counter_ns() - t0
-        self._push(ids[None, :])
+        self._flux = True
+        try:
+            self.generator.append_tokens(ids.astype(np.int32))
+            logits = self.generator.get_logits()
+            self.infer_ns = perf_counter_ns() - t0
+            self._push(ids[None, :])
+        except BaseException:  # (Ctrl-C lands right after append_tokens: the Generator is ahead)
+            self.reset()
+            raise
+        self._flux = False
         self._logits = logits.reshape(-1)
         m = self._logits.max()
         self.logsumexp = np.float32(m + np.log(np.exp(self._logits - m).sum(dtype=np.float64)))
@@ -199,6 +216,7 @@ class OrtSession(TokenHistory):
         return self.append(ids)
 
     def rewind(self, n: int) -> None:
+        self.settle()
         if not 0 <= n <= self._len:
             raise ValueError(f"rewind n must be in [0, {self._len}], got {n}")
         if n == 0:
@@ -212,6 +230,7 @@ class OrtSession(TokenHistory):
         self._logits = None
 
     def snapshot(self) -> OrtSnapshot:
+        self.settle()
         logits = None if self._logits is None else self._logits.copy()
         return OrtSnapshot(self.tokens.copy(), logits, np.float32(self.logsumexp))
 

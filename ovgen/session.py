@@ -19,6 +19,7 @@ logits after a trim may differ from a never-trimmed run's in the last bits, as a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator
 from time import perf_counter_ns
 from typing import NamedTuple
@@ -162,6 +163,9 @@ class Session(TokenHistory):
         self._pending = None  # the token of a step started by start_step() ((ids, inputs, keep): by _start())
         self._step_id = 0  # counts started steps (start_step returns it)
         self._settled = None  # (step id, logits) of a started step that settle() finished for its caller
+        # an infer ran (or is running) whose tokens are not recorded yet: true from _arm to the end of
+        # _end / _after_one. Still true with nothing pending: an exception (Ctrl-C) cut it off, see _recover
+        self._flux = False
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
         self._prefill_request = None  # on the prefill compile of a split plan (ovgen/fast.py), made on first use
         self._prefill_out = None
@@ -233,9 +237,15 @@ class Session(TokenHistory):
             self._prefill_out = self._out
             self.request, self._out, self._fast = decode
         t0 = perf_counter_ns()
-        states = {s.name: s for s in self.request.query_state()}
-        for s in self._prefill_request.query_state():
-            states[s.name].state = s.state
+        self._flux = True  # (until the decode request holds the whole prompt)
+        try:
+            states = {s.name: s for s in self.request.query_state()}
+            for s in self._prefill_request.query_state():
+                states[s.name].state = s.state
+        except BaseException:
+            self._recover()
+            raise
+        self._flux = False
         self.handover_ns = perf_counter_ns() - t0
         self.infer_ns += self.handover_ns
         return logits
@@ -311,10 +321,14 @@ class Session(TokenHistory):
     def _step_one(self, token: int) -> np.ndarray:
         self._prepare_one(token)
         self._arm()
-        self.infer_start_ns = t0 = perf_counter_ns()
-        self._run(None)
-        self.infer_ns = perf_counter_ns() - t0
-        return self._after_one(token)
+        try:
+            self.infer_start_ns = t0 = perf_counter_ns()
+            self._run(None)
+            self.infer_ns = perf_counter_ns() - t0
+            return self._after_one(token)
+        except BaseException:  # (Ctrl-C lands right after the wait: see _recover)
+            self._recover()
+            raise
 
     def _run(self, inputs: dict | None) -> None:
         """One infer, waited for (inputs None: the preset tensors hold them). `start_async()` + `wait()`
@@ -353,6 +367,7 @@ class Session(TokenHistory):
             self._len += 1
         self.kv += 1
         self.logsumexp = lse[0, 0, 0]
+        self._flux = False
         return logits[0, 0]
 
     # ---- overlap: the next step runs while the host streams the current token ------------------------
@@ -362,15 +377,12 @@ class Session(TokenHistory):
         from the previous step's logits. Returns the step's id (> 0); only the one-token fast path
         runs asynchronously, otherwise nothing starts and it returns 0 - then call `step()`. Any
         other Session call finishes a pending step first."""
+        if self._flux and self._pending is None:
+            self.settle()  # (a step an exception cut off: see _recover)
         if self._pending is not None or not self._fast_ok():
             return 0
         self._prepare_one(int(token))
-        self._arm()
-        self.infer_start_ns = perf_counter_ns()
-        self.request.start_async()
-        self._pending = int(token)
-        self._step_id += 1
-        return self._step_id
+        return self._start(None, None, 1, one=int(token))
 
     def start_rows(self, token_ids) -> int:
         """`start_step` for a session of several rows: one token per row (`[rows]`, after any
@@ -378,6 +390,7 @@ class Session(TokenHistory):
         the step's id, or 0 when nothing started (a step already pending: call `step()`)."""
         if self._pending is not None:
             return 0
+        self.settle()  # (a step an exception cut off: see _recover)
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
         if ids.shape[0] == self.rows and self._len and self._has_positions and self._has_beam_idx and self.model.sliced:
             self._prepare_rows(ids)  # values into tensors set on the request once
@@ -390,21 +403,29 @@ class Session(TokenHistory):
         step's id, or 0 when nothing started (a step already pending: call `append()`)."""
         if self._pending is not None:
             return 0
+        self.settle()  # (a step an exception cut off: see _recover)
         ids = self._append_ids(token_ids, logits_to_keep)
         if ids.size == 1 and self._fast_ok():
             return self.start_step(int(ids[0, 0]))
         return self._start(ids, self._begin(ids, logits_to_keep), logits_to_keep)
 
-    def _start(self, ids: np.ndarray, inputs: dict | None, keep: int) -> int:
-        """Start the infer `_begin` prepared (inputs None: preset tensors hold them); `finish_step` ends it."""
+    def _start(self, ids: np.ndarray | None, inputs: dict | None, keep: int, one: int | None = None) -> int:
+        """Start the infer `_begin` prepared (inputs None: preset tensors hold them); `finish_step` ends it.
+        `one`: the token of a one-token fast-path step (`_prepare_one` set its inputs)."""
         self._arm()
-        self.infer_start_ns = perf_counter_ns()
-        if inputs is None:
-            self.request.start_async()
-        else:
-            self.request.start_async(inputs, share_inputs=True)
-        self._pending = (ids, inputs, keep)  # the inputs stay referenced until the infer has read them
+        # pending (holding the inputs, which the infer reads until it ends) before the infer starts:
+        # an exception (Ctrl-C) right after start_async must not free them under the running infer
+        self._pending = one if one is not None else (ids, inputs, keep)
         self._step_id += 1
+        try:
+            self.infer_start_ns = perf_counter_ns()
+            if inputs is None:
+                self.request.start_async()
+            else:
+                self.request.start_async(inputs, share_inputs=True)
+        except BaseException:
+            self._recover()  # (waits for the infer if it started)
+            raise
         return self._step_id
 
     def _prepare_rows(self, ids: np.ndarray) -> None:
@@ -448,6 +469,7 @@ class Session(TokenHistory):
 
     def _arm(self) -> None:
         """Right before an infer starts: the top-k candidates run in it as `want_top` says."""
+        self._flux = True
         self.edits += 1
         self._settled = None
         self._top_on = bool(self.want_top)
@@ -474,11 +496,15 @@ class Session(TokenHistory):
                 return settled[1]  # settle() finished it (a snapshot / save between two records)
             raise RuntimeError("finish_step() without a started step")
         pending, self._pending = self._pending, None
-        self.request.wait()
-        # start_async -> the host sees it done (as infer() is timed); not the request's `latency`
-        # property, whose read costs ~15 us here, between two infers
-        self.infer_ns = perf_counter_ns() - self.infer_start_ns
-        return self._end(pending[0], pending[2]) if isinstance(pending, tuple) else self._after_one(pending)
+        try:
+            self.request.wait()
+            # start_async -> the host sees it done (as infer() is timed); not the request's `latency`
+            # property, whose read costs ~15 us here, between two infers
+            self.infer_ns = perf_counter_ns() - self.infer_start_ns
+            return self._end(pending[0], pending[2]) if isinstance(pending, tuple) else self._after_one(pending)
+        except BaseException:
+            self._recover()
+            raise
 
     def settle(self, step_id: int | None = None) -> None:
         """Finish the pending step, if any (only if it is `step_id`, when given: a generation that
@@ -486,6 +512,21 @@ class Session(TokenHistory):
         `finish_step()` of whoever started it, until the next infer or state change."""
         if self._pending is not None and step_id in (None, self._step_id):
             self._settled = (self._step_id, self.finish_step())
+        elif self._flux and self._pending is None:  # (an exception that landed outside the handlers)
+            warnings.warn("an infer on this session was interrupted before its tokens were recorded: the session "
+                          "was reset (its KV state and history are empty)", RuntimeWarning, stacklevel=2)
+            self._recover()
+
+    def _recover(self) -> None:
+        """An exception cut an infer off before its tokens were recorded - a KeyboardInterrupt (Ctrl-C)
+        lands right after the wait - and the KV state holds tokens the history does not: whatever
+        ran next would fail on a mask of the wrong length or decode from the wrong context. Nothing
+        tells how far it got, so the session starts afresh, empty (a chat recomputes its history
+        once). The exception goes on to the caller."""
+        self.request.wait()  # (returns at once unless the infer still runs; _pending keeps its inputs alive)
+        self._flux = False
+        self._pending = None
+        self.reset()
 
     def _outputs(self, rows: int, keep: int):
         """Output buffers (logits, logsumexp, top candidates) set on the request in the shape the IR
@@ -547,10 +588,14 @@ class Session(TokenHistory):
         # ids: [rows, t] int64
         inputs = self._begin(ids, keep)
         self._arm()
-        self.infer_start_ns = t0 = perf_counter_ns()
-        self._run(inputs)
-        self.infer_ns = perf_counter_ns() - t0
-        return self._end(ids, keep)
+        try:
+            self.infer_start_ns = t0 = perf_counter_ns()
+            self._run(inputs)
+            self.infer_ns = perf_counter_ns() - t0
+            return self._end(ids, keep)
+        except BaseException:
+            self._recover()
+            raise
 
     def _begin(self, ids: np.ndarray, keep: int) -> dict | None:
         """Check `ids`, open their KV positions and set the output buffers: the inputs of one infer
@@ -580,6 +625,7 @@ class Session(TokenHistory):
         self.logsumexp = lse[0, -1, 0] if rows == 1 else lse[:, -1, 0]
         self.top = cand if rows == 1 and self._top_on else None
         self.top_rows = per_row if rows > 1 and self._top_on else None
+        self._flux = False
         if keep > 1:
             self.kept_logsumexp = lse[..., 0] if rows > 1 else lse[0, :, 0]  # [keep] (or [rows, keep])
             return logits[0, -keep:] if rows == 1 else logits[:, -keep:]

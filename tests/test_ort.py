@@ -114,6 +114,46 @@ def test_a_stream_stops_when_the_user_rewinds_its_session(onnx_model):
     assert ovgen.generate(onnx_model, "Hello", cfg, session=s).sequences[0].token_ids == alone
 
 
+class _InterruptAfterAppend:
+    """A Generator whose n-th append_tokens runs and then raises KeyboardInterrupt (where Ctrl-C lands)."""
+
+    def __init__(self, generator, n: int):
+        self._generator, self._n = generator, n
+
+    def append_tokens(self, ids):
+        self._generator.append_tokens(ids)
+        self._n -= 1
+        if self._n == 0:
+            raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(self._generator, name)
+
+
+@pytest.mark.parametrize("at_append", [1, 3])
+def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_append(onnx_model, at_append):
+    """As tests/test_session.py on the OpenVINO path: Ctrl-C right after append_tokens left the
+    Generator ahead of the history (the next turn decoded from the wrong context); the session now
+    starts afresh and the next reply is the uninterrupted chat's."""
+    cfg = {"max_new_tokens": 8, "ignore_eos": True}
+
+    def reply(chat, text):
+        return "".join(r.text for r in chat.send(text))
+
+    ref = Chat(onnx_model, cfg)
+    reply(ref, "Hi")
+    want = reply(ref, "Name a colour.")
+    chat = Chat(onnx_model, cfg)
+    reply(chat, "Hi")
+    real = chat.session.generator
+    chat.session.generator = _InterruptAfterAppend(real, at_append)
+    with pytest.raises(KeyboardInterrupt):
+        reply(chat, "Tell me a story.")
+    chat.session.generator = real
+    assert chat.session.length == 0
+    assert reply(chat, "Name a colour.") == want
+
+
 def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):
     s = onnx_model.session()
     s.prefill([1, 2, 3])
