@@ -41,3 +41,25 @@ PROMPTS = [
 ]
 
 __all__ = ["PROMPTS", "default_model_dir", "require_flavour"]
+
+
+class InterruptAfter:
+    """`target` (an InferRequest, a Generator), but its n-th call of `method` runs and then raises
+    KeyboardInterrupt: where Ctrl-C lands (Python runs its signal handler at the next bytecode
+    after the C++ call returns)."""
+
+    def __init__(self, target, method: str, n: int):
+        self._target, self._method, self._n = target, method, n
+
+    def __getattr__(self, name):
+        attr = getattr(self._target, name)
+        if name != self._method:
+            return attr
+
+        def call(*args, **kwargs):
+            out = attr(*args, **kwargs)
+            self._n -= 1
+            if self._n == 0:
+                raise KeyboardInterrupt
+            return out
+        return call

@@ -12,7 +12,7 @@ import onnxruntime_genai as og
 import pytest
 
 import ovgen
-from conftest import PROMPTS, require_flavour
+from conftest import PROMPTS, InterruptAfter, require_flavour
 from ovgen.chat import Chat
 
 
@@ -114,22 +114,6 @@ def test_a_stream_stops_when_the_user_rewinds_its_session(onnx_model):
     assert ovgen.generate(onnx_model, "Hello", cfg, session=s).sequences[0].token_ids == alone
 
 
-class _InterruptAfterAppend:
-    """A Generator whose n-th append_tokens runs and then raises KeyboardInterrupt (where Ctrl-C lands)."""
-
-    def __init__(self, generator, n: int):
-        self._generator, self._n = generator, n
-
-    def append_tokens(self, ids):
-        self._generator.append_tokens(ids)
-        self._n -= 1
-        if self._n == 0:
-            raise KeyboardInterrupt
-
-    def __getattr__(self, name):
-        return getattr(self._generator, name)
-
-
 @pytest.mark.parametrize("at_append", [1, 3])
 def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_append(onnx_model, at_append):
     """As tests/test_session.py on the OpenVINO path: Ctrl-C right after append_tokens left the
@@ -146,7 +130,7 @@ def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_append(onnx_model, at_app
     chat = Chat(onnx_model, cfg)
     reply(chat, "Hi")
     real = chat.session.generator
-    chat.session.generator = _InterruptAfterAppend(real, at_append)
+    chat.session.generator = InterruptAfter(real, "append_tokens", at_append)
     with pytest.raises(KeyboardInterrupt):
         reply(chat, "Tell me a story.")
     chat.session.generator = real

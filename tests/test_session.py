@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import ovgen
+from conftest import InterruptAfter
 from ovgen.chat import Chat
 
 
@@ -289,23 +290,6 @@ def test_an_own_infer_request_after_an_ovgen_session_with_shared_inputs(model_di
     assert proc.stdout.strip().splitlines()[-1] == "same"
 
 
-class _InterruptAfterWait:
-    """A session's InferRequest whose n-th wait() returns and then raises KeyboardInterrupt: where
-    Ctrl-C lands (Python runs its signal handler at the next bytecode after the C++ wait)."""
-
-    def __init__(self, request, n: int):
-        self._request, self._n = request, n
-
-    def wait(self):
-        self._request.wait()
-        self._n -= 1
-        if self._n == 0:
-            raise KeyboardInterrupt
-
-    def __getattr__(self, name):
-        return getattr(self._request, name)
-
-
 def _reply(chat, text):
     return "".join(r.text for r in chat.send(text))
 
@@ -323,7 +307,7 @@ def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_infer(model, at_wait):
     chat = Chat(model, cfg)
     _reply(chat, "Hi")
     real = chat.session.request
-    chat.session.request = _InterruptAfterWait(real, at_wait)
+    chat.session.request = InterruptAfter(real, "wait", at_wait)
     with pytest.raises(KeyboardInterrupt):
         _reply(chat, "Tell me a story.")
     chat.session.request = real
