@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-# Keys a generation_config.json may carry that do not change ovgen's decoding (HF bookkeeping,
-# encoder-decoder or features ovgen does not implement yet); they are read and ignored.
 PENALTY_MAX = 1e30  # |presence / frequency / diversity penalty|, repetition_penalty in [1 / this, this]
 LENGTH_POW_MAX = 70.0  # |ln(len ** length_penalty)|: beam scores (sums of log-probs) / it stay within float32
 
+# Keys a generation_config.json may carry that do not change ovgen's decoding (HF bookkeeping,
+# encoder-decoder or features ovgen does not implement yet); they are read and ignored.
 _IGNORED_KEYS = {
     "transformers_version", "_from_model_config", "use_cache", "max_length", "min_length",
     "decoder_start_token_id", "output_scores", "return_dict_in_generate", "output_logits",

@@ -35,7 +35,7 @@ from .backend import ModelFiles, check_token_ids, generation_defaults
 from .runtime import device_info
 from .beam import Hypothesis
 from .search import sequence_records
-from .session import TokenHistory
+from .session import CUT_OFF, TokenHistory
 
 RUNTIME = "onnxruntime-genai"
 
@@ -148,8 +148,7 @@ class OrtSession(TokenHistory):
         """No asynchronous steps here; an append an exception cut off within its own handler is
         settled by a reset (as Session.settle)."""
         if self._flux:
-            warnings.warn("an append on this session was interrupted before its tokens were recorded: the session "
-                          "was reset (its KV state and history are empty)", RuntimeWarning, stacklevel=2)
+            warnings.warn(CUT_OFF, RuntimeWarning, stacklevel=2)
             self.reset()
 
     def reserve(self, n: int) -> None:

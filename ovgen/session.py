@@ -83,6 +83,11 @@ class TokenHistory:
         return view
 
 
+# settle()'s warning when it finds an infer that an exception cut off outside the handlers (see _recover)
+CUT_OFF = ("an infer on this session was interrupted before its tokens were recorded: the session was reset "
+           "(its KV state and history are empty)")
+
+
 def owned(session, records: Generator):
     """Yield `records`, a generation on `session`, which it claims when it starts. A session runs
     one generation at a time: if another one (a `generate` / `stream` / `Chat.send` on the same
@@ -513,8 +518,7 @@ class Session(TokenHistory):
         if self._pending is not None and step_id in (None, self._step_id):
             self._settled = (self._step_id, self.finish_step())
         elif self._flux and self._pending is None:  # (an exception that landed outside the handlers)
-            warnings.warn("an infer on this session was interrupted before its tokens were recorded: the session "
-                          "was reset (its KV state and history are empty)", RuntimeWarning, stacklevel=2)
+            warnings.warn(CUT_OFF, RuntimeWarning, stacklevel=2)
             self._recover()
 
     def _recover(self) -> None:

@@ -40,7 +40,7 @@ PROMPTS = [
     "My favourite colour is",
 ]
 
-__all__ = ["PROMPTS", "default_model_dir", "require_flavour"]
+__all__ = ["PROMPTS", "InterruptAfter", "chat_cut_off_once", "default_model_dir", "require_flavour"]
 
 
 class InterruptAfter:
@@ -63,3 +63,31 @@ class InterruptAfter:
                 raise KeyboardInterrupt
             return out
         return call
+
+
+def chat_cut_off_once(model, part: str, method: str, n: int) -> dict:
+    """A chat: "Hi"; then a message during which the n-th `session.<part>.<method>()` call is cut off
+    by a Ctrl-C (InterruptAfter); then "Name a colour.". Returns its last reply, its session's length
+    right after the Ctrl-C and its messages, beside the same of a chat that was never interrupted."""
+    from ovgen.chat import Chat
+
+    cfg = {"max_new_tokens": 8, "ignore_eos": True}
+
+    def reply(chat, text):
+        return "".join(r.text for r in chat.send(text))
+
+    ref = Chat(model, cfg)
+    reply(ref, "Hi")
+    want = reply(ref, "Name a colour.")
+    chat = Chat(model, cfg)
+    reply(chat, "Hi")
+    real = getattr(chat.session, part)
+    setattr(chat.session, part, InterruptAfter(real, method, n))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reply(chat, "Tell me a story.")
+    finally:
+        setattr(chat.session, part, real)
+    length = chat.session.length
+    return {"reply": reply(chat, "Name a colour."), "want": want, "length_after": length,
+            "messages": chat.messages, "want_messages": ref.messages}

@@ -12,7 +12,7 @@ import onnxruntime_genai as og
 import pytest
 
 import ovgen
-from conftest import PROMPTS, InterruptAfter, require_flavour
+from conftest import PROMPTS, chat_cut_off_once, require_flavour
 from ovgen.chat import Chat
 
 
@@ -119,23 +119,9 @@ def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_append(onnx_model, at_app
     """As tests/test_session.py on the OpenVINO path: Ctrl-C right after append_tokens left the
     Generator ahead of the history (the next turn decoded from the wrong context); the session now
     starts afresh and the next reply is the uninterrupted chat's."""
-    cfg = {"max_new_tokens": 8, "ignore_eos": True}
-
-    def reply(chat, text):
-        return "".join(r.text for r in chat.send(text))
-
-    ref = Chat(onnx_model, cfg)
-    reply(ref, "Hi")
-    want = reply(ref, "Name a colour.")
-    chat = Chat(onnx_model, cfg)
-    reply(chat, "Hi")
-    real = chat.session.generator
-    chat.session.generator = InterruptAfter(real, "append_tokens", at_append)
-    with pytest.raises(KeyboardInterrupt):
-        reply(chat, "Tell me a story.")
-    chat.session.generator = real
-    assert chat.session.length == 0
-    assert reply(chat, "Name a colour.") == want
+    run = chat_cut_off_once(onnx_model, "generator", "append_tokens", at_append)
+    assert run["length_after"] == 0
+    assert run["reply"] == run["want"]
 
 
 def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ovgen
-from conftest import InterruptAfter
+from conftest import chat_cut_off_once
 from ovgen.chat import Chat
 
 
@@ -290,30 +290,16 @@ def test_an_own_infer_request_after_an_ovgen_session_with_shared_inputs(model_di
     assert proc.stdout.strip().splitlines()[-1] == "same"
 
 
-def _reply(chat, text):
-    return "".join(r.text for r in chat.send(text))
-
-
 @pytest.mark.parametrize("at_wait", [1, 3])  # the turn's prompt append; a decode step (overlapped)
 def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_infer(model, at_wait):
     """Ctrl-C right after an infer, before its tokens were recorded, left the KV state ahead of the
     history: the chat's next message failed inside OpenVINO (an attention mask of the wrong
     length), which `ovgen chat` did not survive. Now the session starts afresh when that happens
     and the next reply is the one a chat that was never interrupted gives."""
-    cfg = {"max_new_tokens": 8, "ignore_eos": True}
-    ref = Chat(model, cfg)
-    _reply(ref, "Hi")
-    want = _reply(ref, "Name a colour.")
-    chat = Chat(model, cfg)
-    _reply(chat, "Hi")
-    real = chat.session.request
-    chat.session.request = InterruptAfter(real, "wait", at_wait)
-    with pytest.raises(KeyboardInterrupt):
-        _reply(chat, "Tell me a story.")
-    chat.session.request = real
-    assert chat.session.length == 0  # (reset: nothing tells how far the cut-off infer got)
-    assert _reply(chat, "Name a colour.") == want
-    assert chat.messages == ref.messages
+    run = chat_cut_off_once(model, "request", "wait", at_wait)
+    assert run["length_after"] == 0  # (reset: nothing tells how far the cut-off infer got)
+    assert run["reply"] == run["want"]
+    assert run["messages"] == run["want_messages"]
 
 
 _SIGINT_CHATS = """
