@@ -105,15 +105,16 @@ class GrammarMask(Stage):
     def reset(self) -> None:
         self.matchers = [self._template.deep_copy() for _ in range(self.rows)]
         self.bitmask = np.full((self.rows, (self.tokenizer.vocab_size + 31) // 32), -1, np.int32)
-        self._fill(range(self.rows))
+        self._fill(range(self.rows), dead_end="no text matches it")
 
-    def _fill(self, rows) -> None:
+    def _fill(self, rows, dead_end: str = "no token can follow") -> None:
         from llguidance.numpy import fill_next_token_bitmask
 
         for r in rows:
             fill_next_token_bitmask(self.matchers[r], self.bitmask, r)
-            if self.matchers[r].is_error():
-                raise ValueError(f"{self.name}: {self.matchers[r].get_error()}")
+            if self.matchers[r].is_error():  # llguidance's reason, without the parser state it dumps after it
+                reason = self.matchers[r].get_error().splitlines()[0]
+                raise ValueError(f"{self.name}: {dead_end} (llguidance: {reason})")
         self._bools = None
         self.allowed = int(np.unpackbits(self.bitmask[0].view(np.uint8)).sum())
 

@@ -153,6 +153,7 @@ def test_the_mask_does_not_change_unconstrained_choices_it_allows(model):
      "json_schema: llguidance cannot compile it: Unimplemented keys: .*uniqueItems"),
     ({"regex": "(unclosed"}, "regex: llguidance cannot compile it"),
     ({"grammar": "start: undefined_rule"}, "grammar: llguidance cannot compile it"),
+    ({"regex": "[^\\x00-\\U0010FFFF]"}, r"^regex: no text matches it \(llguidance: NoExtensionBias\)$"),
     ({"json_schema": "{not json"}, "json_schema: "),
     ({"regex": "a", "choices": ["x"]}, "exclusive"),
     ({"choices": []}, "choices must be a non-empty list"),
