@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,11 +56,27 @@ def snapshot(session) -> Snapshot:
                     session.mask.copy(), session.holes, session.pad.copy())
 
 
-def _put_states(session, states: dict[str, np.ndarray]) -> None:
-    held = session.request.query_state()
-    for s in held:
+@contextmanager
+def changing(session):
+    """Around a change of several state tensors and the history: cut off half-way (a Ctrl-C between two
+    layers' copies) it would leave layers of two contexts, or a history the state does not hold, and
+    the session would go on from that (an OpenVINO error, or wrong tokens). It starts afresh instead
+    (Session._recover), as after a cut-off infer, and the exception goes on."""
+    try:
+        yield
+    except BaseException:
+        session._recover()
+        raise
+
+
+def _check_states(session, states: dict[str, np.ndarray]) -> None:
+    for s in session.request.query_state():
         if s.name not in states:
             raise ValueError(f"the saved state has no tensor named {s.name!r}; it is from another model")
+
+
+def _put_states(session, states: dict[str, np.ndarray]) -> None:
+    held = session.request.query_state()
     if all(states[s.name].size == 0 for s in held):
         # an empty state (a session that had run nothing): its tensors have batch 0, and set as they are
         # the next infer fails (beam_idx 0 out of a batch of 0); the IR's own initial state is the empty one
@@ -70,13 +87,15 @@ def _put_states(session, states: dict[str, np.ndarray]) -> None:
 
 
 def restore(session, snap: Snapshot) -> None:
-    _put_states(session, snap.states)
-    session.tokens = snap.tokens.copy()
-    session._beam_idx = None if snap.beam_idx is None else snap.beam_idx.copy()
-    session.logsumexp = np.copy(snap.logsumexp)
-    session.top = None if snap.top is None else (snap.top[0].copy(), snap.top[1].copy())
-    _put_mask(session, snap.mask, snap.holes)
-    session.pad = snap.pad.copy()
+    _check_states(session, snap.states)
+    with changing(session):
+        _put_states(session, snap.states)
+        session.tokens = snap.tokens.copy()
+        session._beam_idx = None if snap.beam_idx is None else snap.beam_idx.copy()
+        session.logsumexp = np.copy(snap.logsumexp)
+        session.top = None if snap.top is None else (snap.top[0].copy(), snap.top[1].copy())
+        _put_mask(session, snap.mask, snap.holes)
+        session.pad = snap.pad.copy()
 
 
 def _put_mask(session, mask: np.ndarray, holes: int) -> None:
@@ -89,11 +108,12 @@ def _put_mask(session, mask: np.ndarray, holes: int) -> None:
 
 def drop_last(session, n: int) -> None:
     """Mask out each row's last n held positions (they become holes) and drop them from the history."""
-    for r in range(session._mask.shape[0]):
-        held = np.flatnonzero(session._mask[r, :session.kv])
-        session._mask[r, held[-n:]] = 0
-    session._len -= n
-    session.holes += n
+    with changing(session):
+        for r in range(session._mask.shape[0]):
+            held = np.flatnonzero(session._mask[r, :session.kv])
+            session._mask[r, held[-n:]] = 0
+        session._len -= n
+        session.holes += n
 
 
 def seq_axis(shape, length: int) -> int:
@@ -113,10 +133,11 @@ def compact(session) -> None:
     if keep.size == session.kv:
         session.holes = 0
         return
-    for s in session.request.query_state():
-        data = s.state.data
-        s.state = ov.Tensor(np.ascontiguousarray(np.take(data, keep, axis=seq_axis(data.shape, session.kv))))
-    _put_mask(session, session.mask[:, keep], 0)
+    with changing(session):
+        for s in session.request.query_state():
+            data = s.state.data
+            s.state = ov.Tensor(np.ascontiguousarray(np.take(data, keep, axis=seq_axis(data.shape, session.kv))))
+        _put_mask(session, session.mask[:, keep], 0)
 
 
 # ---- save / load --------------------------------------------------------------------------------------
@@ -186,13 +207,15 @@ def load(session, path, check=None) -> dict | None:
     if _digest(arrays) != header["sha256"]:
         raise ValueError(f"{path}: corrupt (its arrays do not match the checksum in its header)")
     meta = json.loads(bytes(arrays.pop("meta")).decode()) if "meta" in arrays else None
+    states = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("state:")}
+    _check_states(session, states)
     if check is not None:
         check(meta)
-    states = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("state:")}
-    _put_states(session, states)
-    session.tokens = arrays["tokens"]
-    session._beam_idx, session.top, session.logsumexp = None, None, np.float32(0)
-    _put_mask(session, arrays["mask"], int(header["holes"]))
+    with changing(session):
+        _put_states(session, states)
+        session.tokens = arrays["tokens"]
+        session._beam_idx, session.top, session.logsumexp = None, None, np.float32(0)
+        _put_mask(session, arrays["mask"], int(header["holes"]))
     return meta
 
 

@@ -141,7 +141,12 @@ class OrtSession(TokenHistory):
     def reset(self) -> None:
         self.edits += 1  # (see session.owned)
         if self.generator is not None and (self._len or self._flux):
-            self.generator.rewind_to(0)
+            self._flux = True  # (until the history follows it)
+            try:
+                self.generator.rewind_to(0)
+            except BaseException:  # (Ctrl-C lands right after rewind_to: reset again, _flux says so)
+                self.reset()
+                raise
         self._len, self._logits, self._flux = 0, None, False
 
     def settle(self, step_id: int | None = None) -> None:
@@ -224,7 +229,11 @@ class OrtSession(TokenHistory):
             self.reset()
             return
         self.edits += 1
-        self.generator.rewind_to(self._len - n)
+        try:
+            self.generator.rewind_to(self._len - n)
+        except BaseException:  # (Ctrl-C lands right after rewind_to: the Generator is behind the history)
+            self.reset()
+            raise
         self._len -= n
         self._logits = None
 

@@ -203,15 +203,16 @@ class Session(TokenHistory):
         """Forget everything: empty KV state, empty history."""
         self.settle()
         self._changed()
-        self.request.reset_state()
-        self.tokens = np.zeros((1, 0), dtype=np.int64)
-        self._beam_idx = None
-        self.top = None
-        self.kv = self.holes = 0
-        self.pad = np.zeros(1, np.int64)
-        self.top_rows = None
-        if self._mask.shape[0] != 1:
-            self._set_mask(np.ones((1, self._mask.shape[1]), np.int64))
+        with kvstate.changing(self):  # (cut off between the state and the history: reset again)
+            self.request.reset_state()
+            self.tokens = np.zeros((1, 0), dtype=np.int64)
+            self._beam_idx = None
+            self.top = None
+            self.kv = self.holes = 0
+            self.pad = np.zeros(1, np.int64)
+            self.top_rows = None
+            if self._mask.shape[0] != 1:
+                self._set_mask(np.ones((1, self._mask.shape[1]), np.int64))
 
     def reserve(self, n: int) -> None:
         """Room for `n` tokens in all: nothing to do, the IR's KV state grows as needed (runtimes

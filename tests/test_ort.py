@@ -12,7 +12,7 @@ import onnxruntime_genai as og
 import pytest
 
 import ovgen
-from conftest import PROMPTS, chat_cut_off_once, require_flavour
+from conftest import PROMPTS, InterruptAfter, chat_cut_off_once, require_flavour
 from ovgen.chat import Chat
 
 
@@ -122,6 +122,23 @@ def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_append(onnx_model, at_app
     run = chat_cut_off_once(onnx_model, "generator", "append_tokens", at_append)
     assert run["length_after"] == 0
     assert run["reply"] == run["want"]
+
+
+@pytest.mark.parametrize("op", ["rewind", "reset"])
+def test_ctrl_c_inside_a_rewind_or_reset_leaves_a_session_that_continues_exactly(onnx_model, op):
+    """Ctrl-C right after the Generator's rewind_to, before the history followed: the session held
+    tokens its Generator had dropped and went on from the wrong context. Now it starts afresh."""
+    ids = onnx_model.tokenizer.encode("Once upon a time, in a small village,", add_special_tokens=False)
+    s = onnx_model.session()
+    s.prefill(ids)
+    real, s.generator = s.generator, InterruptAfter(s.generator, "rewind_to", 1)
+    with pytest.raises(KeyboardInterrupt):
+        s.rewind(3) if op == "rewind" else s.reset()
+    s.generator = real
+    held, extra = s.tokens[0].tolist(), [11, 12]
+    assert held == []
+    fresh = onnx_model.session()
+    np.testing.assert_allclose(s.append(extra), fresh.prefill(held + extra), rtol=1e-5, atol=1e-5)
 
 
 def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):

@@ -6,10 +6,12 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import openvino as ov
 import pytest
 
 import ovgen
-from conftest import chat_cut_off_once
+from conftest import InterruptAfter, chat_cut_off_once
+from ovgen import kvstate
 from ovgen.chat import Chat
 
 
@@ -300,6 +302,48 @@ def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_infer(model, at_wait):
     assert run["length_after"] == 0  # (reset: nothing tells how far the cut-off infer got)
     assert run["reply"] == run["want"]
     assert run["messages"] == run["want_messages"]
+
+
+class _TensorUntil:
+    """kvstate's `ov` whose n-th Tensor is made, then Ctrl-C lands (between two layers' state copies)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def Tensor(self, *args, **kwargs):  # noqa: N802 (ov.Tensor's name)
+        out = ov.Tensor(*args, **kwargs)
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+        return out
+
+
+@pytest.mark.parametrize("op", ["restore", "load", "compact", "reset"])
+def test_ctrl_c_inside_a_state_change_leaves_a_session_that_continues_exactly(model, prompt, op, tmp_path,
+                                                                                 monkeypatch):
+    """A restore / load / compaction copies the state layer by layer, and a reset empties it before the
+    history: a Ctrl-C in between left layers of two contexts, or a history the state did not hold, and
+    the session went on from that (an OpenVINO error, or wrong tokens). Now such a session starts
+    afresh, as after a cut-off infer, and what it computes next is what a fresh session computes."""
+    s = model.session()
+    greedy_tokens(s, s.prefill(prompt), 6)
+    snap, path = s.snapshot(), tmp_path / "s.npz"
+    s.save(path)
+    s.rewind(6)
+    s.append(model.tokenizer.encode(" in China"))  # (now holds other tokens, and six holes)
+    if op == "reset":
+        s.request = InterruptAfter(s.request, "reset_state", 1)
+    else:
+        monkeypatch.setattr(kvstate, "ov", _TensorUntil(9))
+    with pytest.raises(KeyboardInterrupt):
+        {"restore": lambda: s.restore(snap), "load": lambda: s.load(path), "compact": s.compact,
+         "reset": s.reset}[op]()
+    monkeypatch.undo()
+    s.request = getattr(s.request, "_target", s.request)
+    held, extra = s.tokens[0].tolist(), model.tokenizer.encode(" and then")
+    assert held == []
+    fresh = model.session()
+    assert greedy_tokens(s, s.append(extra), 8) == greedy_tokens(fresh, fresh.prefill(held + extra), 8)
 
 
 _SIGINT_CHATS = """
