@@ -240,6 +240,8 @@ def _prompt(args, template):
             ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
         except ValueError:
             raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+        if not ids:
+            raise UsageError(f"--prompt-ids holds no token id, got {args.prompt_ids!r}")
         if args.prompt is not None:
             raise UsageError("give a PROMPT or --prompt-ids, not both")
         if args.chat or args.system or template:

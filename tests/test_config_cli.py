@@ -167,6 +167,7 @@ def test_cli_plain_output_streams_text_only(model_dir):
     (["--temperature", "-2"], "temperature must be in [0, inf), got -2.0"),
     (["--num-return-sequences", "2"], "num_return_sequences > 1 needs do_sample=True"),
     (["--prompt-ids", "1,x"], "--prompt-ids must be comma-separated integers"),
+    (["--prompt-ids", " , "], "--prompt-ids holds no token id, got ' , '"),
     (["--prompt-ids", "1,2"], "give a PROMPT or --prompt-ids, not both"),
     (["--chat-template", "/no/such.jinja"], "--chat-template: cannot read /no/such.jinja (No such file"),
     (["--ov-config", "KV_CACHE_PRECISION"], "--ov-config takes KEY=VALUE items, got 'KV_CACHE_PRECISION'"),
