@@ -109,6 +109,9 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
         raise TypeError("a prompt is a string, a list of token ids or a list of chat messages (a list of those: "
                         f"a batch), got {type(prompt).__name__}")
     elif isinstance(prompt, np.ndarray) or (len(prompt) and not isinstance(prompt[0], dict)):
+        if isinstance(prompt, np.ndarray) and (prompt.ndim > 2 or prompt.ndim == 2 and prompt.shape[0] != 1):
+            raise ValueError(f"prompt token ids in an array must be [T] or [1, T], got shape {prompt.shape}; a batch "
+                             "is a list of prompts (each row without its padding)")
         flat = np.asarray(prompt, dtype=object).reshape(-1)
         bad = next((i for i, t in enumerate(flat) if isinstance(t, bool) or not isinstance(t, (int, np.integer))), None)
         if bad is not None:

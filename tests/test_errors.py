@@ -3,6 +3,7 @@ executed by a template, and property tests over random logits and configs."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 
@@ -237,6 +238,19 @@ def test_a_prompt_of_the_wrong_type_is_named(model, prompt, message):
         ovgen.generate(model, ["hello", prompt], {"max_new_tokens": 2})
     ok = ovgen.generate(model, np.array([[1, 2, 3]]), {"max_new_tokens": 1})  # integer arrays are ids
     assert ok.prompt_token_ids == [1, 2, 3]
+
+
+def test_a_token_array_of_several_rows_is_not_taken_as_one_prompt(model):
+    """A [2, T] array (a tokenizer's padded batch, HF's input_ids) was flattened into one prompt of
+    2T tokens, padding and all. It is refused by its shape; a batch is a list of prompts."""
+    session = model.session()
+    for shape in ((2, 3), (1, 1, 3)):
+        with pytest.raises(ValueError, match=r"prompt token ids in an array must be \[T\] or \[1, T\], got shape "
+                           + re.escape(str(shape)) + "; a batch is a list of prompts"):
+            ovgen.generate(model, np.ones(shape, np.int64), {"max_new_tokens": 1}, session=session)
+    assert session.length == 0
+    rows = ovgen.generate(model, list(np.array([[1, 2, 3], [4, 5, 6]])), {"max_new_tokens": 1})
+    assert [r.prompt_token_ids for r in rows] == [[1, 2, 3], [4, 5, 6]]
 
 
 @pytest.mark.parametrize("setting,message", [
