@@ -332,6 +332,9 @@ def cmd_chat(args) -> int:
         if words[0] in ("/save", "/load"):
             _chat_file(chat, *words)
             continue
+        if words[0] in ("/exit", "/reset", "/help"):
+            print(f"({words[0]} takes no argument: {_CHAT_HELP})", file=sys.stderr)
+            continue
         if re.fullmatch(r"/[A-Za-z]+", words[0]):
             print(f"(unknown command {words[0]}: {_CHAT_HELP})", file=sys.stderr)
             continue

@@ -246,10 +246,11 @@ def test_cli_chat_saves_and_loads_the_conversation(model_dir, tmp_path):
 def test_cli_chat_commands_and_a_refused_message_keep_the_chat_going(model_dir):
     too_long = "word " * 9000  # more tokens than the context holds: refused, the chat goes on
     out = subprocess.run([sys.executable, "-m", "ovgen.cli", "chat", "--max-new-tokens", "6"],
-                         input=f"Hello!\n\n   \n/bogus\n/help\n{too_long}\n//reset is a command?\n/exit\n",
+                         input=f"Hello!\n\n   \n/bogus\n/help\n/reset all\n{too_long}\n//reset is a command?\n/exit\n",
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "(unknown command /bogus: /reset clears the history" in out.stderr
+    assert "(/reset takes no argument: /reset clears the history" in out.stderr  # (and does not clear it)
     assert "(error: " in out.stderr and "context" in out.stderr and "the history is unchanged" in out.stderr
     # two replies: "Hello!" and the //-escaped message (the second reused the first turn's KV cache)
     assert out.stderr.count("TTFT") == 2 and "(history cleared)" not in out.stderr
