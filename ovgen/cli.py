@@ -262,8 +262,9 @@ def _prompt(args, template):
 def summary_line(m: dict) -> str:
     if not m.get("generated_tokens"):
         return "no tokens generated"
-    return (f"TTFT {m['ttft_ms']:.1f} ms | TPOT {m['tpot_ms']:.2f} ms | {m['decode_tokens_per_s']:.1f} tokens/s "
-            f"| {m['prompt_tokens']} prompt + {m['generated_tokens']} generated tokens")
+    decode = ("one token: no TPOT" if m["tpot_ms"] is None
+              else f"TPOT {m['tpot_ms']:.2f} ms | {m['decode_tokens_per_s']:.1f} tokens/s")
+    return f"TTFT {m['ttft_ms']:.1f} ms | {decode} | {m['prompt_tokens']} prompt + {m['generated_tokens']} generated tokens"
 
 
 def cmd_generate(args) -> int:
@@ -428,9 +429,10 @@ def cmd_bench(args) -> int:
 
     from ovgen.bench import bench, parse_lengths, plot, table, write_trace
 
-    for opt in ("new_tokens", "runs"):
-        if getattr(args, opt) < 1:
-            raise UsageError(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+    if args.runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {args.runs}")
+    if args.new_tokens < 2:
+        raise UsageError(f"--new-tokens must be >= 2 (TPOT is the time between tokens), got {args.new_tokens}")
     _check_outputs(args, "plot", "trace", "csv")
     model = _load(args)
     lengths = parse_lengths(args.prompt_tokens, model.max_context, args.new_tokens)

@@ -36,7 +36,8 @@ def stage_ns(rec, stage: str) -> int:
 
 
 def summarize(records: Sequence, t_start_ns: int, *, prompt_tokens: int = 0) -> dict[str, float]:
-    """ttft_ms, tpot_ms, itl p50/p90/p99, tokens_per_s and the stage split (ms, summed)."""
+    """ttft_ms, tpot_ms, itl p50/p90/p99, tokens_per_s and the stage split (ms, summed). One token has no
+    time between tokens: its TPOT, ITL percentiles and decode rate are None."""
     if not records:
         return {"prompt_tokens": prompt_tokens, "generated_tokens": 0}
     ready = np.array([r.ready_ns for r in records], dtype=np.int64)
@@ -47,12 +48,12 @@ def summarize(records: Sequence, t_start_ns: int, *, prompt_tokens: int = 0) -> 
         "prompt_tokens": prompt_tokens,
         "generated_tokens": len(records),
         "ttft_ms": float(ttft),
-        "tpot_ms": float(itl.mean()) if itl.size else 0.0,
-        "itl_p50_ms": float(np.percentile(itl, 50)) if itl.size else 0.0,
-        "itl_p90_ms": float(np.percentile(itl, 90)) if itl.size else 0.0,
-        "itl_p99_ms": float(np.percentile(itl, 99)) if itl.size else 0.0,
+        "tpot_ms": float(itl.mean()) if itl.size else None,
+        "itl_p50_ms": float(np.percentile(itl, 50)) if itl.size else None,
+        "itl_p90_ms": float(np.percentile(itl, 90)) if itl.size else None,
+        "itl_p99_ms": float(np.percentile(itl, 99)) if itl.size else None,
         "tokens_per_s": float(len(records) / total_s) if total_s > 0 else 0.0,
-        "decode_tokens_per_s": float(itl.size / (itl.sum() / 1e3)) if itl.size and itl.sum() > 0 else 0.0,
+        "decode_tokens_per_s": (float(itl.size / (itl.sum() / 1e3)) if itl.sum() > 0 else 0.0) if itl.size else None,
     }
     for stage in STAGES:
         out[f"{stage}_ms"] = sum(stage_ns(r, stage) for r in records) / 1e6

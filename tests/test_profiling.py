@@ -117,6 +117,19 @@ def test_stage_split_and_raw_timestamps(model):
     assert abs(st["tpot_ms"] - (ready[-1] - ready[0]) / 1e6 / 11) < 1e-6
 
 
+def test_one_token_has_no_inter_token_latency(model, model_dir):
+    """One generated token has a TTFT and no time between tokens: TPOT, the ITL percentiles and the
+    decode rate are None (JSON null), not 0.0 (which averaged with other rows' TPOTs biased them, and
+    printed as "TPOT 0.00 ms | 0.0 tokens/s")."""
+    st = ovgen.generate(model, "Hello", {"max_new_tokens": 1}).metrics
+    assert st["generated_tokens"] == 1 and st["ttft_ms"] > 0 and st["tokens_per_s"] > 0
+    assert all(st[k] is None for k in ("tpot_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s"))
+    out = subprocess.run([sys.executable, "-m", "ovgen.cli", "generate", "-m", str(model_dir), "Hello",
+                          "--max-new-tokens", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| one token: no TPOT |" in out.stderr and "0.00" not in out.stderr
+
+
 def test_overlap_runs_the_next_infer_during_the_callback(model):
     """With overlap the model slice of token i+1 starts before token i's callback ends, in the trace."""
     res = _slow_generation(model, overlap=True)
@@ -168,7 +181,8 @@ def test_bench_cli(tmp_path):
                             "--runs", "1"], capture_output=True, text=True, timeout=600)
     assert table.returncode == 0 and "TTFT ms" in table.stdout and "p99" in table.stdout
     for bad, msg in ((["--prompt-tokens", "8,x"], "comma-separated integers"), (["--runs", "0"], "--runs must be"),
-                     (["--prompt-tokens", "9000"], "exceed the model's context")):
+                     (["--prompt-tokens", "9000"], "exceed the model's context"),
+                     (["--new-tokens", "1"], "--new-tokens must be >= 2 (TPOT is the time between tokens), got 1")):
         r = subprocess.run([sys.executable, "-m", "ovgen.cli", "bench", *bad], capture_output=True, text=True,
                            timeout=600)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
