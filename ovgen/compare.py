@@ -45,14 +45,24 @@ DEFAULT_PROMPTS = [
 @dataclass
 class Run:
     tokens: list[int]
-    ttft_ms: float
-    tpot_ms: float
+    ttft_ms: float | None  # None: not measured (no token; one token has no TPOT)
+    tpot_ms: float | None
 
 
 def timed(start_ns: int, stamps: Sequence[int], tokens: list[int]) -> Run:
-    ttft = (stamps[0] - start_ns) / 1e6 if stamps else float("nan")
-    tpot = (stamps[-1] - stamps[0]) / 1e6 / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+    ttft = (stamps[0] - start_ns) / 1e6 if stamps else None
+    tpot = (stamps[-1] - stamps[0]) / 1e6 / (len(stamps) - 1) if len(stamps) > 1 else None
     return Run(tokens, ttft, tpot)
+
+
+def _median(values) -> float | None:
+    """The median of the measured values (None: none was)."""
+    measured = [v for v in values if v is not None]
+    return float(np.median(measured)) if measured else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 def read_prompts(path: str | None) -> list[str]:
@@ -181,12 +191,11 @@ def compare(prompts: list[str], ir_dir: Path, onnx_dir: Path, new_tokens: int, *
             progress(prompt)
     summary = {}
     for name in RUNNERS:
-        ttft = float(np.median([p["runs"][name]["ttft_ms"] for p in per_prompt]))
-        tpot = float(np.nanmedian([p["runs"][name]["tpot_ms"] for p in per_prompt]))
-        summary[name] = {"precision": precisions[name], "ttft_ms": ttft, "tpot_ms": tpot}
+        summary[name] = {"precision": precisions[name], **{key: _median([p["runs"][name][key] for p in per_prompt])
+                                                            for key in ("ttft_ms", "tpot_ms")}}
     base = summary["ovgen-ov"]
     for s in summary.values():
-        s["ttft_ratio"], s["tpot_ratio"] = s["ttft_ms"] / base["ttft_ms"], s["tpot_ms"] / base["tpot_ms"]
+        s["ttft_ratio"], s["tpot_ratio"] = _ratio(s["ttft_ms"], base["ttft_ms"]), _ratio(s["tpot_ms"], base["tpot_ms"])
     agreement = {}
     for a, b in PAIRS:
         key = f"{a} vs {b}"
@@ -201,9 +210,12 @@ def table(result: dict) -> str:
     cpu = result["models"]["openvino"]
     lines = [describe_cpu(cpu),
              f"{'runner':<12} {'precision':<14} {'TTFT ms':>9} {'TPOT ms':>9} {'TTFT/ovgen-ov':>14} {'TPOT/ovgen-ov':>14}"]
+    def cell(x, width, digits):
+        return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
+
     for name, s in result["summary"].items():
-        lines.append(f"{name:<12} {s['precision']:<14} {s['ttft_ms']:>9.1f} {s['tpot_ms']:>9.2f} "
-                     f"{s['ttft_ratio']:>14.2f} {s['tpot_ratio']:>14.2f}")
+        lines.append(f"{name:<12} {s['precision']:<14} {cell(s['ttft_ms'], 9, 1)} {cell(s['tpot_ms'], 9, 2)} "
+                     f"{cell(s['ttft_ratio'], 14, 2)} {cell(s['tpot_ratio'], 14, 2)}")
     lines.append("")
     lines.append(f"{'greedy agreement':<26} identical  first divergence per prompt (- = none)")
     for key, a in result["agreement"].items():
@@ -221,7 +233,7 @@ def plot(result: dict, path: str) -> None:
     names = list(result["summary"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, label in ((axes[0], "ttft_ms", "TTFT (ms, median)"), (axes[1], "tpot_ms", "TPOT (ms, median)")):
-        ax.bar(names, [result["summary"][n][key] for n in names], color=["C0", "C1", "C2", "C3"])
+        ax.bar(names, [result["summary"][n][key] or 0.0 for n in names], color=["C0", "C1", "C2", "C3"])  # (- : 0)
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=20)
     ax = axes[2]

@@ -269,3 +269,11 @@ def test_cli_compare(onnx_dir, model_dir, tmp_path):
     assert text.returncode == 0 and "TPOT/ovgen-ov" in text.stdout and "ovgen-onnx vs ort-genai" in text.stdout
     missing = _cli("compare", "--onnx", str(tmp_path), "--new-tokens", "4")
     assert missing.returncode == 2 and "genai_config.json is missing" in missing.stderr
+    # one token: no TPOT anywhere. It was NaN, which `--json` wrote as the invalid JSON token NaN
+    prompts.write_text(PROMPTS[0] + "\n")
+    one = _cli("compare", "--prompts", str(prompts), "--new-tokens", "1", "--json", "--plot", str(png))
+    assert one.returncode == 0, one.stderr
+    res = json.loads(one.stdout, parse_constant=lambda c: pytest.fail(f"{c} in the JSON output"))
+    assert all(s["tpot_ms"] is None and s["tpot_ratio"] is None and s["ttft_ratio"] > 0 for s in res["summary"].values())
+    assert all(run["tpot_ms"] is None for run in res["prompts"][0]["runs"].values())
+    assert "RuntimeWarning" not in one.stderr
