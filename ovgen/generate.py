@@ -146,7 +146,8 @@ def is_batch(prompt) -> bool:
 
 class Stream:
     """What `stream()` returns: iterate it for the TokenRecords. The prompt's token ids and the
-    validated config are known (and every error raised) before the first record is asked for."""
+    validated config are known (and every error raised) before the first record is asked for.
+    `with ovgen.stream(...) as st:` closes it when the block is left, however it is left."""
 
     def __init__(self, model, prompt_ids: list[int], config: GenerationConfig, records: Iterator[TokenRecord]):
         self.model, self.prompt_ids, self.config, self._records = model, prompt_ids, config, records
@@ -159,6 +160,12 @@ class Stream:
 
     def close(self) -> None:
         self._records.close()
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None, *, session=None,

@@ -184,6 +184,21 @@ def test_interrupted_stream_leaves_session_usable(model):
     assert again.sequences[0].token_ids == ref
 
 
+def test_a_stream_is_a_context_manager_that_closes_it(model):
+    """`with ovgen.stream(...) as st:` closes the stream however the block is left (an exception
+    here), as an explicit close() does; the session is then the user's."""
+    s = model.session()
+    ref = ovgen.generate(model, "Tell me a story", {"max_new_tokens": 12}).sequences[0].token_ids
+    with pytest.raises(ZeroDivisionError):
+        with ovgen.stream(model, "A long tale of", {"max_new_tokens": 50}, session=s) as st:
+            for rec in st:
+                if rec.index == 5:
+                    1 / 0
+    with pytest.raises(StopIteration):
+        next(st)
+    assert ovgen.generate(model, "Tell me a story", {"max_new_tokens": 12}, session=s).sequences[0].token_ids == ref
+
+
 def test_graph_argmax_and_logsumexp_follow_the_logits(model, prompt):
     """The one-token fast path reads logsumexp and the top candidates (hence argmax) from graph
     outputs: they must describe the logits returned, step after step, and after snapshot/restore
