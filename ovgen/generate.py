@@ -64,10 +64,16 @@ class GenerationResult:
         return {
             "prompt_token_ids": self.prompt_token_ids,
             "sequences": [{"token_ids": s.token_ids, "text": s.text, "finish_reason": s.finish_reason,
-                           "score": s.score, "logprobs": s.logprobs, **top_logprobs_field(s.records)}
+                           "score": s.score, "logprobs": json_numbers(s.logprobs), **top_logprobs_field(s.records)}
                           for s in self.sequences],
             "metrics": self.metrics,
         }
+
+
+def json_numbers(values) -> list:
+    """Floats for JSON: NaN (a value the runtime does not report, e.g. onnxruntime-genai's beam search's
+    log-probabilities) becomes None, since NaN is not JSON."""
+    return [None if v != v else v for v in values]
 
 
 def top_logprobs_field(records) -> dict:

@@ -108,7 +108,7 @@ def prepare_row(model, item: dict, base: dict):
 
 def result_line(rid, records, *, logprobs: bool, timings: bool, prompt_tokens: int) -> dict:
     """The row's output line: its first (best) sequence; all of them under "sequences" when several."""
-    from .generate import top_logprobs_field
+    from .generate import json_numbers, top_logprobs_field
     from .profiling import summarize
 
     seqs = {}
@@ -119,7 +119,7 @@ def result_line(rid, records, *, logprobs: bool, timings: bool, prompt_tokens: i
         out = {"text": "".join(r.text for r in recs), "token_ids": [r.token_id for r in recs],
                "finish_reason": recs[-1].finish_reason if recs else "length"}
         if logprobs:
-            out["logprobs"] = [r.logprob for r in recs]
+            out["logprobs"] = json_numbers(r.logprob for r in recs)
         return {**out, **top_logprobs_field(recs)}
 
     out = {"id": rid, **one(seqs.get(0, []))}

@@ -283,7 +283,9 @@ class OrtSession(TokenHistory):
         while not gen.is_done():
             gen.generate_next_token()
         ready = perf_counter_ns()
-        self.generator, self._len, self._logits = None, 0, None  # the search's generator is not kept
+        # the search ran on a generator of its own: the session's next append builds a new one (reserve)
+        self.generator, self.capacity, self._len, self._logits = None, 0, 0, None
+        self.edits += 1
         eos, nan = set(cfg.eos_token_id), float("nan")
         seqs = []
         for seq in range(cfg.num_return_sequences):

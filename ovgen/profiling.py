@@ -35,25 +35,26 @@ def stage_ns(rec, stage: str) -> int:
     return rec.read_ns if stage == "read_logits" else getattr(rec, f"{stage}_ns")
 
 
-def summarize(records: Sequence, t_start_ns: int, *, prompt_tokens: int = 0) -> dict[str, float]:
-    """ttft_ms, tpot_ms, itl p50/p90/p99, tokens_per_s and the stage split (ms, summed). One token has no
-    time between tokens: its TPOT, ITL percentiles and decode rate are None."""
-    if not records:
-        return {"prompt_tokens": prompt_tokens, "generated_tokens": 0}
+def summarize(records: Sequence, t_start_ns: int, *, prompt_tokens: int = 0) -> dict[str, float | None]:
+    """ttft_ms, tpot_ms, itl p50/p90/p99, tokens_per_s and the stage split (ms, summed). What was not
+    measured is None: with no token, everything timed; with one token (or tokens that all came at
+    once), the TPOT, ITL percentiles and decode rate, since no time between tokens was measured."""
     ready = np.array([r.ready_ns for r in records], dtype=np.int64)
-    ttft = (ready[0] - t_start_ns) / 1e6
     itl = np.diff(ready) / 1e6
-    total_s = (ready[-1] - t_start_ns) / 1e9
+    if itl.size and not itl.any():  # every token stamped at one instant: a runtime's own beam search returns
+        itl = itl[:0]  # them all at once (ort.beam_records)
+    total_s = (ready[-1] - t_start_ns) / 1e9 if ready.size else 0.0
+    gaps = itl.size > 0
     out = {
         "prompt_tokens": prompt_tokens,
         "generated_tokens": len(records),
-        "ttft_ms": float(ttft),
-        "tpot_ms": float(itl.mean()) if itl.size else None,
-        "itl_p50_ms": float(np.percentile(itl, 50)) if itl.size else None,
-        "itl_p90_ms": float(np.percentile(itl, 90)) if itl.size else None,
-        "itl_p99_ms": float(np.percentile(itl, 99)) if itl.size else None,
-        "tokens_per_s": float(len(records) / total_s) if total_s > 0 else 0.0,
-        "decode_tokens_per_s": (float(itl.size / (itl.sum() / 1e3)) if itl.sum() > 0 else 0.0) if itl.size else None,
+        "ttft_ms": float((ready[0] - t_start_ns) / 1e6) if ready.size else None,
+        "tpot_ms": float(itl.mean()) if gaps else None,
+        "itl_p50_ms": float(np.percentile(itl, 50)) if gaps else None,
+        "itl_p90_ms": float(np.percentile(itl, 90)) if gaps else None,
+        "itl_p99_ms": float(np.percentile(itl, 99)) if gaps else None,
+        "tokens_per_s": (float(len(records) / total_s) if total_s > 0 else 0.0) if ready.size else None,
+        "decode_tokens_per_s": (float(itl.size / (itl.sum() / 1e3)) if itl.sum() > 0 else 0.0) if gaps else None,
     }
     for stage in STAGES:
         out[f"{stage}_ms"] = sum(stage_ns(r, stage) for r in records) / 1e6

@@ -176,6 +176,20 @@ def test_beam_search_is_the_runtimes_own(onnx_dir, onnx_model):
     ref = [[int(t) for t in gen.get_sequence(i)[len(ids):]] for i in range(3)]
     assert [s.token_ids for s in ours.sequences] == ref
     assert len({tuple(r) for r in ref}) == 3
+    # the runtime gives no per-token log-probabilities: null in the JSON, not NaN (which is not JSON)
+    out = json.loads(json.dumps(ours.to_dict()), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert [s["logprobs"] for s in out["sequences"]] == [[None] * len(r) for r in ref]
+
+
+def test_a_session_goes_on_after_a_beam_search_on_it(onnx_model):
+    """The runtime's beam search runs on a Generator of its own and dropped the session's: the next
+    generation on that session failed ('NoneType' object has no attribute 'append_tokens')."""
+    s, cfg = onnx_model.session(), {"max_new_tokens": 6}
+    first = ovgen.generate(onnx_model, "Hello", cfg, session=s).sequences[0].token_ids
+    beams = ovgen.generate(onnx_model, "Hello", {**cfg, "num_beams": 2}, session=s)
+    assert ovgen.generate(onnx_model, "Hello", cfg, session=s).sequences[0].token_ids == first
+    # its tokens come all at once: the time to the first is the search's, and no TPOT was measured (not 0.0)
+    assert len(beams.sequences[0].token_ids) > 1 and beams.metrics["ttft_ms"] > 0 and beams.metrics["tpot_ms"] is None
 
 
 def test_chat_reuses_the_generator_kv(onnx_model):

@@ -124,6 +124,8 @@ def test_one_token_has_no_inter_token_latency(model, model_dir):
     st = ovgen.generate(model, "Hello", {"max_new_tokens": 1}).metrics
     assert st["generated_tokens"] == 1 and st["ttft_ms"] > 0 and st["tokens_per_s"] > 0
     assert all(st[k] is None for k in ("tpot_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "decode_tokens_per_s"))
+    none = ovgen.generate(model, "Hello", {"max_new_tokens": 0}).metrics  # the same keys, nothing timed
+    assert none.keys() == st.keys() and none["generated_tokens"] == 0 and none["ttft_ms"] is None
     out = subprocess.run([sys.executable, "-m", "ovgen.cli", "generate", "-m", str(model_dir), "Hello",
                           "--max-new-tokens", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
