@@ -377,15 +377,21 @@ def _chat_file(chat, verb: str, path: str | None = None) -> None:
 
 
 def cmd_batch(args) -> int:
+    from pathlib import Path
+
     from tqdm import tqdm
 
     from ovgen import jobs
+    from ovgen.ort import is_ort_folder
 
     base = _config_overrides(args)
     if args.draft:
         raise UsageError("--draft: ovgen batch runs without a draft model")
     if args.attention == "paged":
         raise UsageError("--attention paged runs one row at a time; ovgen batch batches rows on the stateful IR")
+    if args.model and is_ort_folder(Path(args.model)):
+        raise UsageError(f"{args.model} is an onnxruntime-genai folder, whose sessions hold one row; ovgen batch "
+                         "batches rows on an OpenVINO IR")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.ray and (args.ray_address or args.concurrency is not None):

@@ -234,6 +234,10 @@ def _batch_stream(model, prompts, config, configs, *, session, processors, chat_
 
     if configs is not None and len(configs) != len(prompts):
         raise ValueError(f"configs has {len(configs)} entries for {len(prompts)} prompts")
+    session = session or model.session()
+    if session.one_row:
+        raise NotImplementedError(f"a list of prompts runs as one batch: {session.one_row}, or run the prompts one "
+                                  "by one")
     cfgs, ids, extras = [], [], []
     for i, prompt in enumerate(prompts):
         try:

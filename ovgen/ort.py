@@ -124,6 +124,7 @@ class OrtSession(TokenHistory):
     rows = 1
     reorder_kv = False  # the Generator has no KV gather: beam search is the runtime's own (beam_records)
     snapshots = True
+    one_row = f"{RUNTIME} sessions hold one row (the Generator has no KV row gather); use an OpenVINO IR"
     argmax = None  # no graph outputs on this path: the loop scans the logits in NumPy
     top = None
     want_top = True  # (no candidates to skip here)

@@ -60,6 +60,7 @@ class PagedSession(Session):
     reorder_kv = False  # no beam_idx: beam search needs the stateful IR
     pad_verify_to = 4  # speculative blocks of up to 4 positions padded to 1 + k (ovgen/speculative.py)
     snapshots = False
+    one_row = "attention='paged' holds one row; load the model with attention='stateful' (the default)"
 
     def __init__(self, model):
         super().__init__(model)

@@ -134,6 +134,7 @@ class Session(TokenHistory):
     reorder_kv = True  # the IR's beam_idx input gathers KV rows inside the next infer
     pad_verify_to = 0  # speculative blocks keep their own width (a padded position would leave a hole)
     snapshots = True  # snapshot / restore / save / load work (a prefix cache needs them)
+    one_row = ""  # (batches of prompts: prefill_rows)
     max_hole_fraction = 0.5  # compact the KV state when holes exceed this share of it (and 256 positions)
 
     def __init__(self, model):

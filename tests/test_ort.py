@@ -263,6 +263,22 @@ def test_cli_generate_on_an_onnx_folder_keeps_the_json_schema(onnx_dir, model_di
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
+def test_a_list_of_prompts_is_refused_before_inference(onnx_dir, onnx_model, tmp_path):
+    """A list of prompts runs as one batch, which the Generator (one row, no KV row gather) cannot: it
+    failed with AttributeError: 'OrtSession' object has no attribute 'prefill_rows'."""
+    s = onnx_model.session()
+    for call in (ovgen.generate, ovgen.stream):
+        with pytest.raises(NotImplementedError, match="a list of prompts runs as one batch: onnxruntime-genai "
+                                                      "sessions hold one row"):
+            call(onnx_model, ["Hello", "Hi"], {"max_new_tokens": 4}, session=s)
+    assert s.length == 0
+    rows = tmp_path / "in.jsonl"
+    rows.write_text('{"id": 1, "prompt": "Hi"}\n')
+    out = _cli("batch", str(rows), "--output", str(tmp_path / "out.jsonl"), "-m", str(onnx_dir))
+    assert out.returncode == 2 and "ovgen batch batches rows on an OpenVINO IR" in out.stderr, out.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_cli_compare(onnx_dir, model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
