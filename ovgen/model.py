@@ -74,6 +74,8 @@ def resolve_model_dir(path: str | Path | None) -> Path:
     path = Path(path)
     if path.is_file() and path.suffix == ".xml":
         path = path.parent
+    if path.is_file():
+        raise FileNotFoundError(f"{path} is a file, not a model folder (an IR's folder, or its openvino_model.xml)")
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     return path

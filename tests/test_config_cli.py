@@ -85,6 +85,9 @@ def test_bad_input_is_refused_before_inference(model, monkeypatch):
 def test_model_folder_errors(tmp_path, model_dir):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ovgen.load(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"notes.txt is a file, not a model folder \(an IR's folder"):
+        ovgen.load(tmp_path / "notes.txt")
     with pytest.raises(FileNotFoundError, match="openvino_model.xml is missing"):
         ovgen.load(tmp_path)
     (tmp_path / "openvino_model.xml").write_text("<net><broken")
