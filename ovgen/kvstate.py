@@ -158,7 +158,7 @@ def fingerprint(model) -> str:
     return _FINGERPRINTS[key]
 
 
-def _precision(model) -> dict[str, str]:
+def precision_of(model) -> dict[str, str]:
     return {k: model.ov_config.get(k, "") for k in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")}
 
 
@@ -179,7 +179,7 @@ def save(session, path, meta: dict | None = None) -> None:
     if meta is not None:  # the caller's JSON (a Chat's messages), under the same checksum as the arrays
         arrays["meta"] = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), np.uint8)
     header = {"format": FORMAT, "version": VERSION, "model": fingerprint(session.model),
-              "precision": _precision(session.model), "holes": session.holes, "sha256": _digest(arrays)}
+              "precision": precision_of(session.model), "holes": session.holes, "sha256": _digest(arrays)}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -227,5 +227,5 @@ def _check_header(path: Path, header: dict, model) -> None:
     if header.get("model") != fingerprint(model):
         raise ValueError(f"{path}: saved from another model (fingerprint {str(header.get('model'))[:12]}..., "
                          f"{model.path} is {fingerprint(model)[:12]}...)")
-    if header.get("precision") != _precision(model):
-        raise ValueError(f"{path}: saved at precision {header.get('precision')}, this model runs at {_precision(model)}")
+    if header.get("precision") != precision_of(model):
+        raise ValueError(f"{path}: saved at precision {header.get('precision')}, this model runs at {precision_of(model)}")

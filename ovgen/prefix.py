@@ -5,7 +5,9 @@ are reused by any later prompt that starts with them, on any Session over the sa
 is restored (`Session.restore`: a copy of its KV state, O(prefix)), rewound to the shared part (an
 O(1) trim) and only the rest is run; the whole prompt is then cached for the next one. So a second
 question under the same system prompt recomputes only the question. The tokens equal a fresh run's up to the last bits a chunked prefill
-computes differently (tested). Entries are evicted least-recently-used past `max_bytes`.
+computes differently (tested). Entries are evicted least-recently-used past `max_bytes`. A cache
+serves one model: the same IR at the same precision (another load of it too); a session of another
+model (a draft, the IR at another precision) is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class PrefixCache:
         self._entries: OrderedDict[tuple[int, ...], object] = OrderedDict()  # prompt ids -> Snapshot
         self.hits = self.misses = 0
         self.reused_tokens = 0  # prompt tokens not recomputed, over all lookups
+        self._model_id = None  # the model whose states the entries hold (model_id_of)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -62,6 +65,12 @@ class PrefixCache:
         if not session.snapshots:
             raise NotImplementedError(f"a prefix cache keeps snapshots, which {type(session).__name__} cannot take "
                                       "(attention='paged'); load the model with attention='stateful'")
+        model_id = model_id_of(session.model)
+        if self._model_id is None:
+            self._model_id = model_id
+        elif model_id != self._model_id:
+            raise ValueError(f"this prefix cache holds the KV states of another model: {self._model_id}; this "
+                             f"session's is {model_id} and would restore states it did not compute (a cache per model)")
         n, key, snap = self.lookup(ids)
         if snap is None:
             logits = session.prefill(ids)
@@ -73,6 +82,17 @@ class PrefixCache:
         if n < len(ids) and len(ids) >= self.min_tokens:
             self.store(ids, session.snapshot())
         return logits
+
+
+def model_id_of(model) -> str:
+    """What makes two loads' KV states interchangeable: the IR (its files' sha256) and the precision it
+    runs at (an onnxruntime-genai model: its folder)."""
+    from .kvstate import fingerprint, precision_of
+
+    if not hasattr(model, "compiled"):
+        return f"{model.path} (onnxruntime-genai)"
+    props = ", ".join(f"{k}={v}" for k, v in precision_of(model).items())
+    return f"{model.path} (sha256 {fingerprint(model)[:12]}, {props})"
 
 
 def _common(a: tuple, b: tuple) -> int:

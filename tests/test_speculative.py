@@ -314,6 +314,15 @@ def test_prefix_cache_reuses_a_shared_system_prompt(model):
         cached = ovgen.generate(model, msgs, {"max_new_tokens": 24}, prefix_cache=cache).sequences[0].token_ids
         assert cached == fresh, question
     assert cache.misses == 1 and cache.hits == 4 and cache.reused_tokens >= 4 * len(shared) > 4 * 30
+    # another model (its draft; the same IR with a u8 KV cache) would restore states it did not compute: the
+    # draft's failed on a state name, the other precision's (native bf16 here) gave other tokens, silently
+    for other in (ovgen.load(require_flavour("draft")), ovgen.load(model.path, ov_config={"KV_CACHE_PRECISION": "u8"})):
+        session = other.session()
+        with pytest.raises(ValueError, match="this prefix cache holds the KV states of another model"):
+            ovgen.generate(other, msgs, {"max_new_tokens": 4}, prefix_cache=cache, session=session)
+        assert session.length == 0 and cache.hits == 4
+    again = ovgen.load(model.path)  # the same IR and precision, loaded again: the same states, reused
+    assert ovgen.generate(again, msgs, {"max_new_tokens": 24}, prefix_cache=cache).sequences[0].token_ids == fresh
 
 
 def _common(a, b) -> int:
