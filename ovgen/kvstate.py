@@ -43,6 +43,7 @@ class Snapshot:
     mask: np.ndarray = field(default_factory=lambda: np.ones((1, 0), np.int64))  # [rows, kv]
     holes: int = 0
     pad: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # [rows] left padding
+    model: object = None  # the Model whose session it was taken from (restore checks it)
 
 
 def _states(session) -> dict[str, np.ndarray]:
@@ -53,7 +54,7 @@ def snapshot(session) -> Snapshot:
     beam = None if session._beam_idx is None else session._beam_idx.copy()
     top = None if session.top is None else (session.top[0].copy(), session.top[1].copy())
     return Snapshot(_states(session), session.tokens.copy(), beam, np.copy(session.logsumexp), top,
-                    session.mask.copy(), session.holes, session.pad.copy())
+                    session.mask.copy(), session.holes, session.pad.copy(), session.model)
 
 
 @contextmanager
@@ -87,6 +88,10 @@ def _put_states(session, states: dict[str, np.ndarray]) -> None:
 
 
 def restore(session, snap: Snapshot) -> None:
+    if snap.model is not None and snap.model is not session.model:
+        mine, theirs = model_id_of(session.model), model_id_of(snap.model)
+        if mine != theirs:
+            raise ValueError(f"the snapshot was taken on another model ({theirs}); this session's is {mine}")
     _check_states(session, snap.states)
     with changing(session):
         _put_states(session, snap.states)
@@ -160,6 +165,15 @@ def fingerprint(model) -> str:
 
 def precision_of(model) -> dict[str, str]:
     return {k: model.ov_config.get(k, "") for k in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")}
+
+
+def model_id_of(model) -> str:
+    """What makes two loads' KV states interchangeable: the IR (its files' sha256) and the precision it
+    runs at (an onnxruntime-genai model: its folder)."""
+    if not hasattr(model, "compiled"):
+        return f"{model.path} (onnxruntime-genai)"
+    props = ", ".join(f"{k}={v}" for k, v in precision_of(model).items())
+    return f"{model.path} (sha256 {fingerprint(model)[:12]}, {props})"
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:

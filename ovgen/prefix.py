@@ -16,6 +16,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .kvstate import model_id_of
+
 
 class PrefixCache:
     def __init__(self, max_bytes: int = 512 << 20, min_tokens: int = 16):
@@ -82,17 +84,6 @@ class PrefixCache:
         if n < len(ids) and len(ids) >= self.min_tokens:
             self.store(ids, session.snapshot())
         return logits
-
-
-def model_id_of(model) -> str:
-    """What makes two loads' KV states interchangeable: the IR (its files' sha256) and the precision it
-    runs at (an onnxruntime-genai model: its folder)."""
-    from .kvstate import fingerprint, precision_of
-
-    if not hasattr(model, "compiled"):
-        return f"{model.path} (onnxruntime-genai)"
-    props = ", ".join(f"{k}={v}" for k, v in precision_of(model).items())
-    return f"{model.path} (sha256 {fingerprint(model)[:12]}, {props})"
 
 
 def _common(a: tuple, b: tuple) -> int:

@@ -47,6 +47,26 @@ def test_snapshot_restore_continues_like_fresh(model, prompt):
     assert greedy_tokens(a, logits, 24) == fresh
 
 
+def test_a_snapshot_restores_only_onto_the_model_it_was_taken_on(model, prompt):
+    """A snapshot of another model's session (here the same IR with a u8 KV cache) restored silently and
+    decoded on from states this model did not compute. It is refused, the session untouched; another load
+    of the same IR at the same precision computes the same states and takes it."""
+    other = ovgen.load(model.path, ov_config={"KV_CACHE_PRECISION": "u8"})
+    o = other.session()
+    o.prefill(prompt)
+    s = model.session()
+    s.prefill(prompt[:3])
+    with pytest.raises(ValueError, match=r"the snapshot was taken on another model \(.*KV_CACHE_PRECISION=u8\)"):
+        s.restore(o.snapshot())
+    assert s.tokens[0].tolist() == prompt[:3]
+    fresh = greedy_tokens(f := model.session(), f.prefill(prompt), 8)
+    a = model.session()
+    logits = np.array(a.prefill(prompt))
+    again = ovgen.load(model.path).session()
+    again.restore(a.snapshot())
+    assert greedy_tokens(again, logits, 8) == fresh
+
+
 def test_rewind_continues_like_fresh(model, prompt):
     fresh = greedy_tokens(s := model.session(), s.prefill(prompt), 16)
     a = model.session()
