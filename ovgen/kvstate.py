@@ -89,9 +89,9 @@ def _put_states(session, states: dict[str, np.ndarray]) -> None:
 
 def restore(session, snap: Snapshot) -> None:
     if snap.model is not None and snap.model is not session.model:
-        mine, theirs = model_id_of(session.model), model_id_of(snap.model)
-        if mine != theirs:
-            raise ValueError(f"the snapshot was taken on another model ({theirs}); this session's is {mine}")
+        if model_id_of(session.model) != model_id_of(snap.model):
+            raise ValueError(f"the snapshot was taken on another model ({model_label(snap.model)}); this session's "
+                             f"is {model_label(session.model)}")
     _check_states(session, snap.states)
     with changing(session):
         _put_states(session, snap.states)
@@ -167,9 +167,16 @@ def precision_of(model) -> dict[str, str]:
     return {k: model.ov_config.get(k, "") for k in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")}
 
 
-def model_id_of(model) -> str:
-    """What makes two loads' KV states interchangeable: the IR (its files' sha256) and the precision it
-    runs at (an onnxruntime-genai model: its folder)."""
+def model_id_of(model) -> tuple:
+    """What makes two loads' KV states interchangeable: the IR (its files' sha256, wherever they lie) and
+    the precision it runs at; an onnxruntime-genai model: its folder."""
+    if not hasattr(model, "compiled"):
+        return str(model.path), "onnxruntime-genai"
+    return fingerprint(model), tuple(precision_of(model).items())
+
+
+def model_label(model) -> str:
+    """A model as errors name it: its folder, the start of its IR's sha256 and its precision."""
     if not hasattr(model, "compiled"):
         return f"{model.path} (onnxruntime-genai)"
     props = ", ".join(f"{k}={v}" for k, v in precision_of(model).items())

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .kvstate import model_id_of
+from .kvstate import model_id_of, model_label
 
 
 class PrefixCache:
@@ -25,7 +25,7 @@ class PrefixCache:
         self._entries: OrderedDict[tuple[int, ...], object] = OrderedDict()  # prompt ids -> Snapshot
         self.hits = self.misses = 0
         self.reused_tokens = 0  # prompt tokens not recomputed, over all lookups
-        self._model_id = None  # the model whose states the entries hold (model_id_of)
+        self._model = None  # the model whose states the entries hold (or one interchangeable with it: model_id_of)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -67,12 +67,12 @@ class PrefixCache:
         if not session.snapshots:
             raise NotImplementedError(f"a prefix cache keeps snapshots, which {type(session).__name__} cannot take "
                                       "(attention='paged'); load the model with attention='stateful'")
-        model_id = model_id_of(session.model)
-        if self._model_id is None:
-            self._model_id = model_id
-        elif model_id != self._model_id:
-            raise ValueError(f"this prefix cache holds the KV states of another model: {self._model_id}; this "
-                             f"session's is {model_id} and would restore states it did not compute (a cache per model)")
+        if self._model is None:
+            self._model = session.model
+        elif session.model is not self._model and model_id_of(session.model) != model_id_of(self._model):
+            raise ValueError(f"this prefix cache holds the KV states of another model: {model_label(self._model)}; "
+                             f"this session's is {model_label(session.model)} and would restore states it did not "
+                             "compute (a cache per model)")
         n, key, snap = self.lookup(ids)
         if snap is None:
             logits = session.prefill(ids)
