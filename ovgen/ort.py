@@ -166,9 +166,10 @@ class OrtSession(TokenHistory):
         if n <= self.capacity:
             return
         held = self.tokens[0].copy()
-        self.capacity = n
-        self.generator = self.model.new_generator(n)
-        self._len, self._logits, self._flux = 0, None, False
+        grown = self.model.new_generator(n)
+        # one statement (no call between its stores, so no Ctrl-C): the old Generator and history stay until
+        # the new one takes over, empty; re-running the held tokens is then an append (which resets if cut off)
+        self.generator, self.capacity, self._len, self._logits, self._flux = grown, n, 0, None, False
         if held.size:
             self.append(held)
 

@@ -141,6 +141,24 @@ def test_ctrl_c_inside_a_rewind_or_reset_leaves_a_session_that_continues_exactly
     np.testing.assert_allclose(s.append(extra), fresh.prefill(held + extra), rtol=1e-5, atol=1e-5)
 
 
+def test_ctrl_c_while_the_generator_grows_leaves_a_session_that_continues_exactly(onnx_model):
+    """Outgrowing its Generator replaces it with a bigger one. A Ctrl-C right after the new one was made
+    left the session sized for it with the old Generator still in place (the next long append failed
+    inside the runtime); a moment later it would have left the new, empty Generator under the old
+    history (the wrong context). The old Generator and history now stay until the new one takes over."""
+    ids = onnx_model.tokenizer.encode("Once upon a time, in a small village,", add_special_tokens=False)
+    long = (ids * 40)[:300]
+    s = onnx_model.session()
+    s.prefill(ids)
+    real, s.model = s.model, InterruptAfter(s.model, "new_generator", 1)
+    with pytest.raises(KeyboardInterrupt):
+        s.append(long)
+    s.model = real
+    held = s.tokens[0].tolist()
+    fresh = onnx_model.session()
+    np.testing.assert_allclose(s.append(long), fresh.prefill(held + long), rtol=1e-4, atol=1e-4)
+
+
 def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):
     s = onnx_model.session()
     s.prefill([1, 2, 3])
