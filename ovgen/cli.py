@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--plot", metavar="PNG", help="write TTFT/TPOT bars and divergence positions")
 
     ins = sub.add_parser("inspect", help="show an IR folder's inputs, outputs, state, files and the properties "
-                                         "it compiles with on this machine")
-    _model_args(ins, "IR folder (default: the prepared default model)")
+                                         "it compiles with on this machine (an onnxruntime-genai folder: its "
+                                         "genai_config model section)")
+    _model_args(ins, "IR or onnxruntime-genai folder (default: the prepared default model)")
     return p
 
 
@@ -498,18 +499,18 @@ def cmd_prepare(args) -> int:
 
 def cmd_inspect(args) -> int:
     from ovgen.model import read_ir, resolve_model_dir
+    from ovgen.ort import is_ort_folder
 
     folder = resolve_model_dir(args.model)
-    ir = read_ir(folder)
-    model = _load(args)
-    info = {
-        "path": str(folder),
-        "inputs": {p.get_any_name(): [str(p.get_partial_shape()), str(p.get_element_type())] for p in ir.inputs},
-        "outputs": {p.get_any_name(): str(p.get_partial_shape()) for p in ir.outputs},
-        "kv_states": len(ir.get_sinks()),
-        "files": sorted(p.name for p in folder.iterdir()),
-        "compiled": model.report,
-    }
+    if is_ort_folder(folder):  # what the runtime is told of the model, then what it loads as
+        info = {"path": str(folder), "model": json.loads((folder / "genai_config.json").read_text())["model"]}
+    else:
+        ir = read_ir(folder)
+        info = {"path": str(folder), "kv_states": len(ir.get_sinks())}
+        for side, ports in (("inputs", ir.inputs), ("outputs", ir.outputs)):
+            info[side] = {p.get_any_name(): [str(p.get_partial_shape()), p.get_element_type().get_type_name()]
+                          for p in ports}
+    info.update(files=sorted(p.name for p in folder.iterdir()), compiled=_load(args).report)
     print(json.dumps(info, indent=2))
     return 0
 

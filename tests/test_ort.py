@@ -297,6 +297,16 @@ def test_a_list_of_prompts_is_refused_before_inference(onnx_dir, onnx_model, tmp
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_cli_inspect_shows_an_onnx_folder(onnx_dir):
+    """`ovgen inspect -m ONNX_DIR` said its openvino_model.xml was missing; it shows the folder."""
+    out = _cli("inspect", "-m", str(onnx_dir))
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    config = json.loads((onnx_dir / "genai_config.json").read_text())["model"]
+    assert info["model"] == config and "model.onnx" in info["files"]
+    assert info["compiled"]["runtime"] == "onnxruntime-genai" and info["compiled"]["version"] == og.__version__
+
+
 def test_cli_compare(onnx_dir, model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS[:3]) + "\n")

@@ -98,6 +98,7 @@ def test_cli_precision_reaches_the_model_and_every_json_result(model_dir, capsys
     assert main(["inspect", "-m", str(model_dir)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["compiled"]["precision"] == "exact"
+    assert info["inputs"]["input_ids"] == ["[?,?]", "i64"] and info["outputs"]["logits"][1] == "f32"
     assert info["compiled"]["properties"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert main(["bench", "-m", str(model_dir), "--prompt-tokens", "8", "--new-tokens", "4", "--runs", "1",
                  "--json", "--precision", "native"]) == 0
