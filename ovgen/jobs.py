@@ -180,12 +180,20 @@ class Writer:
         self.f.close()
 
 
+def _rough_length(item: dict) -> int:
+    """A row's prompt size before tokenizing: its text's (or its messages' JSON's) characters."""
+    prompt = item["row"].get("prompt", item["row"].get("messages", ""))
+    return len(prompt) if isinstance(prompt, str) else len(json.dumps(prompt, ensure_ascii=False, default=str))
+
+
 def pending(input: str | Path, output: str | Path, started: Callable[[int], None] | None = None) -> tuple[list, dict]:
     """(the input rows OUTPUT does not hold yet, the job's counts so far); `started(len(todo))` once
     known (the CLI's progress bar total). Shared by `run_job` and the Ray driver."""
     items = read_rows(input)
     done = done_ids(output)
-    todo = [it for it in items if it["id"] not in done]
+    # in order of prompt size, so a chunk (one batch) holds rows of similar lengths: left padding gives
+    # each row its chunk's widest prompt (ovgen/batch.py sorts a list of prompts the same way)
+    todo = sorted((it for it in items if it["id"] not in done), key=_rough_length)
     if started:
         started(len(todo))
     return todo, {"rows": len(items), "skipped": len(items) - len(todo), "done": 0, "errors": 0}
