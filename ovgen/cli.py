@@ -309,6 +309,9 @@ def cmd_chat(args) -> int:
         raise UsageError("--draft: ovgen chat runs without a draft model (use ovgen generate)")
     if args.top_logprobs:
         raise UsageError("--top-logprobs: ovgen chat prints text only (use ovgen generate --json or the Chat API)")
+    if (args.num_return_sequences or 1) > 1:
+        raise UsageError("--num-return-sequences: ovgen chat keeps one reply per turn (use ovgen generate, or the "
+                         "Chat API, whose history keeps the first)")
     chat = Chat(model, _config_overrides(args), system=args.system, chat_template=_read_template(args))
     warm = "" if args.no_warmup else f" (warmed up in {model.warmup(config=chat.config) / 1e3:.2f} s)"
     print(f"ovgen chat{warm} - {_CHAT_HELP}", file=sys.stderr)

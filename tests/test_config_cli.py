@@ -143,6 +143,9 @@ def test_cli_generate_json_has_logprobs_and_top_logprobs_when_asked(model_dir):
     for cmd in (["generate", "--prompt-ids", "1,9690,198"], ["chat"]):  # text output: nowhere to show them
         out = run_cli(*cmd, "--top-logprobs", "3", "--no-warmup")
         assert out.returncode == 2 and "--top-logprobs" in out.stderr and "Traceback" not in out.stderr
+    # a chat keeps one reply per turn: several return sequences were printed run together as one reply
+    out = run_cli("chat", "--do-sample", "--num-return-sequences", "2", "--no-warmup")
+    assert out.returncode == 2 and "--num-return-sequences: ovgen chat keeps one reply per turn" in out.stderr
 
 
 def test_cli_warms_up_unless_told_not_to(model_dir):
