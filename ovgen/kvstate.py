@@ -164,7 +164,13 @@ def fingerprint(model) -> str:
 
 
 def precision_of(model) -> dict[str, str]:
-    return {k: model.ov_config.get(k, "") for k in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")}
+    """The properties its KV states depend on; a split plan's (ovgen/fast.py) prefill precision too, when
+    it differs from its decode's: the prompt's states are the prefill compile's."""
+    out = {k: model.ov_config.get(k, "") for k in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")}
+    prefill = model.report.get("prefill_properties", {}).get("INFERENCE_PRECISION_HINT")
+    if prefill and prefill != out["INFERENCE_PRECISION_HINT"]:
+        out["PREFILL_INFERENCE_PRECISION_HINT"] = prefill
+    return out
 
 
 def model_id_of(model) -> tuple:

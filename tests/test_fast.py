@@ -40,6 +40,23 @@ def test_the_handover_changes_no_token(model, split, prompt):
                                                                                top_k=30)
 
 
+def test_a_bf16_prefills_states_are_not_restored_into_an_exact_session(model, model_dir):
+    """A split plan's prompt KV comes from its prefill compile; its decode precision alone matched the exact
+    model's, so its snapshots restored into exact sessions (and its saved files loaded) as if f32. Where
+    the CPU has bf16 they are refused; elsewhere the plugin runs f32 in both, the same states, taken."""
+    mixed = ovgen.load(model_dir, precision={"prefill": "bf16", "decode": "f32", "min_prefill_tokens": 4})
+    s = mixed.session()
+    s.prefill(model.tokenizer.encode(PROMPTS[4]))
+    exact = model.session()
+    if has_bf16():
+        with pytest.raises(ValueError, match=r"another model \(.*PREFILL_INFERENCE_PRECISION_HINT=bf16\)"):
+            exact.restore(s.snapshot())
+        assert exact.length == 0
+    else:
+        exact.restore(s.snapshot())
+        assert exact.tokens[0].tolist() == s.tokens[0].tolist()
+
+
 def test_short_prompts_skip_the_handover(split):
     s = split.session()
     s.prefill([1, 2, 3])
