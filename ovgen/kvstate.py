@@ -213,9 +213,11 @@ def save(session, path, meta: dict | None = None) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
         os.replace(tmp, path)  # never a half-written file under the final name
-    except OSError as e:
+    except BaseException as e:  # (a full disk, or a Ctrl-C: no temporary file left behind)
         tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, f"save: cannot write {path} ({e.strerror})") from None
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"save: cannot write {path} ({e.strerror})") from None
+        raise
 
 
 def load(session, path, check=None) -> dict | None:

@@ -168,6 +168,27 @@ def test_an_empty_sessions_snapshot_and_saved_state_restore_to_a_usable_session(
         assert greedy_tokens(s, s.append(prompt), 8) == ref
 
 
+def test_a_save_cut_off_by_ctrl_c_leaves_no_file_behind(model, prompt, tmp_path, monkeypatch):
+    """save() writes a temporary file and renames it: a Ctrl-C while it was written left `s.npz.tmp`
+    (only an OSError removed it). Now nothing is left, the session is untouched, and a later save works."""
+    s = model.session()
+    s.prefill(prompt)
+
+    def cut_off(f, **arrays):
+        f.write(b"PK\x03\x04 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        s.save(tmp_path / "s.npz")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == [] and s.tokens[0].tolist() == prompt
+    s.save(tmp_path / "s.npz")
+    t = model.session()
+    t.load(tmp_path / "s.npz")
+    assert t.tokens[0].tolist() == prompt
+
+
 def test_a_saved_chat_goes_on_where_it_stopped(model, tmp_path):
     chat = Chat(model, {"max_new_tokens": 16})
     list(chat.send("Hello, my name is Ada. Name a fruit."))
