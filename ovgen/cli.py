@@ -403,6 +403,7 @@ def cmd_batch(args) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError(f"--concurrency must be >= 1, got {args.concurrency}")
     jobs.read_rows(args.input)  # a missing file or duplicate ids: refused before the model loads
+    jobs.check_output(args.input, args.output)
     _check_outputs(args, "output")
     with tqdm(desc="batch", unit="row", file=sys.stderr) as bar:
         tokens = [0, perf_counter_ns()]

@@ -186,10 +186,18 @@ def _rough_length(item: dict) -> int:
     return len(prompt) if isinstance(prompt, str) else len(json.dumps(prompt, ensure_ascii=False, default=str))
 
 
+def check_output(input: str | Path, output: str | Path) -> None:
+    """OUTPUT must not be INPUT (nor a link to it): its rows would count as done, the others' results
+    would be appended to the input."""
+    if Path(output).exists() and os.path.samefile(input, output):
+        raise ValueError(f"--output {output} is the input file; write the results to another file")
+
+
 def pending(input: str | Path, output: str | Path, started: Callable[[int], None] | None = None) -> tuple[list, dict]:
     """(the input rows OUTPUT does not hold yet, the job's counts so far); `started(len(todo))` once
     known (the CLI's progress bar total). Shared by `run_job` and the Ray driver."""
     items = read_rows(input)
+    check_output(input, output)
     done = done_ids(output)
     # in order of prompt size, so a chunk (one batch) holds rows of similar lengths: left padding gives
     # each row its chunk's widest prompt (ovgen/batch.py sorts a list of prompts the same way)

@@ -289,6 +289,22 @@ def test_cli_batch_options_are_checked_before_the_model_loads(tmp_path, capsys, 
     assert message in err and "no-model" not in err and not (tmp_path / "o.jsonl").exists()
 
 
+def test_the_input_file_is_never_the_output(model, tmp_path, capsys):
+    """--output naming the input file (or a link to it): its rows with ids counted as done, and the
+    others' results were appended to the input itself. Refused, the file untouched, before the model loads."""
+    _write(tmp_path / "in.jsonl", ROWS[:2])
+    before = (tmp_path / "in.jsonl").read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "in.jsonl")
+    for out in ("in.jsonl", "link.jsonl"):
+        assert main(["batch", "-m", str(tmp_path / "no-model"), str(tmp_path / "in.jsonl"),
+                     "--output", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--output {tmp_path / out} is the input file" in err and "no-model" not in err
+        with pytest.raises(ValueError, match="is the input file"):
+            jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / out)
+    assert (tmp_path / "in.jsonl").read_bytes() == before
+
+
 def test_cli_batch_ctrl_c_then_rerun(model_dir, tmp_path):
     """A real SIGINT to `ovgen batch` once its first rows are written: one line saying how to go on,
     exit 130, no traceback; the same command again writes only the missing rows."""
