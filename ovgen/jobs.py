@@ -32,6 +32,8 @@ def read_rows(path: str | Path) -> list[dict]:
     an id is known by its line number (JSONL: the file's line, blank lines counted; Parquet: the row's
     number, from 1)."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not an input file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such input file")
     raw = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
@@ -52,8 +54,13 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict, str | None]]:
     """(line number from 1, row, error) per non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for n, text in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:  # (a byte-order mark, as Windows editors write, opens line 1)
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield n, {}, f"line {n} is not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"
+                continue
             if not text.strip():
                 continue
             try:

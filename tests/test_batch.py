@@ -289,6 +289,21 @@ def test_cli_batch_options_are_checked_before_the_model_loads(tmp_path, capsys, 
     assert message in err and "no-model" not in err and not (tmp_path / "o.jsonl").exists()
 
 
+def test_a_line_that_is_not_utf8_is_that_rows_error(model, tmp_path):
+    """A byte that is not UTF-8 stopped the whole job with "'utf-8' codec can't decode byte 0xff", naming
+    neither the file nor the line; a UTF-8 byte-order mark (Windows editors write one) made line 1 an error."""
+    (tmp_path / "in.jsonl").write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "Hi"}\n{"id": "b", "prompt": "caf\xe9"}\n'
+                                        b'{"id": "c", "prompt": "Hello"}\n')
+    counts = jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", {"max_new_tokens": 2})
+    assert counts == {"rows": 3, "skipped": 0, "done": 2, "errors": 1}
+    out = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    column = len(b'{"id": "b", "prompt": "caf') + 1
+    assert out[2]["error"] == f"line 2 is not UTF-8 text (byte 0xe9 at column {column})"
+    assert len(out["a"]["token_ids"]) == len(out["c"]["token_ids"]) == 2
+    with pytest.raises(FileNotFoundError, match="is a folder, not an input file"):
+        jobs.run_job(model, tmp_path, tmp_path / "out2.jsonl")
+
+
 def test_the_input_file_is_never_the_output(model, tmp_path, capsys):
     """--output naming the input file (or a link to it): its rows with ids counted as done, and the
     others' results were appended to the input itself. Refused, the file untouched, before the model loads."""
