@@ -78,20 +78,37 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict, str | None]]:
         yield n, {k: v for k, v in row.items() if v is not None}, None
 
 
-def done_ids(output: str | Path) -> set:
-    """Ids OUTPUT holds; a last line cut off by a kill is removed from the file first."""
-    output = Path(output)
+_LINE_START = b'{"id": '  # how every line Writer writes begins (result_line puts the id first)
+
+
+def _held(output: Path) -> tuple[set, int | None, int]:
+    """(ids OUTPUT holds, where a last line cut off by a kill begins - None: leave the file as it is -, its
+    size). A file ovgen did not write (binary, or a last line no result line begins like) is refused."""
     if not output.is_file():
-        return set()
+        return set(), None, 0
     data = output.read_bytes()
     keep = len(data) if data.endswith(b"\n") or not data else data.rfind(b"\n") + 1
+    tail = data[keep:]
+    try:
+        if tail and not (tail.startswith(_LINE_START) or _LINE_START.startswith(tail)):
+            raise ValueError("its last line, without a newline, is not one ovgen writes")
+        text = data[:keep].decode("utf-8")
+    except ValueError as e:  # (UnicodeDecodeError: not text)
+        why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+        raise ValueError(f"{output}: not an ovgen batch output ({why}); give another --output") from None
     ids = set()
-    for line in data[:keep].decode("utf-8").splitlines():
+    for line in text.splitlines():
         try:
             ids.add(json.loads(line)["id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             keep = None  # a damaged line inside the file: leave the file alone, that row reruns
-    if keep is not None and keep < len(data):
+    return ids, keep, len(data)
+
+
+def done_ids(output: str | Path) -> set:
+    """Ids OUTPUT holds; a last line cut off by a kill is removed from the file first."""
+    ids, keep, size = _held(Path(output))
+    if keep is not None and keep < size:
         with open(output, "r+b") as f:
             f.truncate(keep)
     return ids
@@ -193,18 +210,20 @@ def _rough_length(item: dict) -> int:
     return len(prompt) if isinstance(prompt, str) else len(json.dumps(prompt, ensure_ascii=False, default=str))
 
 
-def check_output(input: str | Path, output: str | Path) -> None:
+def check_output(input: str | Path, output: str | Path, *, contents: bool = True) -> None:
     """OUTPUT must not be INPUT (nor a link to it): its rows would count as done, the others' results
-    would be appended to the input."""
+    would be appended to the input; nor a file ovgen did not write (see _held)."""
     if Path(output).exists() and os.path.samefile(input, output):
         raise ValueError(f"--output {output} is the input file; write the results to another file")
+    if contents:
+        _held(Path(output))  # a file ovgen did not write: refused before anything runs (done_ids reads it too)
 
 
 def pending(input: str | Path, output: str | Path, started: Callable[[int], None] | None = None) -> tuple[list, dict]:
     """(the input rows OUTPUT does not hold yet, the job's counts so far); `started(len(todo))` once
     known (the CLI's progress bar total). Shared by `run_job` and the Ray driver."""
     items = read_rows(input)
-    check_output(input, output)
+    check_output(input, output, contents=False)
     done = done_ids(output)
     # in order of prompt size, so a chunk (one batch) holds rows of similar lengths: left padding gives
     # each row its chunk's widest prompt (ovgen/batch.py sorts a list of prompts the same way)

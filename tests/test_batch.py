@@ -240,6 +240,22 @@ def test_batch_job_resumes_after_a_kill(model, reference, tmp_path):
     assert again["skipped"] == len(ROWS) and len((tmp_path / "out.jsonl").read_text().splitlines()) == len(ROWS)
 
 
+@pytest.mark.parametrize("content", [b"my notes, no newline", bytes(range(256)), b'{"id": 1}\n\x89PNG\r\n'])
+def test_an_output_file_ovgen_did_not_write_is_left_alone(model, tmp_path, content):
+    """--output naming some other file: a last line without a newline was taken for a line cut off by a
+    kill and cut away (a one-line text file lost its text), a binary file stopped the job with a codec
+    error and no file name. Refused now, the file untouched; a real cut-off line is still cut (above)."""
+    _write(tmp_path / "in.jsonl", ROWS[:1])
+    (tmp_path / "other.txt").write_bytes(content)
+    with pytest.raises(ValueError, match=r"other.txt: not an ovgen batch output \("):
+        jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / "other.txt")
+    assert (tmp_path / "other.txt").read_bytes() == content
+    for cut in (b'{"i', b'{"id": 7, "te'):  # a kill within a line's first bytes, or later: still ours
+        (tmp_path / "out.jsonl").write_bytes(b'{"id": "x", "text": ""}\n' + cut)
+        assert jobs.done_ids(tmp_path / "out.jsonl") == {"x"}
+        assert (tmp_path / "out.jsonl").read_bytes() == b'{"id": "x", "text": ""}\n'
+
+
 def test_rows_without_an_id_are_known_by_their_line_number(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"id": "x", "prompt": "a"}\n\nnot json\n{"prompt": "b"}\n[1]\n'
                                        '{"id": null, "prompt": "c"}\n')
