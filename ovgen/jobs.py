@@ -122,6 +122,10 @@ def prepare_row(model, item: dict, base: dict):
     has = [k for k in ("prompt", "messages") if k in row]
     if len(has) != 1:
         raise ValueError("a row needs exactly one of 'prompt' and 'messages'")
+    messages = row.get("messages")
+    if has == ["messages"] and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+        got = f"a list of {type(messages[0]).__name__}" if isinstance(messages, list) else type(messages).__name__
+        raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {got}")
     settings = {k: v for k, v in row.items() if k not in PROMPT_KEYS}
     from .generate import constraint_stages, prompt_ids, resolve_config
 

@@ -256,6 +256,19 @@ def test_an_output_file_ovgen_did_not_write_is_left_alone(model, tmp_path, conte
         assert (tmp_path / "out.jsonl").read_bytes() == b'{"id": "x", "text": ""}\n'
 
 
+def test_a_rows_messages_must_be_chat_messages(model, tmp_path):
+    """`"messages": "hi"` ran "hi" as a plain-text prompt, without the chat template, and `[1, 2]` as token
+    ids; each is now that row's error. Messages under "prompt" stay a chat, as ovgen.generate takes them."""
+    chat = [{"role": "user", "content": "Hi"}]
+    _write(tmp_path / "in.jsonl", [{"id": 1, "messages": "hi"}, {"id": 2, "messages": [1, 2]},
+                                   {"id": 3, "prompt": chat}, {"id": 4, "messages": chat}])
+    jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", {"max_new_tokens": 3})
+    out = _lines(tmp_path / "out.jsonl")
+    assert out[1]["error"] == "messages must be a list of {'role', 'content'} dicts, got str"
+    assert out[2]["error"] == "messages must be a list of {'role', 'content'} dicts, got a list of int"
+    assert out[3]["token_ids"] == out[4]["token_ids"] == _alone(model, chat, {"max_new_tokens": 3})
+
+
 def test_rows_without_an_id_are_known_by_their_line_number(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"id": "x", "prompt": "a"}\n\nnot json\n{"prompt": "b"}\n[1]\n'
                                        '{"id": null, "prompt": "c"}\n')
