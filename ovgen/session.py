@@ -243,9 +243,11 @@ class Session(TokenHistory):
         finally:
             self._prefill_out = self._out
             self.request, self._out, self._fast = decode
-        t0 = perf_counter_ns()
-        self._flux = True  # (until the decode request holds the whole prompt)
+        # the history holds the prompt, the decode request not yet: flagged before the first call (a Ctrl-C
+        # lands right after one) until the decode request holds the whole prompt
+        self._flux = True
         try:
+            t0 = perf_counter_ns()
             states = {s.name: s for s in self.request.query_state()}
             for s in self._prefill_request.query_state():
                 states[s.name].state = s.state
