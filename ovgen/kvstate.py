@@ -88,10 +88,9 @@ def _put_states(session, states: dict[str, np.ndarray]) -> None:
 
 
 def restore(session, snap: Snapshot) -> None:
-    if snap.model is not None and snap.model is not session.model:
-        if model_id_of(session.model) != model_id_of(snap.model):
-            raise ValueError(f"the snapshot was taken on another model ({model_label(snap.model)}); this session's "
-                             f"is {model_label(session.model)}")
+    if snap.model is not None and not interchangeable(snap.model, session.model):
+        raise ValueError(f"the snapshot was taken on another model ({model_label(snap.model)}); this session's "
+                         f"is {model_label(session.model)}")
     _check_states(session, snap.states)
     with changing(session):
         _put_states(session, snap.states)
@@ -179,6 +178,11 @@ def model_id_of(model) -> tuple:
     if not hasattr(model, "compiled"):
         return str(model.path), "onnxruntime-genai"
     return fingerprint(model), tuple(precision_of(model).items())
+
+
+def interchangeable(a, b) -> bool:
+    """Whether models `a` and `b` compute the same KV states (the same load, or model_id_of agrees)."""
+    return a is b or model_id_of(a) == model_id_of(b)
 
 
 def model_label(model) -> str:

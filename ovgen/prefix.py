@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .kvstate import model_id_of, model_label
+from .kvstate import interchangeable, model_label
 
 
 class PrefixCache:
@@ -25,7 +25,7 @@ class PrefixCache:
         self._entries: OrderedDict[tuple[int, ...], object] = OrderedDict()  # prompt ids -> Snapshot
         self.hits = self.misses = 0
         self.reused_tokens = 0  # prompt tokens not recomputed, over all lookups
-        self._model = None  # the model whose states the entries hold (or one interchangeable with it: model_id_of)
+        self._model = None  # the model whose states the entries hold (or one interchangeable with it)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -69,7 +69,7 @@ class PrefixCache:
                                       "(attention='paged'); load the model with attention='stateful'")
         if self._model is None:
             self._model = session.model
-        elif session.model is not self._model and model_id_of(session.model) != model_id_of(self._model):
+        elif not interchangeable(session.model, self._model):
             raise ValueError(f"this prefix cache holds the KV states of another model: {model_label(self._model)}; "
                              f"this session's is {model_label(session.model)} and would restore states it did not "
                              "compute (a cache per model)")
