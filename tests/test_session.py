@@ -360,20 +360,6 @@ def test_a_chat_goes_on_exactly_after_ctrl_c_inside_an_infer(model, at_wait):
     assert run["messages"] == run["want_messages"]
 
 
-class _TensorUntil:
-    """kvstate's `ov` whose n-th Tensor is made, then Ctrl-C lands (between two layers' state copies)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def Tensor(self, *args, **kwargs):  # noqa: N802 (ov.Tensor's name)
-        out = ov.Tensor(*args, **kwargs)
-        self.n -= 1
-        if self.n == 0:
-            raise KeyboardInterrupt
-        return out
-
-
 @pytest.mark.parametrize("op", ["restore", "load", "compact", "reset"])
 def test_ctrl_c_inside_a_state_change_leaves_a_session_that_continues_exactly(model, prompt, op, tmp_path,
                                                                                  monkeypatch):
@@ -390,7 +376,7 @@ def test_ctrl_c_inside_a_state_change_leaves_a_session_that_continues_exactly(mo
     if op == "reset":
         s.request = InterruptAfter(s.request, "reset_state", 1)
     else:
-        monkeypatch.setattr(kvstate, "ov", _TensorUntil(9))
+        monkeypatch.setattr(kvstate, "ov", InterruptAfter(ov, "Tensor", 9))  # (between two layers' state copies)
     with pytest.raises(KeyboardInterrupt):
         {"restore": lambda: s.restore(snap), "load": lambda: s.load(path), "compact": s.compact,
          "reset": s.reset}[op]()
