@@ -96,6 +96,21 @@ class GenerationConfig:
     choices: list[str] | None = None
 
     # ---- construction -------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self._normalize()
+
+    def _normalize(self) -> None:
+        """NumPy scalars become Python ones (np.int64(8) is an integer, np.float32(0.7) a number,
+        np.True_ a bool), and one text for a list-of-texts field becomes a one-item list
+        (stop_strings="###" is one stop string, not three of "#")."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic) and isinstance(value, (np.bool_, np.integer, np.floating)):
+                setattr(self, f.name, value.item())
+        for name in ("stop_strings", "dry_sequence_breakers"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, strict: bool = True) -> "GenerationConfig":
         """Build from a dict. Unknown keys raise ValueError naming the closest valid fields
@@ -118,8 +133,6 @@ class GenerationConfig:
             schema = _schema_of(values["response_format"])
             if known.get("json_schema") is None:
                 known["json_schema"] = schema
-        if isinstance(known.get("stop_strings"), str):
-            known["stop_strings"] = [known["stop_strings"]]
         if known.get("logit_bias"):
             known["logit_bias"] = _logit_bias(known["logit_bias"])
         return cls(**known)
@@ -146,6 +159,13 @@ class GenerationConfig:
     def validate(self) -> "GenerationConfig":
         """Raise ValueError naming the first out-of-range field; warn once about settings that
         have no effect in the chosen mode. Returns self."""
+        self._normalize()  # fields set after construction
+        for name in ("do_sample", "ignore_eos", "include_stop_str_in_output", "prompt_lookup", "truncate_prompt"):
+            if not isinstance(getattr(self, name), bool):  # "false" is truthy: it would turn sampling on
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        pad = self.pad_token_id  # fills a finished group's rows in diverse beam search
+        if pad is not None and not (_is_id(pad) and pad >= 0):
+            raise ValueError(f"pad_token_id must be a token id (an integer >= 0) or None, got {pad!r}")
         _check_int(self, "max_new_tokens", 0)
         _check_int(self, "min_new_tokens", 0)
         _check_int(self, "top_k", 0)
@@ -181,8 +201,6 @@ class GenerationConfig:
             _check_range(self, "max_time", 0.0, math.inf, low_open=True, rng="(0, inf) seconds")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.truncate_prompt, bool):
-            raise ValueError(f"truncate_prompt must be True or False, got {self.truncate_prompt!r}")
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be one of True, False, 'never', got {self.early_stopping!r}")
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
@@ -200,8 +218,8 @@ class GenerationConfig:
         if bad is not None and (isinstance(bad, (str, bytes)) or not all(
                 isinstance(seq, (list, tuple)) and seq and all(_is_id(t) for t in seq) for seq in bad)):
             raise ValueError(f"bad_words_ids must hold non-empty token id lists (e.g. [[42], [7, 8]]), got {bad!r}")
-        if self.allowed_token_ids is not None:
-            _id_list("allowed_token_ids", self.allowed_token_ids)
+        if self.allowed_token_ids is not None and not _id_list("allowed_token_ids", self.allowed_token_ids):
+            raise ValueError("allowed_token_ids must name at least one token id, got [] (it would mask every token)")
         if not isinstance(self.eos_token_id, (list, tuple)):
             raise ValueError(f"eos_token_id must be a list of token ids, got {self.eos_token_id!r}")
         _id_list("eos_token_id", self.eos_token_id)
@@ -280,6 +298,7 @@ class GenerationConfig:
             "logit_bias": list(self.logit_bias or {}),
             "bad_words_ids": [t for seq in self.bad_words_ids or [] for t in seq],
             "allowed_token_ids": self.allowed_token_ids or [],
+            "pad_token_id": [self.pad_token_id] if self.pad_token_id is not None and self.num_beam_groups > 1 else [],
             "negative_prompt": self.negative_prompt if isinstance(self.negative_prompt, (list, tuple)) else [],
             "dry_sequence_breakers": [t for b in self.dry_sequence_breakers if not isinstance(b, str) for t in b],
         }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 import ovgen
@@ -35,10 +37,29 @@ from ovgen.config import GenerationConfig
     ("seed", 1.5, r"seed must be a non-negative integer"),
     ("early_stopping", "sometimes", r"early_stopping must be one of"),
     ("truncate_prompt", "yes", r"truncate_prompt must be True or False, got 'yes'"),
+    # a JSONL row's "false" is truthy: it turned sampling on
+    ("do_sample", "false", r"do_sample must be True or False, got 'false'"),
+    ("ignore_eos", "no", r"ignore_eos must be True or False"),
+    ("prompt_lookup", 1, r"prompt_lookup must be True or False, got 1"),
+    ("include_stop_str_in_output", "yes", r"include_stop_str_in_output must be True or False"),
+    ("pad_token_id", -3, r"pad_token_id must be a token id \(an integer >= 0\) or None, got -3"),
+    ("allowed_token_ids", [], r"allowed_token_ids must name at least one token id, got \[\]"),
 ])
 def test_out_of_range_fields_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         GenerationConfig(**{field: value}).validate()
+
+
+def test_numpy_scalars_and_one_text_are_taken_as_meant():
+    cfg = GenerationConfig(max_new_tokens=np.int64(8), temperature=np.float32(0.5), do_sample=np.True_,
+                           top_k=np.int32(4), stop_strings="###", dry_sequence_breakers="\n\n").validate()
+    assert (cfg.max_new_tokens, cfg.top_k, cfg.do_sample) == (8, 4, True)
+    assert type(cfg.max_new_tokens) is int and type(cfg.temperature) is float and cfg.do_sample is True
+    assert cfg.stop_strings == ["###"] and cfg.dry_sequence_breakers == ["\n\n"]  # not one per character
+    later = GenerationConfig()
+    later.top_k, later.stop_strings = np.int64(3), "END"  # set after construction: validate normalizes them
+    assert later.validate().top_k == 3 and later.stop_strings == ["END"]
+    assert json.dumps(dataclasses.asdict(cfg))  # plain Python values
 
 
 def test_unknown_field_names_closest():
@@ -79,6 +100,10 @@ def test_bad_input_is_refused_before_inference(model, monkeypatch):
         ovgen.generate(model, [5] * 8192)
     with pytest.raises(ValueError, match="eos_token_id: token ids"):
         ovgen.generate(model, "hi", {"eos_token_id": [10**6]})
+    # diverse beam search pads a finished group with it: an IndexError mid-search before
+    with pytest.raises(ValueError, match="pad_token_id: token ids"):
+        ovgen.generate(model, "hi", {"pad_token_id": 10**6, "num_beams": 4, "num_beam_groups": 2,
+                                     "diversity_penalty": 1.0})
     assert calls == []
 
 
