@@ -15,7 +15,7 @@ import numpy as np
 
 from .backend import check_token_ids
 from .beam import beam_search, check_beam_config
-from .choice import token_choice
+from .choice import as_chooser, token_choice
 from .config import GenerationConfig
 from .processors import Processor, as_stage
 from .profiling import Profile, summarize
@@ -196,7 +196,8 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     `row` says which prompt it belongs to.
     `overlap`: the next token's infer runs while the consumer handles a record (search.decode); the
     consumer must then not call the session itself before asking for the next record."""
-    _check_parts(model, session, processors)
+    _check_parts(model, session, processors, chooser=chooser, proposer=proposer, prefix_cache=prefix_cache,
+                 configs=configs, batch_size=batch_size)
     if is_batch(prompt):
         given = {"chooser": chooser, "assistant": assistant, "proposer": proposer, "prefix_cache": prefix_cache}
         for name, value in given.items():
@@ -217,8 +218,29 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     return Stream(model, ids, cfg, owned(session, records))
 
 
-def _check_parts(model, session, processors) -> None:
-    """The session and processors a call brings, checked before anything runs."""
+def _check_parts(model, session, processors, *, chooser=None, proposer=None, prefix_cache=None, configs=None,
+                 batch_size=8) -> None:
+    """The parts a call brings (session, processors, chooser, proposer, prefix cache, a batch's
+    configs and size), checked before anything runs."""
+    from .prefix import PrefixCache
+
+    if chooser is not None:
+        as_chooser(chooser)  # TypeError naming what it got
+    for name in ("propose", "feedback"):
+        if proposer is not None and not callable(getattr(proposer, name, None)):
+            raise TypeError(f"proposer must have propose(tokens, k) and feedback(proposed, accepted) methods "
+                            f"(ovgen/speculative.py), got {type(proposer).__name__}")
+    if prefix_cache is not None and not isinstance(prefix_cache, PrefixCache):
+        raise TypeError(f"prefix_cache must be an ovgen.prefix.PrefixCache, got {type(prefix_cache).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if configs is not None:
+        if isinstance(configs, (str, bytes, dict)) or not isinstance(configs, Sequence):
+            raise TypeError(f"configs must be a list (one dict or GenerationConfig per prompt), "
+                            f"got {type(configs).__name__}")
+        for i, row in enumerate(configs):
+            if row is not None and not isinstance(row, (dict, GenerationConfig)):
+                raise TypeError(f"configs[{i}] must be a dict, a GenerationConfig or None, got {type(row).__name__}")
     if session is not None and getattr(session, "model", None) is not model:
         what = type(session).__name__ if not hasattr(session, "model") else "a session of another model"
         raise TypeError(f"session must be a session of this model (model.session()), got {what}")

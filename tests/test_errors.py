@@ -295,6 +295,18 @@ def test_the_parts_a_call_brings_are_checked_before_inference(model, model_dir):
     with pytest.raises(TypeError, match="a processor must be callable"):  # before the session runs anything
         ovgen.stream(model, PROMPT, {"max_new_tokens": 2}, session=session, processors=[None])
     assert session.length == 0
+    # checked before the prefill too (a chooser or proposer failed after it, a prefix cache inside it)
+    for kwargs, error, message in (
+            ({"chooser": 5}, TypeError, "a chooser is a Chooser or a callable logits -> token id, got int"),
+            ({"proposer": 5}, TypeError, r"proposer must have propose\(tokens, k\) and feedback.* got int"),
+            ({"prefix_cache": {}}, TypeError, "prefix_cache must be an ovgen.prefix.PrefixCache, got dict"),
+            ({"batch_size": "2"}, ValueError, "batch_size must be an integer >= 1, got '2'"),
+            ({"configs": [None, 5]}, TypeError, r"configs\[1\] must be a dict, a GenerationConfig or None, got int"),
+            ({"configs": {"max_new_tokens": 2}}, TypeError, "configs must be a list .* got dict")):
+        prompt = [PROMPT, PROMPT] if "configs" in kwargs or "batch_size" in kwargs else PROMPT
+        with pytest.raises(error, match=message):
+            ovgen.generate(model, prompt, {"max_new_tokens": 2}, session=session, **kwargs)
+        assert session.length == 0, kwargs
     with pytest.raises(ValueError, match="ov_config must be a dict of OpenVINO properties, got str"):
         ovgen.load(model_dir, ov_config="PERFORMANCE_HINT=LATENCY")
 
