@@ -16,6 +16,22 @@ import numpy as np
 
 from .config import GenerationConfig, check_token_ids  # noqa: F401 - part of the backend API
 
+def token_array(token_ids) -> np.ndarray:
+    """`token_ids` as an int64 array; text, floats, bools or other non-integers are refused by name
+    (np.asarray(..., dtype=np.int64) would truncate 5.7 to 5 or fail on its int() of a text)."""
+    arr = np.asarray(token_ids)
+    if arr.dtype.kind not in "iu" and arr.size:
+        raise TypeError(f"token_ids must be integer token ids, got {arr.dtype} values ({arr.ravel()[0].item()!r})")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_rewind(n, length: int) -> int:
+    """`rewind(n)`'s n, checked before anything changes: an integer in [0, length]."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 0 <= n <= length:
+        raise ValueError(f"rewind n must be an integer in [0, {length}], got {n!r}")
+    return int(n)
+
+
 TOP_CANDIDATES = 64  # width of the graph's top-k candidate output (see kernels.graph.add_topk_output)
 TOP_GATE = "topk_on"  # the IR input that turns the graph's top-k candidates on per infer (Session.want_top)
 

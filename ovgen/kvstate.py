@@ -208,7 +208,11 @@ def save(session, path, meta: dict | None = None) -> None:
     arrays = {f"state:{name}": a.astype(store) for name, a in _states(session).items()}
     arrays["tokens"], arrays["mask"] = session.tokens.copy(), session.mask.copy()
     if meta is not None:  # the caller's JSON (a Chat's messages), under the same checksum as the arrays
-        arrays["meta"] = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), np.uint8)
+        try:
+            text = json.dumps(meta, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"save: meta must be JSON data (dicts, lists, text, numbers): {e}") from None
+        arrays["meta"] = np.frombuffer(text.encode(), np.uint8)
     header = {"format": FORMAT, "version": VERSION, "model": fingerprint(session.model),
               "precision": precision_of(session.model), "holes": session.holes, "sha256": _digest(arrays)}
     path = Path(path)

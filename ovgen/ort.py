@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .config import GenerationConfig
-from .backend import ModelFiles, check_token_ids, generation_defaults
+from .backend import ModelFiles, check_rewind, check_token_ids, generation_defaults, token_array
 from .runtime import device_info
 from .beam import Hypothesis
 from .search import sequence_records
@@ -174,15 +174,22 @@ class OrtSession(TokenHistory):
             self.append(held)
 
     def prefill(self, token_ids) -> np.ndarray:
+        self._ids(token_ids)  # bad ids leave the session as it was
         self.reset()
         return self.append(token_ids)
 
-    def append(self, token_ids) -> np.ndarray:
-        self.settle()
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    def _ids(self, token_ids) -> np.ndarray:
+        ids = token_array(token_ids)
+        if ids.ndim > 2 or ids.ndim == 2 and ids.shape[0] != 1:
+            raise NotImplementedError(f"{RUNTIME} sessions hold one row; got token_ids of shape {list(ids.shape)}")
+        ids = ids.reshape(-1)
         if ids.size == 0:
             raise ValueError("token_ids is empty; a prompt needs at least one token")
-        check_token_ids(ids, self.model.vocab_size)
+        return check_token_ids(ids, self.model.vocab_size)
+
+    def append(self, token_ids) -> np.ndarray:
+        self.settle()
+        ids = self._ids(token_ids)
         need = self._len + ids.size
         if need > self.model.max_length:
             raise ValueError(f"{self._len} + {ids.size} tokens exceed the generator's max_length "
@@ -223,8 +230,7 @@ class OrtSession(TokenHistory):
 
     def rewind(self, n: int) -> None:
         self.settle()
-        if not 0 <= n <= self._len:
-            raise ValueError(f"rewind n must be in [0, {self._len}], got {n}")
+        n = check_rewind(n, self._len)
         if n == 0:
             return
         if n == self._len:
@@ -246,6 +252,8 @@ class OrtSession(TokenHistory):
 
     def restore(self, snap: OrtSnapshot) -> None:
         """Go back to a snapshot of this session whose tokens are a prefix of what it holds now."""
+        if not isinstance(snap, OrtSnapshot):
+            raise TypeError(f"restore takes a snapshot of this session (session.snapshot()), got {type(snap).__name__}")
         n = snap.tokens.shape[1]
         if n > self._len or not np.array_equal(self.tokens[:, :n], snap.tokens):
             raise NotImplementedError(f"{RUNTIME} sessions restore only to an earlier point of the same "

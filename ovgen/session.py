@@ -28,7 +28,7 @@ import numpy as np
 import openvino as ov
 
 from . import kvstate
-from .backend import TOP_GATE, check_token_ids
+from .backend import TOP_GATE, check_rewind, check_token_ids, token_array
 
 
 class TokenHistory:
@@ -223,11 +223,12 @@ class Session(TokenHistory):
         """Reset, then run the prompt `token_ids: [T]` (or `[rows, T]`). Returns last-position logits.
         With a split plan (precision "fast" on a bf16 CPU, or an explicit plan), a prompt of at least
         `model.min_prefill_tokens` runs on the prefill compile and its KV state is handed over."""
+        ids = self._append_ids(token_ids, 1, rows=False)  # bad ids leave the session as it was
+        check_token_ids(ids, self.model.vocab_size)
         self.reset()
-        ids = np.asarray(token_ids, dtype=np.int64)
-        if self.model.prefill_compiled is not None and ids.shape[-1] >= self.model.min_prefill_tokens and ids.size:
-            return self._prefill_handover(ids[None, :] if ids.ndim == 1 else ids)
-        return self.append(token_ids)
+        if self.model.prefill_compiled is not None and ids.shape[-1] >= self.model.min_prefill_tokens:
+            return self._prefill_handover(ids)
+        return self._infer(ids, 1)
 
     def _prefill_handover(self, ids: np.ndarray) -> np.ndarray:
         """The prompt on the prefill compile's request, then its KV state copied into this session's
@@ -282,12 +283,17 @@ class Session(TokenHistory):
         self.settle()
         return self._infer(self._append_ids(token_ids, logits_to_keep), logits_to_keep)
 
-    def _append_ids(self, token_ids, logits_to_keep: int) -> np.ndarray:
-        """`append`'s arguments checked: the ids as [rows, T] int64."""
-        ids = np.asarray(token_ids, dtype=np.int64)
+    def _append_ids(self, token_ids, logits_to_keep: int, rows: bool = True) -> np.ndarray:
+        """`append`'s arguments checked: the ids as [rows, T] int64 (`rows`: as many rows as the
+        session holds, once it holds any or a reorder has set them)."""
+        ids = token_array(token_ids)
         ids = ids[None, :] if ids.ndim == 1 else ids
-        if ids.shape[1] == 0:
-            raise ValueError("token_ids is empty; a prompt needs at least one token")
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError("token_ids is empty; a prompt needs at least one token" if ids.ndim == 2 else
+                             f"token_ids must be [T] or [rows, T], got shape {list(ids.shape)}")
+        if rows and ids.shape[0] != self.rows and (self.kv or self._beam_idx is not None):
+            raise ValueError(f"token_ids has {ids.shape[0]} row(s); the session holds {self.rows} (one row of ids "
+                             f"per row)")
         if not 1 <= logits_to_keep <= ids.shape[1]:
             raise ValueError(f"logits_to_keep must be in [1, {ids.shape[1]}], got {logits_to_keep}")
         if logits_to_keep > 1 and not self._has_keep:
@@ -300,8 +306,7 @@ class Session(TokenHistory):
         self.settle()
         if isinstance(token_ids, (int, np.integer)) and self._fast_ok():
             return self._step_one(int(token_ids))
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
-        return self._infer(ids, 1)
+        return self._infer(self._append_ids(token_array(token_ids).reshape(-1, 1), 1), 1)
 
     # ---- the attention mask -------------------------------------------------------------------------
     def _set_mask(self, mask: np.ndarray) -> None:
@@ -647,6 +652,8 @@ class Session(TokenHistory):
 
     def restore(self, snap: kvstate.Snapshot) -> None:
         """Put back a snapshot taken from a session over the same compiled model."""
+        if not isinstance(snap, kvstate.Snapshot):
+            raise TypeError(f"restore takes a Snapshot (session.snapshot()), got {type(snap).__name__}")
         self.settle()
         kvstate.restore(self, snap)
         self._changed()
@@ -655,8 +662,7 @@ class Session(TokenHistory):
         """Drop the last `n` tokens (0 <= n <= length): O(n), they become holes in the attention
         mask; the KV state is compacted once holes pass `max_hole_fraction` of it."""
         self.settle()
-        if not 0 <= n <= self.length:
-            raise ValueError(f"rewind n must be in [0, {self.length}], got {n}")
+        n = check_rewind(n, self.length)
         if n == 0:
             return
         if n == self.length:

@@ -167,9 +167,10 @@ def test_a_bad_prompt_is_named_before_inference(model):
         ovgen.generate(model, ["hello", "x"], configs=[{"temprature": 1}, {}])
     # what only a one-prompt generation uses is refused for a list, not silently dropped (and back)
     from ovgen.prefix import PrefixCache
+    from ovgen.speculative import PromptLookup
 
     session = model.session()
-    for name, value in (("chooser", lambda *a: 0), ("assistant", model), ("proposer", object()),
+    for name, value in (("chooser", lambda *a: 0), ("assistant", model), ("proposer", PromptLookup()),
                         ("prefix_cache", PrefixCache())):
         with pytest.raises(ValueError, match=f"{name} applies to one prompt at a time"):
             ovgen.generate(model, ["hello", "x"], {"max_new_tokens": 3}, session=session, **{name: value})

@@ -98,6 +98,20 @@ def test_rewind_and_restore_continue_like_a_fresh_run(onnx_model):
     s.restore(snap)
     assert s.length == len(ids)
     np.testing.assert_array_equal(first, snap.logits)
+    # bad arguments are refused by name and change nothing (rewind(1.0) failed inside the Generator's
+    # rewind_to, prefill([]) emptied the session, two rows of ids ran as one row of four)
+    for call, error, message in (
+            (lambda: s.rewind(1.0), ValueError, r"rewind n must be an integer in \[0, \d+\], got 1.0"),
+            (lambda: s.prefill([]), ValueError, "token_ids is empty"),
+            (lambda: s.append([5.5]), TypeError, "token_ids must be integer token ids, got float64"),
+            (lambda: s.append([[5, 6], [7, 8]]), NotImplementedError, r"hold one row; got token_ids of shape \[2, 2\]"),
+            (lambda: s.restore(5), TypeError, "restore takes a snapshot of this session")):
+        with pytest.raises(error, match=message):
+            call()
+        assert s.tokens[0].tolist() == ids
+    again = onnx_model.session()
+    again.prefill(ids)
+    np.testing.assert_allclose(s.step(11), again.step(11), rtol=1e-5, atol=1e-5)
 
 
 def test_a_stream_stops_when_the_user_rewinds_its_session(onnx_model):

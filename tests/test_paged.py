@@ -205,7 +205,7 @@ def test_rewind_is_constant_and_continues_like_fresh(paged):
     assert s.length == len(ids) and s.kv == len(ids)
     fresh = paged.session()
     np.testing.assert_allclose(fresh.prefill(ids), first, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="rewind n must be in"):
+    with pytest.raises(ValueError, match="rewind n must be an integer in"):
         s.rewind(len(ids) + 1)
 
 

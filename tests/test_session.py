@@ -80,10 +80,39 @@ def test_rewind_continues_like_fresh(model, prompt):
 def test_rewind_bounds(model, prompt):
     s = model.session()
     s.prefill(prompt)
-    with pytest.raises(ValueError, match=rf"rewind n must be in \[0, {len(prompt)}\]"):
+    with pytest.raises(ValueError, match=rf"rewind n must be an integer in \[0, {len(prompt)}\]"):
         s.rewind(len(prompt) + 1)
     s.rewind(len(prompt))
     assert s.length == 0
+
+
+def test_bad_arguments_leave_the_session_as_it_was(model, prompt, tmp_path):
+    """Each call is refused by name and changes nothing: before, rewind(1.0) reset the session (its
+    TypeError came from inside the state change), prefill([]) emptied it, append([5.5]) ran token 5
+    and a second row of ids for a one-row session failed inside OpenVINO."""
+    fresh = greedy_tokens(f := model.session(), f.prefill(prompt), 8)
+    s = model.session()
+    logits = s.prefill(prompt)
+    for call, error, message in (
+            (lambda: s.rewind(1.0), ValueError, r"rewind n must be an integer in \[0, \d+\], got 1.0"),
+            (lambda: s.rewind("2"), ValueError, "rewind n must be an integer.* got '2'"),
+            (lambda: s.rewind(True), ValueError, "rewind n must be an integer.* got True"),
+            (lambda: s.prefill([]), ValueError, "token_ids is empty"),
+            (lambda: s.prefill("hi"), TypeError, "token_ids must be integer token ids, got <U2 values"),
+            (lambda: s.prefill([5, 49152]), ValueError, "outside the vocabulary"),
+            (lambda: s.append([5.5]), TypeError, r"token_ids must be integer token ids, got float64 values \(5.5\)"),
+            (lambda: s.append([[[5]]]), ValueError, r"token_ids must be \[T\] or \[rows, T\], got shape \[1, 1, 1\]"),
+            (lambda: s.step([5, 6]), ValueError, r"token_ids has 2 row\(s\); the session holds 1"),
+            (lambda: s.append([[5], [6]]), ValueError, r"token_ids has 2 row\(s\); the session holds 1"),
+            (lambda: s.restore(5), TypeError, r"restore takes a Snapshot \(session.snapshot\(\)\), got int"),
+            (lambda: s.save(tmp_path / "s.npz", meta={"x": object()}), TypeError, "save: meta must be JSON data")):
+        with pytest.raises(error, match=message):
+            call()
+        assert s.tokens[0].tolist() == prompt
+    assert list(tmp_path.iterdir()) == []
+    assert greedy_tokens(s, logits, 8) == fresh
+    s.rewind(np.int64(3))  # a NumPy integer is an integer
+    assert s.length == len(prompt) + 5
 
 
 def test_reorder_fans_out_and_swaps_rows(model, prompt):
