@@ -21,7 +21,11 @@ from .kvstate import interchangeable, model_label
 
 class PrefixCache:
     def __init__(self, max_bytes: int = 512 << 20, min_tokens: int = 16):
-        self.max_bytes, self.min_tokens = max_bytes, min_tokens
+        if isinstance(min_tokens, bool) or not isinstance(min_tokens, (int, np.integer)) or min_tokens < 1:
+            raise ValueError(f"min_tokens must be an integer >= 1 (the shortest prefix worth caching), got {min_tokens!r}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float, np.number)) or not max_bytes >= 0:
+            raise ValueError(f"max_bytes must be a number of bytes >= 0, got {max_bytes!r}")
+        self.max_bytes, self.min_tokens = max_bytes, int(min_tokens)
         self._entries: OrderedDict[tuple[int, ...], object] = OrderedDict()  # prompt ids -> Snapshot
         self.hits = self.misses = 0
         self.reused_tokens = 0  # prompt tokens not recomputed, over all lookups

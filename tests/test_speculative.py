@@ -325,6 +325,20 @@ def test_prefix_cache_reuses_a_shared_system_prompt(model):
     assert ovgen.generate(again, msgs, {"max_new_tokens": 24}, prefix_cache=cache).sequences[0].token_ids == fresh
 
 
+def test_prefix_cache_settings_are_checked_and_a_one_token_minimum_works(model):
+    # min_tokens=0 failed with a bare KeyError on the first prompt (the "longest" match was the empty prefix)
+    for kwargs, message in (({"min_tokens": 0}, "min_tokens must be an integer >= 1"),
+                            ({"min_tokens": "16"}, "min_tokens must be an integer >= 1.* got '16'"),
+                            ({"max_bytes": -1}, "max_bytes must be a number of bytes >= 0, got -1")):
+        with pytest.raises(ValueError, match=message):
+            PrefixCache(**kwargs)
+    cache = PrefixCache(min_tokens=1)
+    for prompt in ("Hello there", "Hello you", "Hello you"):
+        fresh = ovgen.generate(model, prompt, {"max_new_tokens": 6}).sequences[0].token_ids
+        assert ovgen.generate(model, prompt, {"max_new_tokens": 6}, prefix_cache=cache).sequences[0].token_ids == fresh
+    assert cache.misses == 1 and cache.hits == 2
+
+
 def _common(a, b) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
