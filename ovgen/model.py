@@ -143,6 +143,12 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     """
     from .paged import check_attention
 
+    if path is not None and not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a model folder (str or Path), got {type(path).__name__}")
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a device name such as 'CPU', got {type(device).__name__}")
+    if not isinstance(last_logits_only, bool):
+        raise ValueError(f"last_logits_only must be True or False, got {last_logits_only!r}")
     P.check_precision(precision)
     if check_attention(attention) == "paged" and (precision == "fast" or isinstance(precision, dict)):
         raise ValueError(f"precision {precision!r} plans per-phase compiles that hand over a stateful KV state; "
@@ -163,6 +169,11 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
             raise ValueError("attention='paged' applies to OpenVINO IRs; this folder is an onnxruntime-genai model")
         if ov_config:
             raise ValueError("ov_config applies to OpenVINO IRs; this folder is an onnxruntime-genai model")
+        if precision != "exact":  # exact: the default, which the runtime's own precision stands in for
+            raise ValueError(f"precision {precision!r} applies to OpenVINO IRs; an onnxruntime-genai model runs at its "
+                             "own (int4 weights, f32 activations)")
+        if tokenizer != "hf":
+            raise ValueError(f"tokenizer {tokenizer!r}: an onnxruntime-genai folder has tokenizer.json only ('hf')")
         return ort.load(folder, device, max_length=max_length)
     if max_length is not None:
         raise ValueError("max_length applies to onnxruntime-genai folders; an OpenVINO IR's KV cache grows as needed")
@@ -242,6 +253,7 @@ def compile_ir(ir: ov.Model, device: str, props: dict) -> ov.CompiledModel:
         return core().compile_model(ir, device, props)
     except RuntimeError as e:  # a key or value the plugin refuses: its message names it (and the choices)
         reason = str(e).strip().splitlines()[-1]
-        if "propert" not in reason.lower():
+        named = any(f"{v}" in reason for k, v in props.items() if len(f"{v}") > 1)  # "... from str: lots; stoi"
+        if "propert" not in reason.lower() and not named:
             raise
         raise ValueError(f"ov_config: {reason}") from None

@@ -123,6 +123,15 @@ def test_model_folder_errors(tmp_path, model_dir):
         ovgen.load(model_dir, device="NPU.7")
     with pytest.raises(ValueError, match="ov_config: Wrong value u9 for property key KEY_CACHE_PRECISION"):
         ovgen.load(model_dir, ov_config={"KEY_CACHE_PRECISION": "u9"})
+    # OpenVINO's "Could not read number of streams from str: lots; stoi" came as a raw multi-line RuntimeError
+    with pytest.raises(ValueError, match="ov_config: Could not read number of streams from str: lots"):
+        ovgen.load(model_dir, ov_config={"NUM_STREAMS": "lots"})
+    for kwargs, error, message in (({"last_logits_only": "no"}, ValueError, "last_logits_only must be True or False"),
+                                   ({"device": 5}, TypeError, "device must be a device name such as 'CPU', got int")):
+        with pytest.raises(error, match=message):  # "no" is truthy; 5 failed on 'int' object has no attribute 'split'
+            ovgen.load(model_dir, **kwargs)
+    with pytest.raises(TypeError, match="path must be a model folder .str or Path., got int"):
+        ovgen.load(5)
 
 
 def test_cli_ov_config_reaches_the_compiled_model(model_dir):

@@ -263,6 +263,11 @@ def test_broken_folders_give_named_errors(onnx_dir, tmp_path):
     no_data = _folder_like(onnx_dir, tmp_path / "no_data", skip={"model.onnx.data"})
     with pytest.raises(ValueError, match="onnxruntime-genai cannot load"):
         ovgen.load(no_data)
+    # settings of the OpenVINO path were dropped without a word
+    with pytest.raises(ValueError, match="precision 'native' applies to OpenVINO IRs"):
+        ovgen.load(onnx_dir, precision="native")
+    with pytest.raises(ValueError, match="tokenizer 'openvino': an onnxruntime-genai folder has tokenizer.json only"):
+        ovgen.load(onnx_dir, tokenizer="openvino")
     corrupt = _folder_like(onnx_dir, tmp_path / "corrupt", skip={"model.onnx"})
     (corrupt / "model.onnx").write_bytes(b"not a protobuf" * 10)
     with pytest.raises(ValueError, match="onnxruntime-genai cannot load"):
