@@ -7,11 +7,13 @@ O(1) trim) and only the rest is run; the whole prompt is then cached for the nex
 question under the same system prompt recomputes only the question. The tokens equal a fresh run's up to the last bits a chunked prefill
 computes differently (tested). Entries are evicted least-recently-used past `max_bytes`. A cache
 serves one model: the same IR at the same precision (another load of it too); a session of another
-model (a draft, the IR at another precision) is refused before anything runs.
+model (a draft, the IR at another precision) is refused before anything runs. Sessions on several
+threads may share one cache (a lock guards its entries; each thread runs its own session).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -30,12 +32,17 @@ class PrefixCache:
         self.hits = self.misses = 0
         self.reused_tokens = 0  # prompt tokens not recomputed, over all lookups
         self._model = None  # the model whose states the entries hold (or one interchangeable with it)
+        self._lock = threading.Lock()  # sessions on several threads may share the cache
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def nbytes(self) -> int:
+        with self._lock:
+            return self._nbytes()
+
+    def _nbytes(self) -> int:
         return sum(_size(s) for s in self._entries.values())
 
     def lookup(self, ids) -> tuple[int, tuple[int, ...], object | None]:
@@ -43,27 +50,29 @@ class PrefixCache:
         prefix with `ids` (at least `min_tokens`), or (0, (), None)."""
         ids = tuple(int(t) for t in ids)
         best, shared = (), 0
-        for key in self._entries:
-            n = _common(key, ids)
-            if n > shared:
-                best, shared = key, n
-        if shared < self.min_tokens:
-            self.misses += 1
-            return 0, (), None
-        self._entries.move_to_end(best)
-        self.hits += 1
-        self.reused_tokens += shared
-        return shared, best, self._entries[best]
+        with self._lock:
+            for key in self._entries:
+                n = _common(key, ids)
+                if n > shared:
+                    best, shared = key, n
+            if shared < self.min_tokens:
+                self.misses += 1
+                return 0, (), None
+            self._entries.move_to_end(best)
+            self.hits += 1
+            self.reused_tokens += shared
+            return shared, best, self._entries[best]
 
     def store(self, ids, snapshot) -> None:
         """Cache `snapshot` (a Session's state holding exactly `ids`) unless it is too short."""
         ids = tuple(int(t) for t in ids)
         if len(ids) < self.min_tokens or _size(snapshot) > self.max_bytes:
             return
-        self._entries[ids] = snapshot
-        self._entries.move_to_end(ids)
-        while self.nbytes > self.max_bytes:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[ids] = snapshot
+            self._entries.move_to_end(ids)
+            while self._nbytes() > self.max_bytes:
+                self._entries.popitem(last=False)
 
     def prefill(self, session, ids) -> np.ndarray:
         """Run the prompt `ids` on `session` reusing the longest cached prefix, cache the prompt, and
@@ -71,9 +80,11 @@ class PrefixCache:
         if not session.snapshots:
             raise NotImplementedError(f"a prefix cache keeps snapshots, which {type(session).__name__} cannot take "
                                       "(attention='paged'); load the model with attention='stateful'")
-        if self._model is None:
-            self._model = session.model
-        elif not interchangeable(session.model, self._model):
+        with self._lock:
+            if self._model is None:
+                self._model = session.model
+            model = self._model
+        if not interchangeable(session.model, model):
             raise ValueError(f"this prefix cache holds the KV states of another model: {model_label(self._model)}; "
                              f"this session's is {model_label(session.model)} and would restore states it did not "
                              "compute (a cache per model)")

@@ -5,6 +5,7 @@ target's, processors see the histories they would without speculation, trims con
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -337,6 +338,48 @@ def test_prefix_cache_settings_are_checked_and_a_one_token_minimum_works(model):
         fresh = ovgen.generate(model, prompt, {"max_new_tokens": 6}).sequences[0].token_ids
         assert ovgen.generate(model, prompt, {"max_new_tokens": 6}, prefix_cache=cache).sequences[0].token_ids == fresh
     assert cache.misses == 1 and cache.hits == 2
+
+
+def test_a_prefix_cache_shared_by_threads(model):
+    """Threads sharing one cache: a lookup iterating the entries while another thread stored one failed
+    with 'OrderedDict mutated during iteration'. The container first (small stand-in snapshots, many
+    quick calls), then the real model: two threads, their own sessions, one cache, fresh tokens."""
+    class Snap:
+        states = {"k": np.zeros(4, np.float32)}  # 16 bytes
+
+    cache, errors = PrefixCache(max_bytes=16 * 300, min_tokens=1), []
+
+    def safely(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    writer = threading.Thread(target=safely, args=(lambda: [cache.store([1, 2, i, i + 1], Snap()) for i in range(3000)],))
+    reader = threading.Thread(target=safely, args=(lambda: [cache.lookup([1, 2, i, 7]) for i in range(300)],))
+    for t in (writer, reader):
+        t.start()
+    for t in (writer, reader):
+        t.join()
+    assert errors == [] and len(cache) == 300 and cache.nbytes == 16 * 300
+
+    system = {"role": "system", "content": "You are a careful assistant. Answer in one short sentence. " * 3}
+    chats = [[system, {"role": "user", "content": q}] for q in PROMPTS[:4]]
+    fresh = [ovgen.generate(model, c, {"max_new_tokens": 12}).sequences[0].token_ids for c in chats]
+    shared, got = PrefixCache(), {}
+
+    def run(i):
+        session = model.session()
+        for j in (i, i + 2):
+            got[j] = ovgen.generate(model, chats[j], {"max_new_tokens": 12}, session=session,
+                                    prefix_cache=shared).sequences[0].token_ids
+
+    threads = [threading.Thread(target=safely, args=(lambda i=i: run(i),)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and [got[j] for j in range(4)] == fresh and shared.hits >= 2
 
 
 def _common(a, b) -> int:
