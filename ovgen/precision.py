@@ -12,7 +12,9 @@
 
 `ov_config` overrides anything the policy sets. What a model runs with is read back from the
 compiled model (`read_back`), never assumed: the plugin silently falls back to f32 where a hint
-asks for a precision the CPU does not have.
+asks for a precision the CPU does not have. On a virtual device over the CPU (AUTO, HETERO:CPU,
+MULTI:CPU) the policy reaches the CPU through DEVICE_PROPERTIES, and is read back from there: set
+at the top level it would not reach it (AUTO ran bf16 under "exact").
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import openvino as ov
 
-from .runtime import device_info
+from .runtime import cpu_under, device_info
 
 PRECISIONS = ("exact", "native", "fast")
 # Compile properties ovgen sets on CPU unless `ov_config` names them. KV cache in f16 instead of the CPU
@@ -60,22 +62,26 @@ def check_precision(precision) -> str:
 def inference_hint(precision: str, device: str) -> str | None:
     """INFERENCE_PRECISION_HINT for one phase under `precision` ("exact"/"native"; None = the
     plugin's default), or an explicit element type ("f32", "bf16", "f16") as `fast` plans use."""
-    if device.split(":")[0] != "CPU":
+    if not cpu_under(device):
         return None  # other devices keep their own defaults; what they chose is read back
     return {"exact": "f32", "native": None}.get(precision, precision)
 
 
 def compile_properties(hint: str | None, device: str, ov_config: Mapping[str, Any] | None) -> dict:
     """What `compile_model` gets: the policy's hint and ovgen's CPU defaults, under `ov_config`."""
-    props: dict[str, Any] = {}
-    if device.split(":")[0] == "CPU":
-        props.update(CPU_DEFAULTS)
+    cpu: dict[str, Any] = {}
+    if cpu_under(device):
+        cpu.update(CPU_DEFAULTS)
         if hint is not None:
-            props["INFERENCE_PRECISION_HINT"] = hint
+            cpu["INFERENCE_PRECISION_HINT"] = hint
         if hint == "f32":
-            props.update(F32_DEFAULTS)
-    props.update(ov_config or {})
-    return props
+            cpu.update(F32_DEFAULTS)
+    user = dict(ov_config or {})
+    if device.split(":")[0] == "CPU" or not cpu:
+        return {**cpu, **user}
+    under = {k: dict(v) for k, v in user.pop("DEVICE_PROPERTIES", {}).items()}  # the caller's, per device
+    under["CPU"] = {**cpu, **under.get("CPU", {})}
+    return {**user, "DEVICE_PROPERTIES": under}
 
 
 def _text(value) -> str:
@@ -90,12 +96,18 @@ def _text(value) -> str:
 def read_back(compiled: ov.CompiledModel, keys) -> dict[str, str]:
     """The compiled model's own values of `keys` (those it can report), as strings."""
     supported = set(compiled.get_property("SUPPORTED_PROPERTIES"))
-    return {k: _text(compiled.get_property(k)) for k in keys if k in supported}
+    out = {k: _text(compiled.get_property(k)) for k in keys if k in supported and k != "DEVICE_PROPERTIES"}
+    if "DEVICE_PROPERTIES" in supported:  # a virtual device: what its CPU runs with
+        cpu = compiled.get_property("DEVICE_PROPERTIES").get("CPU", {})
+        out.update({k: _text(cpu[k]) for k in keys if k in cpu and k not in out})
+    return out
 
 
 def pinned_config(compiled: ov.CompiledModel, requested: Mapping[str, Any]) -> dict[str, str]:
     """Model.ov_config: every requested key plus PINNED, with the values the compiled model runs
     with (a reference given this dict compiles the same computation)."""
+    under = requested.get("DEVICE_PROPERTIES", {}).get("CPU", {})  # a virtual device's CPU (compile_properties)
+    requested = {k: v for k, v in {**under, **requested}.items() if k != "DEVICE_PROPERTIES"}
     keys = list(dict.fromkeys([*PINNED, *requested]))
     out = read_back(compiled, keys)
     out.update({k: str(v) for k, v in requested.items() if k not in out})  # write-only keys, as asked

@@ -25,13 +25,26 @@ def core() -> ov.Core:
     return ov.Core()
 
 
+VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")  # devices over other devices ("HETERO:CPU")
+
+
 def check_device(device: str) -> None:
     """A device that is not there: ValueError listing Core().available_devices."""
-    if device.split(":")[0] in ("AUTO", "HETERO", "MULTI", "BATCH"):
+    if device.split(":")[0] in VIRTUAL_DEVICES:
         return
     available = core().available_devices
     if device not in available and device not in {d.split(".")[0] for d in available}:
         raise ValueError(f"device {device!r} is not available; available devices: {available}")
+
+
+def cpu_under(device: str) -> bool:
+    """The device is the CPU, or a virtual device that may run on it: AUTO (when the CPU is one of
+    the machine's devices), HETERO:CPU, MULTI:GPU,CPU, BATCH:CPU(4), ..."""
+    kind, _, parts = device.partition(":")
+    if kind not in VIRTUAL_DEVICES:
+        return kind == "CPU"
+    names = [p.split("(")[0].split(".")[0] for p in parts.split(",")] if parts else core().available_devices
+    return "CPU" in names
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,9 +53,16 @@ def device_info(device: str = "CPU") -> dict:
     CPUs of one name and flags, a Zen 4 and a Zen 5 EPYC, decode at very different speeds), the CPU's
     precision-relevant flags and the precisions the plugin can infer in ("BF16", "FP16" in
     OPTIMIZATION_CAPABILITIES)."""
-    name = device.split(":")[0]
-    info = {"device": device, "name": str(core().get_property(device, "FULL_DEVICE_NAME"))}
-    if name == "CPU":
+    kind, _, parts = device.partition(":")
+    try:
+        full = str(core().get_property(device, "FULL_DEVICE_NAME"))
+    except RuntimeError:  # "You can only get_property of the HETERO itself": name the devices under it
+        if kind not in VIRTUAL_DEVICES or not parts:
+            raise
+        full = f"{kind} on " + ", ".join(str(core().get_property(p.split("(")[0], "FULL_DEVICE_NAME"))
+                                         for p in parts.split(","))
+    info = {"device": device, "name": full}
+    if cpu_under(device):
         caps = [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
         info["capabilities"] = caps
         info["cpu_model"] = cpu_model()

@@ -29,6 +29,24 @@ def test_exact_is_f32_inference_and_f16_kv_cache_on_every_cpu(model):
     assert model.report["properties"]["INFERENCE_PRECISION_HINT"] == "f32"
 
 
+@pytest.mark.parametrize("device", ["AUTO", "HETERO:CPU", "MULTI:CPU"])
+def test_the_policy_reaches_the_cpu_under_a_virtual_device(model, model_dir, device):
+    """AUTO under precision "exact" ran the plugin's bf16 where the CPU has it (the hint was not passed
+    on), and reported "exact" with no properties; HETERO:CPU failed in get_property. The policy now goes
+    through DEVICE_PROPERTIES and is read back from the CPU under the device."""
+    ids = model.tokenizer.encode("The capital of France is a city")
+    exact = model.session().prefill(ids).copy()
+    virtual = ovgen.load(model_dir, device=device)
+    assert virtual.ov_config == model.ov_config and virtual.report["properties"]["INFERENCE_PRECISION_HINT"] == "f32"
+    np.testing.assert_array_equal(virtual.session().prefill(ids), exact)  # the same computation, bit for bit
+    assert virtual.report["cpu_model"] == cpu_model() and virtual.report["capabilities"] == device_info("CPU")["capabilities"]
+    assert virtual.report["name"] == (device if device == "AUTO" else f"{device[:-4]} on {device_info('CPU')['name']}")
+    native = ovgen.load(model_dir, device=device, precision="native",
+                        ov_config={"DEVICE_PROPERTIES": {"CPU": {"KV_CACHE_PRECISION": "u8"}}})
+    assert native.ov_config["INFERENCE_PRECISION_HINT"] == ("bf16" if has_bf16() else "f32")
+    assert native.ov_config["KV_CACHE_PRECISION"] == "u8"  # the caller's own CPU properties win
+
+
 def test_native_is_the_plugins_own_precision(model_dir):
     native = ovgen.load(model_dir, precision="native")
     plugin_default = core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
