@@ -136,7 +136,8 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
         new = config.max_new_tokens if config is not None else 0
         keep = max(1, limit - max(new, 1))
         if config is None or not config.truncate_prompt:
-            raise ValueError(f"prompt has {len(ids)} tokens; the model's context (max_position_embeddings) is "
+            where = getattr(model, "context_name", "max_position_embeddings")
+            raise ValueError(f"prompt has {len(ids)} tokens; the model's context ({where}) is "
                              f"{limit}; set truncate_prompt=True (CLI --truncate-prompt) to keep its last {keep}")
         ids = ids[len(ids) - keep:]
     return ids

@@ -67,6 +67,8 @@ class OrtModel(ModelFiles):
     def max_context(self) -> int | None:
         return self.max_length
 
+    context_name = "the Generator's max_length"  # what max_context is, in errors
+
     def session(self) -> "OrtSession":
         return OrtSession(self)
 

@@ -282,6 +282,10 @@ def test_broken_folders_give_named_errors(onnx_dir, tmp_path):
         ovgen.load(no_model)
     with pytest.raises(ValueError, match="max_length must be in"):
         ovgen.load(onnx_dir, max_length=10**6)
+    short = ovgen.load(onnx_dir, max_length=32)  # the limit the error names is the one the caller set
+    with pytest.raises(ValueError, match=r"prompt has 41 tokens; the model's context \(the Generator's max_length\) "
+                                         r"is 32; .* keep its last 24"):
+        ovgen.generate(short, "word " * 40, {"max_new_tokens": 8})
 
 
 def _cli(*args):
