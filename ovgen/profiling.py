@@ -61,6 +61,9 @@ def summarize(records: Sequence, t_start_ns: int, *, prompt_tokens: int = 0) -> 
     return out
 
 
+_COLUMNS = ("sequence", "index", "token_id", "text", "logprob", "t_ms", "itl_ms", "overlapped")  # then stages
+
+
 @dataclass
 class Profile:
     """The timings of one generation (`GenerationResult.profile`): `stats()`, `rows()` and the
@@ -97,9 +100,8 @@ class Profile:
         procs = self.processor_names()
         for r in self.records:
             last = prev.get(r.sequence, self.t_start_ns)
-            row = {"sequence": r.sequence, "index": r.index, "token_id": r.token_id, "text": r.text,
-                   "logprob": r.logprob, "t_ms": (r.ready_ns - self.t_start_ns) / 1e6,
-                   "itl_ms": (r.ready_ns - last) / 1e6, "overlapped": r.overlapped}
+            row = dict(zip(_COLUMNS, (r.sequence, r.index, r.token_id, r.text, r.logprob,
+                                      (r.ready_ns - self.t_start_ns) / 1e6, (r.ready_ns - last) / 1e6, r.overlapped)))
             row.update({f"{s}_ms": stage_ns(r, s) / 1e6 for s in STAGES})
             row.update({f"proc:{p}_ms": r.stage_ns.get(p, 0) / 1e6 for p in procs})
             out.append(row)
@@ -112,11 +114,11 @@ class Profile:
 
     def to_csv(self, path: str | None = None) -> str:
         rows = self.rows()
-        buf = io.StringIO()
-        if rows:
-            w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO()  # no tokens: the header alone (a CSV reader still finds the columns)
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [*_COLUMNS, *(f"{s}_ms" for s in STAGES)],
+                           lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
         return _write(path, buf.getvalue())
 
     def trace_events(self, pid: int = 1, name: str = "ovgen") -> list[dict]:

@@ -160,6 +160,11 @@ def test_exports(model, tmp_path):
     assert [e["args"]["token"] for e in slices if e["name"] == "prefill"] == [0]
     assert all(e["ts"] >= 0 and e["dur"] >= 0 for e in slices)
     assert {e["tid"] for e in slices if e["name"] in ("model", "prefill")} == {1}
+    # no tokens (max_new_tokens=0): the header alone, the same columns (the CSV was empty, which csv readers
+    # and pandas refuse)
+    empty = ovgen.generate(model, "List three prime numbers:", {"max_new_tokens": 0}).profile.to_csv()
+    reader = csv.DictReader(io.StringIO(empty))
+    assert list(reader) == [] and reader.fieldnames == [c for c in rows[0] if not c.startswith("proc:")]
 
 
 def test_bench_cli(tmp_path):
