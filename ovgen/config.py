@@ -163,8 +163,10 @@ class GenerationConfig:
         for name in ("do_sample", "ignore_eos", "include_stop_str_in_output", "prompt_lookup", "truncate_prompt"):
             if not isinstance(getattr(self, name), bool):  # "false" is truthy: it would turn sampling on
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        pad = self.pad_token_id  # fills a finished group's rows in diverse beam search
-        if pad is not None and not (_is_id(pad) and pad >= 0):
+        # pad_token_id fills a finished group's rows in diverse beam search and is unused elsewhere (where a
+        # model's generation_config.json may hold -1)
+        pad = self.pad_token_id
+        if pad is not None and self.num_beam_groups > 1 and not (_is_id(pad) and pad >= 0):
             raise ValueError(f"pad_token_id must be a token id (an integer >= 0) or None, got {pad!r}")
         _check_int(self, "max_new_tokens", 0)
         _check_int(self, "min_new_tokens", 0)

@@ -42,12 +42,19 @@ from ovgen.config import GenerationConfig
     ("ignore_eos", "no", r"ignore_eos must be True or False"),
     ("prompt_lookup", 1, r"prompt_lookup must be True or False, got 1"),
     ("include_stop_str_in_output", "yes", r"include_stop_str_in_output must be True or False"),
-    ("pad_token_id", -3, r"pad_token_id must be a token id \(an integer >= 0\) or None, got -3"),
+
     ("allowed_token_ids", [], r"allowed_token_ids must name at least one token id, got \[\]"),
 ])
 def test_out_of_range_fields_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         GenerationConfig(**{field: value}).validate()
+
+
+def test_pad_token_id_is_checked_where_it_is_used():
+    # diverse beam search pads a finished group's rows with it; a model's generation_config.json may carry -1
+    with pytest.raises(ValueError, match=r"pad_token_id must be a token id \(an integer >= 0\) or None, got -3"):
+        GenerationConfig(pad_token_id=-3, num_beams=4, num_beam_groups=2, diversity_penalty=1.0).validate()
+    GenerationConfig(pad_token_id=-1).validate()
 
 
 def test_numpy_scalars_and_one_text_are_taken_as_meant():
