@@ -88,6 +88,7 @@ class BeamSearch:
         self.chain.reset()
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self._result: list[Hypothesis] | None = None
+        self.timed_out = False  # max_time ended the search (its unfinished beams end with finish_reason "time")
 
     # ---- driving ------------------------------------------------------------------------------
     def steps(self, logits=None) -> Iterator[BeamStep]:
@@ -129,7 +130,9 @@ class BeamSearch:
         return s.step(next_tokens)
 
     def out_of_time(self, t_start: int) -> bool:
-        return self.cfg.max_time is not None and (perf_counter_ns() - t_start) / 1e9 >= self.cfg.max_time
+        late = self.cfg.max_time is not None and (perf_counter_ns() - t_start) / 1e9 >= self.cfg.max_time
+        self.timed_out = self.timed_out or late
+        return late
 
     # ---- HF 4.57 _beam_search (num_beam_groups == 1; do_sample -> beam_sample) ----------------
     def _vectorized(self, logits, t_start) -> Iterator[BeamStep]:
@@ -153,7 +156,8 @@ class BeamSearch:
             logits = self.advance(beam_idx, state.running.tokens[:, cur])
             model_ns = self.session.infer_ns
         n = self.cfg.num_return_sequences
-        self._result = [state.finished.hypothesis(i, int(state.fin_len[i]), state.fin_scores[i], self.eos)
+        self._result = [state.finished.hypothesis(i, int(state.fin_len[i]), state.fin_scores[i], self.eos,
+                                                  late=self.timed_out and state.fin_len[i] < self.max_new)
                         for i in range(n)]
 
 

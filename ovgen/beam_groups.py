@@ -142,4 +142,4 @@ def _finalize(search, beams: Beams, scores, hyps, done, length: int):
                 group.add(beams.take([r]), float(scores[r]), length)
     pool = sorted((h for group in hyps for h in group.beams), key=lambda h: h[0])
     best = [pool.pop() for _ in range(min(search.cfg.num_return_sequences, len(pool)))]
-    return [b.hypothesis(0, n, score, search.eos) for score, b, n in best]
+    return [b.hypothesis(0, n, score, search.eos, late=search.timed_out and n < search.max_new) for score, b, n in best]

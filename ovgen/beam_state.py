@@ -18,7 +18,7 @@ class Hypothesis:
     score: float | None  # sum of processed log-probs / len(token_ids) ** length_penalty
     logprobs: list[float]  # each token's raw model log-probability
     processed_logprobs: list[float]  # each token's processed log-prob (they sum to the unnormalised score)
-    finish_reason: str  # "stop" (eos) or "length"
+    finish_reason: str  # "stop" (eos), "length" or "time" (max_time)
 
 
 @dataclass
@@ -67,8 +67,9 @@ class Beams:
         return Beams(*(np.concatenate([a, b]) for a, b in ((self.tokens, other.tokens), (self.raw, other.raw),
                                                              (self.processed, other.processed))))
 
-    def hypothesis(self, i: int, length: int, score: float, eos: frozenset) -> Hypothesis:
+    def hypothesis(self, i: int, length: int, score: float, eos: frozenset, late: bool = False) -> Hypothesis:
+        """Row i's first `length` tokens as a Hypothesis; `late`: max_time ended it before max_new_tokens."""
         ids = self.tokens[i, :length].tolist()
-        reason = "stop" if ids and ids[-1] in eos else "length"
+        reason = "stop" if ids and ids[-1] in eos else "time" if late else "length"
         return Hypothesis(ids, float(score), self.raw[i, :length].tolist(), self.processed[i, :length].tolist(),
                           reason)

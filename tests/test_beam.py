@@ -114,3 +114,15 @@ def test_bad_beam_settings_fail_before_inference(model, changes, message):
     with pytest.raises(ValueError, match=message):
         list(ovgen.stream(model, "hello", changes, session=session))
     assert session.length == 0  # nothing ran
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_beams_cut_off_by_max_time_say_so(model, groups):
+    """Beams ended by max_time reported finish_reason "length", as if max_new_tokens had ended them (the
+    one-sequence loop says "time"). max_time=1e-9 ends the search at its first step, every time."""
+    cfg = {"num_beams": 4, "num_return_sequences": 2, "num_beam_groups": groups, "ignore_eos": True,
+           "diversity_penalty": 1.0 if groups > 1 else 0.0}
+    late = ovgen.generate(model, "Once upon a time", {**cfg, "max_new_tokens": 50, "max_time": 1e-9})
+    assert [(len(s.token_ids), s.finish_reason) for s in late.sequences] == [(1, "time")] * 2
+    full = ovgen.generate(model, "Once upon a time", {**cfg, "max_new_tokens": 3, "max_time": 60.0})
+    assert [(len(s.token_ids), s.finish_reason) for s in full.sequences] == [(3, "length")] * 2
