@@ -253,7 +253,7 @@ def compile_ir(ir: ov.Model, device: str, props: dict) -> ov.CompiledModel:
         return core().compile_model(ir, device, props)
     except RuntimeError as e:  # a key or value the plugin refuses: its message names it (and the choices)
         reason = str(e).strip().splitlines()[-1]
-        named = any(f"{v}" in reason for k, v in props.items() if len(f"{v}") > 1)  # "... from str: lots; stoi"
+        named = any(f"{v}" in reason for v in props.values() if len(f"{v}") > 1)  # "... from str: lots; stoi"
         if "propert" not in reason.lower() and not named:
             raise
         raise ValueError(f"ov_config: {reason}") from None
