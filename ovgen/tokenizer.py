@@ -2,9 +2,10 @@
 
 Backends: "hf" reads tokenizer.json with the `tokenizers` library (default); "openvino" runs the
 openvino_tokenizer / openvino_detokenizer IRs (their decode made HF's: a partial UTF-8 character is
-U+FFFD, not dropped, and a trailing NUL stays). Chat templates come from the model folder
-(chat_template.jinja, else tokenizer_config.json's "chat_template") and render in jinja2's
-ImmutableSandboxedEnvironment, as HF does, so a template cannot reach Python internals.
+U+FFFD, not dropped, a trailing NUL stays, and skip_special_tokens=False keeps the special tokens).
+Chat templates come from the model folder (chat_template.jinja, else tokenizer_config.json's
+"chat_template") and render in jinja2's ImmutableSandboxedEnvironment, as HF does, so a template
+cannot reach Python internals.
 """
 
 from __future__ import annotations
@@ -53,15 +54,18 @@ class Tokenizer:
             if not (self.dir / name).is_file():
                 raise FileNotFoundError(f"{self.dir / name} is missing (needed by the 'openvino' backend)")
         self._ov_tok = core().compile_model(str(self.dir / "openvino_tokenizer.xml"), "CPU")
-        self._ov_detok = core().compile_model(_replacing_detokenizer(self.dir), "CPU")
-        self._local = threading.local()  # a detokenizer request per thread (sessions may run on several)
+        skipping, keeping, special = _detokenizers(self.dir)
+        self._ov_detok = {True: core().compile_model(skipping, "CPU")}
+        if keeping is not None:
+            self._ov_detok[False] = core().compile_model(keeping, "CPU")
+        self._local = threading.local()  # detokenizer requests per thread (sessions may run on several)
         end = self._ov_tok(["a"])["input_ids"][0].tolist()
         self._end = end[0] if len(end) == 1 else None
         if self._end is None or self.decode([self._end]) != "a":
             raise ValueError(f"{self.dir}: its openvino tokenizer does not encode 'a' as one token that decodes back")
         rt = core().read_model(str(self.dir / "openvino_detokenizer.xml")).get_rt_info()
         self.vocab_size = int(rt["vocab_size"].value) if "vocab_size" in rt else 0
-        self.special_ids = set()
+        self.special_ids = special
 
 
     # ---- encode / decode ----------------------------------------------------------------------
@@ -80,9 +84,15 @@ class Tokenizer:
             return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
         if not ids:
             return ""
-        req = getattr(self._local, "detok", None)
+        skip = bool(skip_special_tokens)
+        if skip not in self._ov_detok:
+            raise ValueError(f"tokenizer 'openvino': {self.dir / 'openvino_detokenizer.xml'} has no VocabDecoder "
+                             "skip-tokens input, so skip_special_tokens=False cannot keep its special tokens; "
+                             "use the 'hf' tokenizer")
+        reqs = self._local.__dict__.setdefault("detok", {})
+        req = reqs.get(skip)
         if req is None:
-            req = self._local.detok = self._ov_detok.create_infer_request()
+            req = reqs[skip] = self._ov_detok[skip].create_infer_request()
         # one letter after the ids, taken off again: numpy's fixed-width str (OpenVINO's str_data) drops
         # trailing NULs, so a NUL token last decoded to nothing
         req.set_input_tensor(ov.Tensor(np.asarray([ids + [self._end]], dtype=np.int64)))
@@ -148,6 +158,27 @@ def render_chat_template(template: str, messages: list[dict], **context) -> str:
         raise ValueError(f"unsafe template: {e}") from None
     except TemplateError as e:
         raise ValueError(f"chat template error: {e}") from None
+
+
+def _detokenizers(folder: Path):
+    """(the detokenizer that skips special tokens, one that keeps them, the special ids). The IR bakes
+    the skipped ids into VocabDecoder's fifth input; openvino-genai makes that input switchable through
+    a state variable (MakeVocabDecoderSatateful), here the second model gets an empty list instead.
+    An IR without that input gives (model, None, set())."""
+    import openvino.opset13 as ops
+
+    from .runtime import core
+
+    skipping = _replacing_detokenizer(folder)
+    keeping = skipping.clone()
+    decoders = [op for op in keeping.get_ordered_ops() if op.get_type_name() == "VocabDecoder"]
+    if len(decoders) != 1 or decoders[0].get_input_size() < 5:  # e.g. a SentencepieceDetokenizer
+        return skipping, None, set()
+    skip_ids = decoders[0].input_value(4)
+    special = core().compile_model(ov.Model([ops.result(skip_ids)], []), "CPU")({})[0]
+    decoders[0].input(4).replace_source_output(ops.constant(np.zeros(0, skip_ids.get_element_type().to_dtype()))
+                                               .output(0))
+    return skipping, keeping, {int(i) for i in np.ravel(special)}
 
 
 def _replacing_detokenizer(folder: Path):

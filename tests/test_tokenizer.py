@@ -66,10 +66,30 @@ def test_decodes_back(model_dir):
 
 def test_openvino_backend_matches_hf_backend(model_dir):
     hf, ovt = Tokenizer(model_dir, "hf"), Tokenizer(model_dir, "openvino")
-    for s in corpus(60, seed=1):
+    for s in corpus(60, seed=1) + POOLS["special"]:
         ids = hf.encode(s)
         assert ovt.encode(s) == ids
         assert ovt.decode(ids) == hf.decode(ids)
+        # the IR skips its special tokens always; skip_special_tokens=False must keep them, as HF does
+        assert ovt.decode(ids, skip_special_tokens=False) == hf.decode(ids, skip_special_tokens=False) == s
+    assert ovt.special_ids == hf.special_ids and len(hf.special_ids) > 2
+    ids = hf.encode("<|im_start|>user\nHi 😀<|im_end|>")
+    for skip in (True, False):
+        dec = IncrementalDecoder(ovt, skip_special_tokens=skip)
+        assert "".join([dec.push(t) for t in ids] + [dec.flush()]) == hf.decode(ids, skip_special_tokens=skip)
+
+
+def test_openvino_backend_without_a_skip_list_refuses_to_keep_specials(model_dir, monkeypatch):
+    """A detokenizer IR whose special tokens cannot be switched back on (no VocabDecoder skip-tokens input)
+    says so when asked to keep them, instead of dropping them silently."""
+    import ovgen.tokenizer as tokenizer_module
+
+    real = tokenizer_module._detokenizers
+    monkeypatch.setattr(tokenizer_module, "_detokenizers", lambda folder: (real(folder)[0], None, set()))
+    ovt = Tokenizer(model_dir, "openvino")
+    assert ovt.decode([1, 28]) == Tokenizer(model_dir).decode([1, 28])
+    with pytest.raises(ValueError, match="skip_special_tokens=False cannot keep its special tokens"):
+        ovt.decode([1, 28], skip_special_tokens=False)
 
 
 def test_openvino_backend_decodes_every_prefix_and_streams_like_hf(model_dir):
