@@ -1,17 +1,16 @@
 """Tokenisation, incremental detokenisation and chat templates.
 
 Backends: "hf" reads tokenizer.json with the `tokenizers` library (default); "openvino" runs the
-openvino_tokenizer / openvino_detokenizer IRs (their decode made HF's: a partial UTF-8 character is
-U+FFFD, not dropped, a trailing NUL stays, and skip_special_tokens=False keeps the special tokens).
-Chat templates come from the model folder (chat_template.jinja, else tokenizer_config.json's
-"chat_template") and render in jinja2's ImmutableSandboxedEnvironment, as HF does, so a template
-cannot reach Python internals.
+openvino_tokenizer / openvino_detokenizer IRs, made HF's where they were not: broken UTF-8 decodes to
+U+FFFD as HF's does (not dropped), a text's trailing NUL is encoded and decoded, and
+skip_special_tokens=False keeps the special tokens. Chat templates come from the model folder
+(chat_template.jinja, else tokenizer_config.json's "chat_template") and render in jinja2's
+ImmutableSandboxedEnvironment, as HF does, so a template cannot reach Python internals.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 from pathlib import Path
 
@@ -53,13 +52,16 @@ class Tokenizer:
         for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
             if not (self.dir / name).is_file():
                 raise FileNotFoundError(f"{self.dir / name} is missing (needed by the 'openvino' backend)")
-        self._ov_tok = core().compile_model(str(self.dir / "openvino_tokenizer.xml"), "CPU")
+        bytes_in = _bytes_tokenizer(self.dir)
+        self._bytes_in = bytes_in is not None
+        self._ov_tok = core().compile_model(bytes_in if self._bytes_in else str(self.dir / "openvino_tokenizer.xml"),
+                                            "CPU")
         skipping, keeping, special = _detokenizers(self.dir)
         self._ov_detok = {True: core().compile_model(skipping, "CPU")}
         if keeping is not None:
             self._ov_detok[False] = core().compile_model(keeping, "CPU")
         self._local = threading.local()  # detokenizer requests per thread (sessions may run on several)
-        end = self._ov_tok(["a"])["input_ids"][0].tolist()
+        end = self.encode("a")
         self._end = end[0] if len(end) == 1 else None
         if self._end is None or self.decode([self._end]) != "a":
             raise ValueError(f"{self.dir}: its openvino tokenizer does not encode 'a' as one token that decodes back")
@@ -73,6 +75,10 @@ class Tokenizer:
         """Token ids of `text`. add_special_tokens=False (the Phi-3 sample's setting) adds no BOS/EOS."""
         if self.backend == "hf":
             return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        if self._bytes_in:  # the text's UTF-8 bytes as they are
+            data = text.encode("utf-8")
+            return self._ov_tok([np.array([0], np.int32), np.array([len(data)], np.int32),
+                                 np.frombuffer(data, np.uint8)])["input_ids"][0].tolist()
         if text.endswith("\x00"):
             raise ValueError("tokenizer 'openvino': OpenVINO's string tensors drop a text's trailing NUL characters "
                              "(\\x00), which changes its tokens; use the 'hf' tokenizer for such a text")
@@ -93,11 +99,11 @@ class Tokenizer:
         req = reqs.get(skip)
         if req is None:
             req = reqs[skip] = self._ov_detok[skip].create_infer_request()
-        # one letter after the ids, taken off again: numpy's fixed-width str (OpenVINO's str_data) drops
+        # one letter after the ids, taken off again: numpy's fixed-width bytes (OpenVINO's bytes_data) drop
         # trailing NULs, so a NUL token last decoded to nothing
         req.set_input_tensor(ov.Tensor(np.asarray([ids + [self._end]], dtype=np.int64)))
         req.infer()
-        return str(req.get_output_tensor(0).str_data[0])[:-1]
+        return bytes(req.get_output_tensor(0).bytes_data[0]).decode("utf-8", "replace")[:-1]
 
     def token_texts(self) -> list[str]:
         """Every token's own text (special tokens included), by id; computed once."""
@@ -169,7 +175,7 @@ def _detokenizers(folder: Path):
 
     from .runtime import core
 
-    skipping = _replacing_detokenizer(folder)
+    skipping = _byte_detokenizer(folder)
     keeping = skipping.clone()
     decoders = [op for op in keeping.get_ordered_ops() if op.get_type_name() == "VocabDecoder"]
     if len(decoders) != 1 or decoders[0].get_input_size() < 5:  # e.g. a SentencepieceDetokenizer
@@ -181,20 +187,43 @@ def _detokenizers(folder: Path):
     return skipping, keeping, {int(i) for i in np.ravel(special)}
 
 
-def _replacing_detokenizer(folder: Path):
-    """The detokenizer IR with UTF8Validate replacing invalid bytes by U+FFFD, as HF's byte-level decode
-    does, where the IR that openvino-genai's GGUF reader writes drops them (replace_mode="false"): a
-    token ending inside a character then decoded to nothing, so the IncrementalDecoder, which waits on a
-    trailing U+FFFD, lost or repeated characters. Measured against HF: every prefix of 800 texts (17,440
-    decodes) equal; of 3,000 random id lists, one differed: two broken characters in a row give one
-    U+FFFD where HF gives two."""
+def _bytes_tokenizer(folder: Path):
+    """The tokenizer IR taking a text as its unpacked UTF-8 form (begins, ends, bytes), the three outputs of
+    its StringTensorUnpack, or None when its string input feeds anything else. A string tensor built from
+    Python loses a text's trailing NULs (numpy's fixed-width strings drop them); bytes keep them."""
+    import openvino.opset13 as ops
+
     from .runtime import core
 
-    xml = (folder / "openvino_detokenizer.xml").read_text(encoding="utf-8")
-    xml = re.sub(r'(type="UTF8Validate"[^>]*>\s*<data replace_mode=)"false"', r'\1"true"', xml)
-    weights = folder / "openvino_detokenizer.bin"
-    bin_ = ov.Tensor(np.fromfile(weights, np.uint8)) if weights.is_file() else ov.Tensor(np.zeros(0, np.uint8))
-    return core().read_model(xml, bin_)
+    model = core().read_model(str(folder / "openvino_tokenizer.xml"))
+    params = model.get_parameters()
+    users = [t.get_node() for t in params[0].output(0).get_target_inputs()] if len(params) == 1 else []
+    if not users or any(u.get_type_name() != "StringTensorUnpack" for u in users):
+        return None
+    inputs = [ops.parameter([-1], ov.Type.i32, name="begins"), ops.parameter([-1], ov.Type.i32, name="ends"),
+              ops.parameter([-1], ov.Type.u8, name="bytes")]
+    for unpack in users:
+        for i, new in enumerate(inputs):
+            unpack.output(i).replace(new.output(0))
+    return ov.Model(model.outputs, inputs, "tokenizer_bytes_in")
+
+
+def _byte_detokenizer(folder: Path):
+    """The detokenizer IR without its UTF8Validate: it returns the raw bytes, which decode() turns into
+    text with Python's errors="replace" - HF's byte-level decode (Rust's from_utf8_lossy), one U+FFFD per
+    maximal broken sequence. The IR that openvino-genai's GGUF reader writes drops broken bytes
+    (replace_mode="false"): a token ending inside a character decoded to nothing, so the
+    IncrementalDecoder, which waits on a trailing U+FFFD, lost or repeated characters; with
+    replace_mode="true" two broken characters in a row gave one U+FFFD where HF gives two (21 of 20,000
+    random id lists rich in partial characters)."""
+    from .runtime import core
+
+    model = core().read_model(str(folder / "openvino_detokenizer.xml"))
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "UTF8Validate":  # (begins, ends, bytes) in -> the same out
+            for i in range(op.get_output_size()):
+                op.output(i).replace(op.input_value(i))
+    return model
 
 
 class IncrementalDecoder:

@@ -79,6 +79,21 @@ def test_openvino_backend_matches_hf_backend(model_dir):
         assert "".join([dec.push(t) for t in ids] + [dec.flush()]) == hf.decode(ids, skip_special_tokens=skip)
 
 
+def test_openvino_backend_replaces_broken_utf8_like_hf(model_dir):
+    """Random id lists rich in tokens that hold part of a character: the detokenizer IR's own UTF8Validate
+    (replace mode) gave one U+FFFD for two broken characters in a row ([187, 228]: HF '\ufffd\ufffd');
+    ovgen decodes the IR's bytes the way HF does."""
+    hf, ovt = Tokenizer(model_dir, "hf"), Tokenizer(model_dir, "openvino")
+    assert hf.decode([187, 228]) == "\ufffd\ufffd"
+    partial = [t for t in range(hf.vocab_size) if "\ufffd" in hf.decode([t])]
+    assert len(partial) > 100
+    rng = random.Random(5)
+    for _ in range(3000):
+        ids = [rng.choice(partial) if rng.random() < 0.6 else rng.randrange(hf.vocab_size)
+               for _ in range(rng.randint(1, 5))]
+        assert ovt.decode(ids) == hf.decode(ids), ids
+
+
 def test_openvino_backend_without_a_skip_list_refuses_to_keep_specials(model_dir, monkeypatch):
     """A detokenizer IR whose special tokens cannot be switched back on (no VocabDecoder skip-tokens input)
     says so when asked to keep them, instead of dropping them silently."""
@@ -95,8 +110,8 @@ def test_openvino_backend_without_a_skip_list_refuses_to_keep_specials(model_dir
 def test_openvino_backend_decodes_every_prefix_and_streams_like_hf(model_dir):
     """The detokenizer IR openvino-genai writes dropped a partial UTF-8 character where HF gives U+FFFD,
     so streaming on the 'openvino' backend lost or repeated characters ('😀😀' came out '😀', '文字' as
-    '文YY'); and a trailing NUL came back as nothing. Every prefix (partial characters included) and every
-    stream must now give HF's text."""
+    '文YY'); a trailing NUL came back as nothing, or was lost on the way in. Every prefix (partial
+    characters included) and every stream must now give HF's text."""
     hf, ovt = Tokenizer(model_dir, "hf"), Tokenizer(model_dir, "openvino")
     texts = corpus(80, seed=3) + ["a\x00", "😀😀 文字\x00b", "\x00"]
     for s in texts:
@@ -105,8 +120,20 @@ def test_openvino_backend_decodes_every_prefix_and_streams_like_hf(model_dir):
             assert ovt.decode(ids[:n]) == hf.decode(ids[:n]), (s, n)
         dec = IncrementalDecoder(ovt)
         assert "".join([dec.push(t) for t in ids] + [dec.flush()]) == hf.decode(ids), s
-    assert ovt.decode(hf.encode("ok\x00")) == "ok\x00"
-    # a text ending in NUL cannot reach the tokenizer IR whole (OpenVINO's string tensors strip it): refused
+    # a string tensor built from Python strips a text's trailing NULs: ovgen feeds the IR the text's bytes
+    for s in ["ok\x00", "\x00", "a\x00\x00", "", "x\x00y"]:
+        assert ovt.encode(s) == hf.encode(s), repr(s)
+        assert ovt.decode(hf.encode(s)) == s
+
+
+def test_openvino_backend_refuses_a_trailing_nul_it_cannot_feed(model_dir, monkeypatch):
+    """A tokenizer IR whose string input cannot be replaced by bytes (it feeds more than its
+    StringTensorUnpack) gets Python strings, which lose a trailing NUL: such a text is refused, by name."""
+    import ovgen.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "_bytes_tokenizer", lambda folder: None)
+    ovt = Tokenizer(model_dir, "openvino")
+    assert ovt.encode("ok") == Tokenizer(model_dir).encode("ok")
     with pytest.raises(ValueError, match="tokenizer 'openvino': OpenVINO's string tensors drop a text's trailing NUL"):
         ovt.encode("ok\x00")
 
@@ -148,3 +175,17 @@ def test_chat_template_renders_like_transformers(model_dir):
         assert tok.apply_chat_template(msgs) == expected
         assert tok.encode(expected) == ref(expected, add_special_tokens=False)["input_ids"]
     assert np.array_equal(tok.encode("a b"), ref("a b", add_special_tokens=False)["input_ids"])
+
+
+def test_generation_with_the_openvino_tokenizer_matches_hf(model, model_dir):
+    """load(tokenizer="openvino") end to end: the chat prompt's ids, the greedy tokens, the text and the
+    streamed deltas equal the tokenizer.json model's."""
+    import ovgen
+
+    ov_model = ovgen.load(model_dir, tokenizer="openvino")
+    messages = [{"role": "user", "content": "Write one line about caf\u00e9s and \U0001f600."}]
+    cfg = {"max_new_tokens": 24}
+    ours, ref = ovgen.generate(ov_model, messages, cfg), ovgen.generate(model, messages, cfg)
+    assert ours.sequences[0].token_ids == ref.sequences[0].token_ids
+    assert ours.text == ref.text and ours.text
+    assert "".join(r.text for r in ovgen.stream(ov_model, messages, cfg)) == ref.text
