@@ -56,7 +56,7 @@ class Tokenizer:
         self._bytes_in = bytes_in is not None
         self._ov_tok = core().compile_model(bytes_in if self._bytes_in else str(self.dir / "openvino_tokenizer.xml"),
                                             "CPU")
-        skipping, keeping, special = _detokenizers(self.dir)
+        skipping, keeping, special, self.vocab_size = _detokenizers(self.dir)
         self._ov_detok = {True: core().compile_model(skipping, "CPU")}
         if keeping is not None:
             self._ov_detok[False] = core().compile_model(keeping, "CPU")
@@ -65,8 +65,6 @@ class Tokenizer:
         self._end = end[0] if len(end) == 1 else None
         if self._end is None or self.decode([self._end]) != "a":
             raise ValueError(f"{self.dir}: its openvino tokenizer does not encode 'a' as one token that decodes back")
-        rt = core().read_model(str(self.dir / "openvino_detokenizer.xml")).get_rt_info()
-        self.vocab_size = int(rt["vocab_size"].value) if "vocab_size" in rt else 0
         self.special_ids = special
 
 
@@ -90,6 +88,10 @@ class Tokenizer:
             return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
         if not ids:
             return ""
+        return self._decode_rows([ids], skip_special_tokens)[0]
+
+    def _decode_rows(self, rows: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        """The openvino detokenizer over equally long id lists, in one infer."""
         skip = bool(skip_special_tokens)
         if skip not in self._ov_detok:
             raise ValueError(f"tokenizer 'openvino': {self.dir / 'openvino_detokenizer.xml'} has no VocabDecoder "
@@ -101,16 +103,16 @@ class Tokenizer:
             req = reqs[skip] = self._ov_detok[skip].create_infer_request()
         # one letter after the ids, taken off again: numpy's fixed-width bytes (OpenVINO's bytes_data) drop
         # trailing NULs, so a NUL token last decoded to nothing
-        req.set_input_tensor(ov.Tensor(np.asarray([ids + [self._end]], dtype=np.int64)))
+        req.set_input_tensor(ov.Tensor(np.asarray([row + [self._end] for row in rows], dtype=np.int64)))
         req.infer()
-        return bytes(req.get_output_tensor(0).bytes_data[0]).decode("utf-8", "replace")[:-1]
+        return [bytes(b).decode("utf-8", "replace")[:-1] for b in req.get_output_tensor(0).bytes_data]
 
     def token_texts(self) -> list[str]:
         """Every token's own text (special tokens included), by id; computed once."""
         if "token_texts" not in self.cache:
-            self.cache["token_texts"] = [self.decode([i], skip_special_tokens=False) for i in range(self.vocab_size)] \
-                if self.backend != "hf" else self._tok.decode_batch([[i] for i in range(self.vocab_size)],
-                                                                    skip_special_tokens=False)
+            rows = [[i] for i in range(self.vocab_size)]
+            self.cache["token_texts"] = self._tok.decode_batch(rows, skip_special_tokens=False) \
+                if self.backend == "hf" else self._decode_rows(rows, False)
         return self.cache["token_texts"]
 
     # ---- chat ---------------------------------------------------------------------------------
@@ -167,10 +169,11 @@ def render_chat_template(template: str, messages: list[dict], **context) -> str:
 
 
 def _detokenizers(folder: Path):
-    """(the detokenizer that skips special tokens, one that keeps them, the special ids). The IR bakes
-    the skipped ids into VocabDecoder's fifth input; openvino-genai makes that input switchable through
-    a state variable (MakeVocabDecoderSatateful), here the second model gets an empty list instead.
-    An IR without that input gives (model, None, set())."""
+    """(the detokenizer that skips special tokens, one that keeps them, the special ids, the vocabulary
+    size: the length of VocabDecoder's token-begins input). The IR bakes the skipped ids into
+    VocabDecoder's fifth input; openvino-genai makes that input switchable through a state variable
+    (MakeVocabDecoderSatateful), here the second model gets an empty list instead. An IR without that
+    input gives (model, None, set(), its rt_info's vocab_size or 0)."""
     import openvino.opset13 as ops
 
     from .runtime import core
@@ -179,12 +182,14 @@ def _detokenizers(folder: Path):
     keeping = skipping.clone()
     decoders = [op for op in keeping.get_ordered_ops() if op.get_type_name() == "VocabDecoder"]
     if len(decoders) != 1 or decoders[0].get_input_size() < 5:  # e.g. a SentencepieceDetokenizer
-        return skipping, None, set()
+        rt = skipping.get_rt_info()
+        return skipping, None, set(), int(rt["vocab_size"].value) if "vocab_size" in rt else 0
     skip_ids = decoders[0].input_value(4)
     special = core().compile_model(ov.Model([ops.result(skip_ids)], []), "CPU")({})[0]
     decoders[0].input(4).replace_source_output(ops.constant(np.zeros(0, skip_ids.get_element_type().to_dtype()))
                                                .output(0))
-    return skipping, keeping, {int(i) for i in np.ravel(special)}
+    vocab_size = decoders[0].input_value(1).get_partial_shape()[0].get_length()
+    return skipping, keeping, {int(i) for i in np.ravel(special)}, vocab_size
 
 
 def _bytes_tokenizer(folder: Path):

@@ -73,6 +73,9 @@ def test_openvino_backend_matches_hf_backend(model_dir):
         # the IR skips its special tokens always; skip_special_tokens=False must keep them, as HF does
         assert ovt.decode(ids, skip_special_tokens=False) == hf.decode(ids, skip_special_tokens=False) == s
     assert ovt.special_ids == hf.special_ids and len(hf.special_ids) > 2
+    # the vocabulary and every token's own text (DRY's sequence breakers are found in them) as HF's
+    assert ovt.vocab_size == hf.vocab_size == 49152
+    assert ovt.token_texts() == hf.token_texts()
     ids = hf.encode("<|im_start|>user\nHi 😀<|im_end|>")
     for skip in (True, False):
         dec = IncrementalDecoder(ovt, skip_special_tokens=skip)
@@ -100,7 +103,7 @@ def test_openvino_backend_without_a_skip_list_refuses_to_keep_specials(model_dir
     import ovgen.tokenizer as tokenizer_module
 
     real = tokenizer_module._detokenizers
-    monkeypatch.setattr(tokenizer_module, "_detokenizers", lambda folder: (real(folder)[0], None, set()))
+    monkeypatch.setattr(tokenizer_module, "_detokenizers", lambda folder: (real(folder)[0], None, set(), 0))
     ovt = Tokenizer(model_dir, "openvino")
     assert ovt.decode([1, 28]) == Tokenizer(model_dir).decode([1, 28])
     with pytest.raises(ValueError, match="skip_special_tokens=False cannot keep its special tokens"):
@@ -189,3 +192,9 @@ def test_generation_with_the_openvino_tokenizer_matches_hf(model, model_dir):
     assert ours.sequences[0].token_ids == ref.sequences[0].token_ids
     assert ours.text == ref.text and ours.text
     assert "".join(r.text for r in ovgen.stream(ov_model, messages, cfg)) == ref.text
+    # DRY finds its sequence breakers in every token's text: the backend's vocabulary must be whole
+    # (with an empty one, as the backend had, this prompt's tokens differed)
+    dry = {"max_new_tokens": 32, "dry_multiplier": 0.8, "dry_allowed_length": 1}
+    repeat = [{"role": "user", "content": "Write the word 'ok:' twenty times, one per line."}]
+    assert ovgen.generate(ov_model, repeat, dry).sequences[0].token_ids == \
+        ovgen.generate(model, repeat, dry).sequences[0].token_ids
