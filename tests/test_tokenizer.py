@@ -181,8 +181,8 @@ def test_chat_template_renders_like_transformers(model_dir):
 
 
 def test_generation_with_the_openvino_tokenizer_matches_hf(model, model_dir):
-    """load(tokenizer="openvino") end to end: the chat prompt's ids, the greedy tokens, the text and the
-    streamed deltas equal the tokenizer.json model's."""
+    """load(tokenizer="openvino") end to end: the greedy tokens, the text and the streamed deltas equal
+    the tokenizer.json model's, with and without DRY."""
     import ovgen
 
     ov_model = ovgen.load(model_dir, tokenizer="openvino")
