@@ -14,6 +14,9 @@ Left padding is masked and takes no position, so each row computes what it would
 last bits a batched matrix product sums differently). Prompts beyond `batch_size` run in further
 batches. Rows whose settings need a loop of their own (beam search, speculative decoding,
 classifier-free guidance, several sequences) run one at a time after the batches.
+
+A prompt's num_return_sequences > 1 run the same way (`sequence_rows`): the prompt once, its KV row
+forked into one row per sequence by the next infer's beam_idx, each row with its own generator.
 """
 
 from __future__ import annotations
@@ -48,20 +51,25 @@ class _Row:
     detok: IncrementalDecoder
     stops: StopStrings
     n: int = 0
+    sequence: int = 0  # which returned sequence of its prompt (num_return_sequences: one row each)
     greedy: bool = False  # plain greedy (no processors): its token is the row's argmax, taken for all such rows at once
 
 
 def _row(model, index: int, ids: list[int], cfg: GenerationConfig, processors, extra) -> _Row:
-    max_new = cfg.max_new_tokens
-    if model.max_context:
-        max_new = min(max_new, model.max_context - len(ids))
     choice = token_choice(cfg, prompt_len=len(ids), processors=[_fresh(p) for p in processors], model=model,
                           extra=extra)
     choice.reset()
+    return _row_of(model, index, ids, cfg, choice)
+
+
+def _row_of(model, index: int, ids: list[int], cfg: GenerationConfig, choice: TokenChoice, sequence: int = 0) -> _Row:
+    max_new = cfg.max_new_tokens
+    if model.max_context:
+        max_new = min(max_new, model.max_context - len(ids))
     return _Row(index, ids, cfg, choice, Stopping(eos_token_ids=cfg.eos_token_id, max_new_tokens=max_new,
                                                   max_time=cfg.max_time, ignore_eos=cfg.ignore_eos),
                 IncrementalDecoder(model.tokenizer), StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output),
-                greedy=type(choice.chooser) is Greedy and not choice.chain.stages)
+                sequence=sequence, greedy=type(choice.chooser) is Greedy and not choice.chain.stages)
 
 
 def _fresh(p):
@@ -82,15 +90,22 @@ def batch_decode(model, session, rows: list[_Row], t_start_ns: int) -> Iterator[
         yield from _batch_decode(session, live, t_start_ns)
 
 
-def _batch_decode(session, live: list[_Row], t_start_ns: int) -> Iterator[TokenRecord]:
-    logits = np.atleast_2d(session.prefill_rows([r.ids for r in live]))
+def _batch_decode(session, live: list[_Row], t_start_ns: int, first=None, overlap: bool = True
+                  ) -> Iterator[TokenRecord]:
+    """`first`: (logits [rows, vocab], logsumexp [rows]) of rows the session already holds (the
+    sequences of one prompt); None: prefill the rows' prompts as one batch."""
+    if first is None:
+        logits = np.atleast_2d(session.prefill_rows([r.ids for r in live]))
+        lse, tops = session.logsumexp, session.top_rows
+    else:
+        (logits, lse), tops = first, None
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
     started = 0  # the id of the step started asynchronously (0: none)
     try:
         while len(live) > 1:
-            picks = _picks(session, live, logits, t_start_ns)
+            picks = _picks(session, live, logits, lse, tops, t_start_ns)
             # From here on nothing reads `logits`: the next infer may write them.
-            if not any(row.stops.stops for row in live):
+            if overlap and not any(row.stops.stops for row in live):
                 going = [j for j, p in enumerate(picks) if p.reason is None]
                 if going:
                     if len(going) < len(live):
@@ -112,17 +127,19 @@ def _batch_decode(session, live: list[_Row], t_start_ns: int) -> Iterator[TokenR
                 logits = session.step(np.array([picks[j].token for j in going], np.int64))
             live = [live[j] for j in going]
             logits = np.atleast_2d(logits)
+            lse, tops = session.logsumexp, session.top_rows
             model_ns, infer_start = session.infer_ns, session.infer_start_ns
     finally:
         if started:  # the consumer stopped early: the running infer finishes before anyone reuses the session
             session.settle(started)
-    yield from _alone(session, live[0], logits[0], t_start_ns)
+    yield from _alone(session, live[0], logits[0], t_start_ns, overlap)
 
 
-def _alone(session, row: _Row, logits, t_start_ns: int) -> Iterator[TokenRecord]:
+def _alone(session, row: _Row, logits, t_start_ns: int, overlap: bool = True) -> Iterator[TokenRecord]:
     """The one row left in the session (its only row now) to its end, on the one-row loop."""
     records = decode(session, logits, choice=row.choice, stopping=row.stopping, detok=row.detok, stop_strings=row.stops,
-                     top_n=row.cfg.top_logprobs, t_start_ns=t_start_ns, done=row.n, skip=int(session.pad[0]))
+                     top_n=row.cfg.top_logprobs, sequence=row.sequence, t_start_ns=t_start_ns, overlap=overlap,
+                     done=row.n, skip=int(session.pad[0]))
     try:
         for rec in records:
             rec.row = row.index
@@ -131,12 +148,12 @@ def _alone(session, row: _Row, logits, t_start_ns: int) -> Iterator[TokenRecord]
         records.close()  # a consumer that stops early: the pending infer is settled now, not at collection
 
 
-def _picks(session, live: list[_Row], logits, t_start_ns: int) -> list[Chosen]:
-    """Every row's token at this step (logits: [rows, vocab]). Plain greedy rows take theirs from one
-    argmax over the whole batch (lowest id at ties, as Greedy's; the model's log-probability is then
-    the processed one): what each row's own stage would choose, without a stage call per row. The
-    others run their token-choice stage on their row."""
-    lse, tops = session.logsumexp, session.top_rows  # [rows] each (rows > 1)
+def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> list[Chosen]:
+    """Every row's token at this step (logits: [rows, vocab], their logsumexp [rows], the graph's
+    top candidates per row or None). Plain greedy rows take theirs from one argmax over the whole
+    batch (lowest id at ties, as Greedy's; the model's log-probability is then the processed one):
+    what each row's own stage would choose, without a stage call per row. The others run their
+    token-choice stage on their row."""
     t0 = perf_counter_ns()
     best = logits.argmax(axis=1).tolist() if any(row.greedy for row in live) else None
     picks = []
@@ -162,7 +179,52 @@ def _record(row: _Row, p: Chosen, model_ns: int, infer_start: int, overlapped: b
     text, reason = _text(row.detok, row.stops, p.token, p.reason)
     t3 = perf_counter_ns()  # accept and detok timed apart, as in search.decode
     return p.record(row.n - 1, text, reason, t3 - tb, t3, model_ns=model_ns, infer_start_ns=infer_start,
-                    overlapped=overlapped, row=row.index)
+                    overlapped=overlapped, row=row.index, sequence=row.sequence)
+
+
+def side_by_side(session, cfg: GenerationConfig, proposer=None) -> bool:
+    """Whether num_return_sequences > 1 can run as one batch on this session: its KV row can be
+    forked (an IR with beam_idx, rows allowed) and no loop of its own is asked for (speculative
+    decoding verifies one sequence, classifier-free guidance keeps one negative row)."""
+    return (cfg.num_return_sequences > 1 and cfg.num_beams == 1 and proposer is None and cfg.guidance_scale == 1.0
+            and not session.one_row and getattr(session, "_has_beam_idx", False))
+
+
+def sequence_rows(model, session, ids: list[int], cfg: GenerationConfig, choices: Sequence[TokenChoice], logits,
+                  t_start_ns: int, overlap: bool = True) -> Iterator[TokenRecord]:
+    """num_return_sequences > 1 side by side. The prompt has run once (the session holds it in one
+    row; `logits` are its last position's); the next infer's beam_idx gathers that KV row into one
+    row per sequence (Session.reorder, as beam search forks beams), then the batched loop runs them,
+    each with its own token-choice stage (`choices[i]`: TokenChoice.for_sequence, its own generator)
+    and its own stopping. Records come in sequence order - sequence 0's as they are made, a later
+    sequence's held until those before it have ended - as when the sequences ran one after another."""
+    n = len(choices)
+    rows = [_row_of(model, 0, ids, cfg, choice, sequence=i) for i, choice in enumerate(choices)]
+    first = (np.repeat(np.asarray(logits)[None], n, axis=0), np.full(n, session.logsumexp, np.float32))
+    session.reorder(np.zeros(n, np.int32))
+    with candidates(session, any(r.choice.wants_top for r in rows)):
+        yield from in_sequence_order(_batch_decode(session, rows, t_start_ns, first, overlap), n)
+
+
+def in_sequence_order(records: Iterator[TokenRecord], n: int) -> Iterator[TokenRecord]:
+    """`records` of sequences 0..n-1, interleaved, re-ordered so that each sequence's come whole and
+    in order: the current sequence's pass at once, the others wait until it has ended."""
+    held: list[list[TokenRecord]] = [[] for _ in range(n)]
+    ended = [False] * n
+    current = 0
+    try:
+        for rec in records:
+            ended[rec.sequence] = ended[rec.sequence] or rec.finish_reason is not None
+            if rec.sequence != current:
+                held[rec.sequence].append(rec)
+                continue
+            yield rec
+            while ended[current] and current + 1 < n:
+                current += 1
+                yield from held[current]
+                held[current] = []
+    finally:
+        records.close()  # a consumer that stops early: the running infer is settled now
 
 
 def batch_stream(model, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], *, processors=(),

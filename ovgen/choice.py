@@ -95,6 +95,13 @@ class Chooser:
     def clone(self) -> "Chooser":
         return copy.deepcopy(self)
 
+    def for_sequence(self, i: int) -> "Chooser | None":
+        """The chooser of returned sequence `i` >= 1 (num_return_sequences): one with a stream of
+        its own, so that the sequences run side by side as one batch (ovgen/batch.py) and each gives
+        what it would alone. None: this chooser has no such stream; the sequences then run one
+        after another on it (its state running on from one to the next)."""
+        return None
+
 
 class Greedy(Chooser):
     """argmax, lowest id on ties. On candidates it decides when the winner beats the bound."""
@@ -124,6 +131,9 @@ class Greedy(Chooser):
     def clone(self):
         return Greedy()
 
+    def for_sequence(self, i):
+        return Greedy()
+
 
 class Sampler(Chooser):
     """Multinomial sampling from softmax(values). Owns its `np.random.Generator`: the same seed gives
@@ -148,6 +158,9 @@ class Sampler(Chooser):
     def reset(self):
         self.rng = np.random.default_rng(self.seed)
 
+    def for_sequence(self, i):
+        return Sampler(sequence_seed(self.seed, i))
+
 
 class Mirostat(Chooser):
     """llama.cpp mirostat v2 (`kernels.sampling.mirostat_v2`): target surprise `tau`, learning
@@ -169,6 +182,21 @@ class Mirostat(Chooser):
     def reset(self):
         self.mu = 2.0 * self.tau
         self.rng = np.random.default_rng(self.seed)
+
+    def for_sequence(self, i):
+        return Mirostat(self.tau, self.eta, sequence_seed(self.seed, i))
+
+
+def sequence_seed(seed, i: int) -> np.random.SeedSequence:
+    """Returned sequence i's seed: child i of `seed`'s SeedSequence (what `SeedSequence(seed).spawn`
+    gives as its i-th child, computed directly), so sequence i draws the same tokens whether the
+    sequences run batched or one at a time; sequence 0 keeps `seed` itself (num_return_sequences=1's
+    stream). Unseeded: fresh entropy."""
+    if seed is None:
+        return np.random.SeedSequence()
+    if isinstance(seed, np.random.SeedSequence):
+        return np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, i))
+    return np.random.SeedSequence(seed, spawn_key=(i,))
 
 
 class FunctionChooser(Chooser):
@@ -192,6 +220,10 @@ class FunctionChooser(Chooser):
 
     def clone(self):
         return FunctionChooser(self.fn.clone()) if hasattr(self.fn, "clone") else self
+
+    def for_sequence(self, i):
+        fn = getattr(self.fn, "for_sequence", None)
+        return FunctionChooser(fn(i)) if fn is not None else None
 
 
 def as_chooser(c) -> Chooser:
@@ -296,6 +328,17 @@ class TokenChoice:
 
     def clone(self) -> "TokenChoice":
         return TokenChoice(self.chain.clone(), self.chooser.clone())
+
+    def for_sequence(self, i: int) -> "TokenChoice | None":
+        """Returned sequence `i` >= 1's stage: the chain cloned and reset, the chooser's
+        `for_sequence(i)`; None when the chooser has none (Chooser.for_sequence)."""
+        make = getattr(self.chooser, "for_sequence", None)
+        chooser = make(i) if make is not None else None
+        if chooser is None:
+            return None
+        chain = self.chain.clone()
+        chain.reset()
+        return TokenChoice(chain, chooser)
 
 
 def build_chain(config: GenerationConfig, *, prompt_len: int, user: Sequence = (), min_tokens_to_keep: int = 1,

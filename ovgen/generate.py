@@ -14,6 +14,7 @@ from time import perf_counter_ns
 import numpy as np
 
 from .backend import check_token_ids
+from .batch import sequence_rows, side_by_side
 from .beam import beam_search, check_beam_config
 from .choice import as_chooser, token_choice
 from .config import GenerationConfig
@@ -180,7 +181,9 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
            prefix_cache=None, chat_template: str | None = None, overlap: bool = True, configs=None,
            batch_size: int = 8) -> Stream:
     """Generate, yielding one TokenRecord per token as soon as it is chosen (its `.text` is the
-    streamed delta). With num_return_sequences > 1, sequences follow one another (`.sequence`).
+    streamed delta). With num_return_sequences > 1, sequences follow one another (`.sequence`), each
+    whole; they are made side by side, as one batch over the prompt's forked KV row (ovgen/batch.py),
+    sequence i drawing from child i of the seed's SeedSequence (sequence 0: the seed's own stream).
     With num_beams > 1 the records come once the search has ended.
 
     `session`: reuse a Session (its KV state is replaced; see `chat.Chat` for prefix reuse).
@@ -338,12 +341,22 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
     t_start = perf_counter_ns()
     if logits is None:
         logits = prefix_cache.prefill(session, ids) if prefix_cache is not None else session.prefill(ids)
+    choice = token_choice(cfg, prompt_len=len(ids), processors=processors, model=model, chooser=chooser, extra=extra)
+    # Each returned sequence has its own stage (for_sequence: its own generator) where the chooser can
+    # give one: side by side as one batch where the session forks its KV row, else one after another.
+    # A chooser without one serves every sequence in turn, its generator running on.
+    choices = [choice] + [choice.for_sequence(i) for i in range(1, cfg.num_return_sequences)]
+    if None in choices:
+        choices = [choice] * cfg.num_return_sequences
+    elif side_by_side(session, cfg, proposer):
+        choice.chain.reset()
+        yield from sequence_rows(model, session, ids, cfg, choices, logits, t_start, overlap)
+        return
     first = np.array(logits, copy=True) if cfg.num_return_sequences > 1 else None
     prefill_ns = session.infer_ns
     snap = session.snapshot() if cfg.num_return_sequences > 1 else None
-    choice = token_choice(cfg, prompt_len=len(ids), processors=processors, model=model, chooser=chooser, extra=extra)
-    for seq in range(cfg.num_return_sequences):
-        if seq:  # the next sequence starts from the prompt again; the chooser's generator runs on
+    for seq, choice in enumerate(choices):
+        if seq:  # the next sequence starts from the prompt again
             session.restore(snap)
             session.infer_ns = prefill_ns
         choice.chain.reset()

@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import ovgen
 from conftest import PROMPTS
 from ovgen import jobs
 from ovgen.cli import main
+from ovgen.choice import Sampler
+from ovgen.kernels.sampling import NEG_INF, softmax
 
 
 def _alone(model, prompt, cfg):
@@ -420,7 +423,7 @@ def test_plain_greedy_rows_pick_what_their_own_stage_would(model):
             greedy.replace(top_logprobs=3), greedy]
 
     class Rows:  # what _picks reads of a session
-        logsumexp, top_rows, pad = lse, None, np.zeros(5, np.int64)
+        pad = np.zeros(5, np.int64)
         tokens = np.array([[1, 7, 900, 2, 5]] * 5, np.int64)
 
     def rows():
@@ -428,7 +431,7 @@ def test_plain_greedy_rows_pick_what_their_own_stage_would(model):
 
     live = rows()
     assert [r.greedy for r in live] == [True, False, False, True, True]
-    picks = batch._picks(Rows, live, logits, 0)
+    picks = batch._picks(Rows, live, logits, lse, None, 0)
     alone = [choose(r.choice, Rows.tokens[j], logits[j], lse[j], None, r.cfg.top_logprobs, r.stopping, 1, 0)
              for j, r in enumerate(rows())]
     assert [p.token for p in picks][0::3] == [7, 2]
@@ -436,3 +439,134 @@ def test_plain_greedy_rows_pick_what_their_own_stage_would(model):
         assert (p.token, p.logprob, p.choice.logprob, p.top, p.reason) == (a.token, a.logprob, a.choice.logprob,
                                                                              a.top, a.reason)
         assert (p.choice.subset, p.choice.top_choice) == (a.choice.subset, a.choice.top_choice)
+
+
+# ---- num_return_sequences: a prompt's sequences side by side --------------------------------------------------
+SEQ_CASES = {
+    "sample": {"do_sample": True, "seed": 5, "top_k": 50, "top_p": 0.95, "temperature": 0.9, "max_new_tokens": 40,
+               "stop_strings": ["."]},
+    "penalties": {"do_sample": True, "seed": 8, "repetition_penalty": 1.3, "no_repeat_ngram_size": 3,
+                  "max_new_tokens": 24, "ignore_eos": True},
+    "schema": {"do_sample": True, "seed": 6, "max_new_tokens": 48,
+               "json_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
+                               "required": ["city"], "additionalProperties": False}},
+}
+CITY = [{"role": "user", "content": "Name a city in France and say one thing about it."}]
+
+
+class Watched(Sampler):
+    """A Sampler (the same draws) that logs, for each draw, how far its uniform fell from the edges of
+    the chosen token's interval in the cumulative distribution, as a share of the total."""
+
+    def __init__(self, seed):
+        super().__init__(seed)
+        self.margins = []
+        self.sequences = [self]  # this chooser, then the ones it made for sequences 1, 2, ...
+
+    def for_sequence(self, i):
+        twin = Watched(super().for_sequence(i).seed)
+        self.sequences.append(twin)
+        return twin
+
+    def choose(self, cand):
+        twin = np.random.Generator(type(self.rng.bit_generator)())
+        twin.bit_generator.state = self.rng.bit_generator.state  # the uniform this draw is about to use
+        u = twin.random()
+        choice = super().choose(cand)
+        if choice is not None:
+            cdf = np.cumsum(softmax(cand.values[np.flatnonzero(cand.values != NEG_INF)]))
+            x = u * cdf[-1]
+            i = min(int(cdf.searchsorted(x, side="right")), cdf.size - 1)
+            self.margins.append(min(x - (cdf[i - 1] if i else 0.0), cdf[i] - x) / cdf[-1])
+        return choice
+
+
+def assert_same_draws(got: list[int], alone: list[int], margins: list[float], what: str) -> None:
+    """`got` equals `alone`, the sequence drawn with the same uniforms from one-row logits - up to the
+    first step whose uniform fell within 2e-3 of an edge of the cumulative distribution: there the
+    batched infer's f32 sums (another order than one row's: log-probabilities ~1e-4 apart) may move
+    the edge past it, and the two diverge from there on."""
+    k = next((k for k, (a, b) in enumerate(zip(got, alone)) if a != b), None)
+    if k is None:
+        assert len(got) == len(alone), what
+    else:
+        assert margins[k] < 2e-3, f"{what}: token {k} differs ({got[k]} vs {alone[k]}) with its uniform " \
+                                  f"{margins[k]:.2g} from the distribution's edges"
+
+
+@pytest.mark.parametrize("case", SEQ_CASES)
+def test_returned_sequences_run_side_by_side_as_each_would_alone(model, monkeypatch, case):
+    """num_return_sequences=4: the prompt runs once, its KV row is forked into four rows that decode as one
+    batch, sequence i drawing from child i of the seed's SeedSequence (sequence 0: from the seed, as
+    num_return_sequences=1): each sequence equals that sequence drawn alone (same seed stream, one-row
+    infers). The stream gives each sequence whole, in order, while they end at different steps."""
+    prefills, widths = [], []
+    real_prefill, real_outputs = ovgen.Session.prefill, ovgen.Session._outputs
+    monkeypatch.setattr(ovgen.Session, "prefill", lambda self, ids: prefills.append(1) or real_prefill(self, ids))
+    monkeypatch.setattr(ovgen.Session, "_outputs", lambda self, rows, keep: widths.append(rows) or
+                        real_outputs(self, rows, keep))
+    cfg = SEQ_CASES[case]
+    recs = list(ovgen.stream(model, CITY, {**cfg, "num_return_sequences": 4}))
+    assert len(prefills) == 1 and 4 in widths  # one prefill; then the four rows in one infer
+    monkeypatch.undo()
+    seqs = [[r for r in recs if r.sequence == i] for i in range(4)]
+    assert [r.sequence for r in recs] == sorted(r.sequence for r in recs)  # each sequence whole, in order
+    for i, rs in enumerate(seqs):
+        assert [r.index for r in rs] == list(range(len(rs))) and rs[-1].finish_reason is not None
+        watched = Watched(np.random.SeedSequence(cfg["seed"], spawn_key=(i,)) if i else cfg["seed"])
+        alone = ovgen.generate(model, CITY, cfg, chooser=watched).sequences[0]
+        got = [r.token_id for r in rs]
+        assert_same_draws(got, alone.token_ids, watched.margins, f"sequence {i}")
+        if got == alone.token_ids:
+            assert ("".join(r.text for r in rs), rs[-1].finish_reason) == (alone.text, alone.finish_reason)
+    if case == "schema":
+        assert all(set(json.loads("".join(r.text for r in rs))) == {"city"} for rs in seqs)
+    if case == "sample":
+        assert len({len(rs) for rs in seqs}) > 1  # they ended at different steps (the ordering was exercised)
+
+
+def test_returned_sequences_one_after_another_equal_side_by_side(model, monkeypatch):
+    """Where the KV row cannot be forked (paged attention, onnxruntime-genai) the sequences run one after
+    another from the prompt's snapshot, each from its own generator: the same sequences as side by side."""
+    cfg = {**SEQ_CASES["sample"], "num_return_sequences": 3, "stop_strings": []}
+    side = ovgen.generate(model, PROMPTS[1], cfg)
+    monkeypatch.setattr(sys.modules["ovgen.generate"], "side_by_side", lambda *a: False)
+    restores = []
+    real_restore = ovgen.Session.restore
+    monkeypatch.setattr(ovgen.Session, "restore", lambda self, snap: restores.append(1) or real_restore(self, snap))
+    watched = Watched(cfg["seed"])
+    after = ovgen.generate(model, PROMPTS[1], cfg, chooser=watched)
+    assert len(restores) == 2 and len(watched.sequences) == 3
+    for i, (a, b, w) in enumerate(zip(side.sequences, after.sequences, watched.sequences)):
+        assert_same_draws(a.token_ids, b.token_ids, w.margins, f"sequence {i}")
+
+
+def test_a_chooser_without_its_own_sequences_serves_them_in_turn(model, monkeypatch):
+    """A user chooser that cannot give a sequence its own stream (a plain callable) chooses every
+    sequence, one after another (no infer of two rows), its state running on."""
+    calls, widths = [], []
+    real_outputs = ovgen.Session._outputs
+    monkeypatch.setattr(ovgen.Session, "_outputs", lambda self, rows, keep: widths.append(rows) or
+                        real_outputs(self, rows, keep))
+
+    def pick(logits):
+        calls.append(1)
+        return int(np.argsort(logits)[-1 - len(calls) % 2])  # alternates the best and the second best
+
+    res = ovgen.generate(model, PROMPTS[2], {"do_sample": True, "num_return_sequences": 2, "max_new_tokens": 5,
+                                             "ignore_eos": True}, chooser=pick)
+    assert len(calls) == 10 and set(widths) == {1}
+    a, b = (s.token_ids for s in res.sequences)
+    assert a[0] != b[0]  # sequence 0 began on the second best, sequence 1 on the best: the state ran on
+
+
+def test_returned_sequences_stopped_early_leave_the_session_usable(model):
+    session = model.session()
+    cfg = {"do_sample": True, "seed": 1, "num_return_sequences": 3, "max_new_tokens": 20, "ignore_eos": True}
+    st = ovgen.stream(model, PROMPTS[0], cfg, session=session)
+    first = [next(st) for _ in range(3)]
+    assert [r.sequence for r in first] == [0, 0, 0]
+    st.close()
+    greedy = {"max_new_tokens": 8, "ignore_eos": True}
+    assert ovgen.generate(model, PROMPTS[4], greedy, session=session).sequences[0].token_ids == \
+        _alone(model, PROMPTS[4], greedy)

@@ -18,7 +18,7 @@ from transformers.generation.logits_process import (
 
 import ovgen
 from conftest import PROMPTS
-from ovgen.choice import Candidates, Choice, Chooser, token_choice
+from ovgen.choice import Candidates, Choice, Chooser, FunctionChooser, Greedy, Mirostat, Sampler, token_choice
 from ovgen.config import GenerationConfig
 from ovgen.processors import hf_processor
 
@@ -99,6 +99,29 @@ def test_clones_are_independent_and_replay_the_same_draws():
     first = [tc.choose(ids, x, np.float32(0)) for x in rows[10:]]
     second = [twin.choose(ids, x, np.float32(0)) for x in rows[10:]]
     assert first == second
+
+
+@pytest.mark.parametrize("make", [lambda seed: Sampler(seed), lambda seed: Mirostat(5.0, 0.1, seed)],
+                         ids=["sampler", "mirostat"])
+def test_each_returned_sequence_draws_from_its_own_child_of_the_seed(make):
+    """Sequence i >= 1's chooser (for_sequence) draws what numpy's SeedSequence(seed).spawn gives as child i
+    (sequence 0 keeps the seed's own stream); the sequences' draws differ; a chooser mid-stream gives
+    the same children; unseeded, every call gives a fresh stream."""
+    rows = [(np.random.default_rng(5).standard_normal(300) * 2).astype(np.float32) for _ in range(12)]
+    children = np.random.SeedSequence(11).spawn(4)
+
+    def draws(chooser):
+        return [chooser.choose(Candidates(x, None, float("-inf"), None, 300)).token for x in rows]
+
+    parent = make(11)
+    first = draws(parent)
+    seqs = [draws(parent.for_sequence(i)) for i in (1, 2, 3)]
+    assert seqs == [draws(make(children[i])) for i in (1, 2, 3)]
+    assert len({tuple(d) for d in [first, *seqs]}) == 4
+    assert draws(make(11).for_sequence(2)) == seqs[1]
+    assert draws(make(None).for_sequence(1)) != draws(make(None).for_sequence(1))
+    assert type(Greedy().for_sequence(1)) is Greedy
+    assert FunctionChooser(lambda x: 0).for_sequence(1) is None  # no stream of its own: sequences in turn
 
 
 def test_a_user_chooser_plugs_in(model):

@@ -189,6 +189,17 @@ def test_cli_generate_json_has_logprobs_and_top_logprobs_when_asked(model_dir):
     assert out.returncode == 2 and "--num-return-sequences: ovgen chat keeps one reply per turn" in out.stderr
 
 
+def test_cli_prints_each_returned_sequence_whole_in_order(model_dir):
+    """Sequences made side by side still print one after another, each whole, as the API returns them."""
+    cfg = {"do_sample": True, "seed": 4, "num_return_sequences": 3, "max_new_tokens": 10, "ignore_eos": True}
+    res = ovgen.generate(ovgen.load(model_dir), [1, 9690, 198], cfg)
+    out = run_cli("generate", "--prompt-ids", "1,9690,198", "--do-sample", "--seed", "4", "--num-return-sequences",
+                  "3", "--max-new-tokens", "10", "--ignore-eos", "--no-warmup")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ("\n" + "-" * 20 + "\n").join(s.text for s in res.sequences) + "\n"
+    assert "(sequence 1 of 3)" in out.stderr
+
+
 def test_cli_warms_up_unless_told_not_to(model_dir):
     runs = {}
     for flag in ((), ("--no-warmup",)):

@@ -1,0 +1,110 @@
+"""Several sampled sequences of one prompt (num_return_sequences = N): generated tokens per second,
+ovgen's sequences side by side (the prompt once, its KV row forked into N rows decoded as one batch)
+against ovgen's sequences one after another (as ovgen ran them before: the prompt's snapshot
+restored per sequence) and openvino-genai's `generate(ids, num_return_sequences=N)` on the same IR,
+ids and compile properties.
+
+Sampling with top_k 50 at temperature 1, `--new-tokens` per sequence (ignore_eos), one seed. The
+runtimes alternate in a balanced order, `--pairs` timed runs each per N (after a warm-up); ratios
+are medians of the per-round ratios. ovgen's two ways must give the same sequences (each sequence's
+own generator; `same_sequences` counts those equal, a batched infer's f32 sums may flip a draw that
+falls on an edge of the distribution); genai draws from its own generator (other tokens, same work).
+
+    python benchmarks/sequences.py [--pairs 6] [--new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from time import perf_counter
+
+import numpy as np
+
+from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
+from _timing import balanced
+
+COUNTS = (1, 2, 4, 8)
+PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+@contextmanager
+def one_after_another():
+    """ovgen's sequences run as before side by side existed: one at a time from the prompt's snapshot."""
+    gen = sys.modules["ovgen.generate"]
+    real = gen.side_by_side
+    gen.side_by_side = lambda *a: False
+    try:
+        yield
+    finally:
+        gen.side_by_side = real
+
+
+def runners(model, count: int, n: int) -> dict:
+    """name -> a callable generating `count` sequences of n tokens, returning them."""
+    import openvino as ov
+    import openvino_genai as og
+
+    import ovgen
+    from ovgen.generate import prompt_ids
+
+    ids = prompt_ids(model, PROMPT)
+    cfg = {"do_sample": True, "top_k": 50, "seed": 7, "max_new_tokens": n, "ignore_eos": True,
+           "num_return_sequences": count}
+
+    def side():
+        return [s.token_ids for s in ovgen.generate(model, ids, cfg).sequences]
+
+    def serial():
+        with one_after_another():
+            return side()
+
+    pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
+    gcfg = og.GenerationConfig()
+    gcfg.max_new_tokens, gcfg.ignore_eos, gcfg.do_sample = n, True, True
+    gcfg.top_k, gcfg.rng_seed, gcfg.num_return_sequences = 50, 7, count
+    tensor = np.array([ids], np.int64)
+
+    def genai():
+        out = pipe.generate(og.TokenizedInputs(ov.Tensor(tensor), ov.Tensor(np.ones_like(tensor))), gcfg)
+        return [[int(t) for t in row] for row in out.tokens]
+
+    return {"side_by_side": side, "one_after_another": serial, "genai": genai}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--out", default=default_path("sequences"))
+    args = ap.parse_args()
+
+    import ovgen
+
+    model = ovgen.load()
+    print(json.dumps(model.report["cpu_model"]), model.report["cpu_flags"], model.report["properties"]
+          ["INFERENCE_PRECISION_HINT"], flush=True)
+    rows = {}
+    for count in COUNTS:
+        runs = runners(model, count, args.new_tokens)
+        out = {name: run() for name, run in runs.items()}  # warm-up
+        tps = {name: [] for name in runs}
+        for i in range(args.pairs):
+            for name in balanced(list(runs), i):
+                t0 = perf_counter()
+                out[name] = runs[name]()
+                tps[name].append(count * args.new_tokens / (perf_counter() - t0))
+        ratio = {f"{a}_over_{b}": float(np.median(np.array(tps[a]) / np.array(tps[b])))
+                 for a, b in (("side_by_side", "one_after_another"), ("side_by_side", "genai"))}
+        rows[count] = {**{f"{name}_tokens_per_s": float(np.median(t)) for name, t in tps.items()}, **ratio,
+                       "same_sequences": sum(a == b for a, b in zip(out["side_by_side"], out["one_after_another"])),
+                       "sequences": count}
+        print(count, json.dumps(rows[count]), flush=True)
+    save_result(args.out, "sequences", pairs=args.pairs, new_tokens=args.new_tokens, report=model.report,
+                results=rows)
+
+
+if __name__ == "__main__":
+    main()
