@@ -159,7 +159,7 @@ class Sampler(Chooser):
         self.rng = np.random.default_rng(self.seed)
 
     def for_sequence(self, i):
-        return Sampler(sequence_seed(self.seed, i))
+        return _reseeded(self, i)
 
 
 class Mirostat(Chooser):
@@ -184,7 +184,16 @@ class Mirostat(Chooser):
         self.rng = np.random.default_rng(self.seed)
 
     def for_sequence(self, i):
-        return Mirostat(self.tau, self.eta, sequence_seed(self.seed, i))
+        return _reseeded(self, i)
+
+
+def _reseeded(chooser, i: int):
+    """A copy of a seeded chooser (its class and settings kept: a user's subclass stays itself),
+    reset onto returned sequence i's seed."""
+    twin = chooser.clone()
+    twin.seed = sequence_seed(chooser.seed, i)
+    twin.reset()
+    return twin
 
 
 def sequence_seed(seed, i: int) -> np.random.SeedSequence:

@@ -121,6 +121,13 @@ def test_each_returned_sequence_draws_from_its_own_child_of_the_seed(make):
     assert draws(make(11).for_sequence(2)) == seqs[1]
     assert draws(make(None).for_sequence(1)) != draws(make(None).for_sequence(1))
     assert type(Greedy().for_sequence(1)) is Greedy
+
+    class Mine(type(parent)):  # a user's subclass stays itself for every sequence
+        pass
+
+    mine = Mine.__new__(Mine)
+    mine.__dict__.update(make(11).__dict__)
+    assert type(mine.for_sequence(1)) is Mine and draws(mine.for_sequence(1)) == seqs[0]
     assert FunctionChooser(lambda x: 0).for_sequence(1) is None  # no stream of its own: sequences in turn
 
 
