@@ -52,8 +52,8 @@ class Chat:
             raise ValueError("message is empty")
         messages = self.messages + [{"role": "user", "content": text}]
         ids = prompt_ids(self.model, messages, chat_template=self.chat_template, config=self.config)
-        if self.session.rows != 1:
-            self.session.reset()
+        if self.session.rows != 1:  # the last turn ended on several rows (its sequences, or beams): go on from
+            self.session.reorder([0])  # the first row, gathered by the next infer; its prompt prefix is reused
         keep = min(common_prefix(self.session.tokens[0].tolist(), ids), len(ids) - 1)  # run >= 1 token
         self.session.rewind(self.session.length - keep)
         self.reused_tokens, self.prompt_tokens = keep, len(ids)

@@ -181,6 +181,29 @@ def test_chat_reuses_kv_and_matches_fresh_generation(model):
     assert second == fresh
 
 
+@pytest.mark.parametrize("cfg", [{"num_return_sequences": 3, "do_sample": True, "seed": 2, "temperature": 1.3,
+                                  "ignore_eos": True},
+                                 {"num_beams": 3, "num_return_sequences": 2}], ids=["sequences", "beams"])
+def test_a_chat_turn_that_ended_on_several_rows_reuses_the_first_rows_prefix(model, cfg):
+    """A turn whose sequences (or beams) end on several session rows: the next turn goes on from row 0
+    (its KV row gathered by that turn's first infer) and reuses its prefix - it recomputed the whole
+    conversation before. Row 0's state is its own tokens' (next logits as a fresh session's on them)."""
+    chat = Chat(model, {**cfg, "max_new_tokens": 12})
+    list(chat.send("Name a fruit."))
+    first_prompt = chat.prompt_tokens
+    assert chat.session.rows > 1
+    list(chat.send("And a vegetable?"))
+    assert chat.reused_tokens >= first_prompt  # the first turn's prompt at least (0 before)
+    s = chat.session
+    if s.rows > 1:
+        s.reorder([0])
+    held = s.tokens[0].tolist()
+    ours = s.append([504])
+    fresh = model.session().prefill(held + [504])
+    assert int(ours.argmax()) == int(fresh.argmax())
+    np.testing.assert_allclose(ours, fresh, atol=2e-2)
+
+
 def test_an_empty_sessions_snapshot_and_saved_state_restore_to_a_usable_session(model, prompt, tmp_path):
     """A session that has run nothing holds batch-0 state tensors: put back as they are, the next
     append failed in the CPU plugin (beam_idx 0 out of a batch of 0); a saved empty chat hit it."""
