@@ -214,7 +214,8 @@ def in_sequence_order(records: Iterator[TokenRecord], n: int) -> Iterator[TokenR
     current = 0
     try:
         for rec in records:
-            ended[rec.sequence] = ended[rec.sequence] or rec.finish_reason is not None
+            if rec.finish_reason is not None:
+                ended[rec.sequence] = True
             if rec.sequence != current:
                 held[rec.sequence].append(rec)
                 continue

@@ -464,7 +464,8 @@ class Watched(Sampler):
         self.sequences = [self]  # this chooser, then the ones it made for sequences 1, 2, ...
 
     def for_sequence(self, i):
-        twin = Watched(super().for_sequence(i).seed)
+        twin = super().for_sequence(i)  # a Watched copy on sequence i's seed, with logs of its own
+        twin.margins, twin.sequences = [], [twin]
         self.sequences.append(twin)
         return twin
 
