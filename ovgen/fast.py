@@ -1,19 +1,24 @@
 """`precision="fast"`: each phase in the inference precision that runs it fastest on this CPU.
 
-The CPU plugin's bf16 prefills a long prompt ~3x faster than f32 on an AMX Xeon and decodes ~1.3x
-slower there (issue 17's measurement), so no single precision is best for a whole generation. A
-`Plan` says which precision prefills (prompts of at least `min_prefill_tokens`) and which decodes;
-when they differ the model is compiled twice and the KV state is handed from the prefill request to
-the decode request once, after the prompt (`Session.prefill`): O(prompt) copied once. The prefill
-compile keeps its KV state in f32 (`model._prefill_config`): reading it is then a plain copy.
+No single precision is best for a whole generation on a bf16 CPU. On an AMX Xeon (2026-12-06,
+SmolLM2 int4) bf16 prefills 1,024 tokens 4.8x faster than f32, while a decode step runs fastest at
+the f32 hint with the plugin's dynamic int8 quantization of the activations ("f32-dq": int8 AMX
+kernels, 0.75x bf16's step) and exact's f32 (no quantization) is the slowest of the three. A `Plan`
+says which hint prefills (prompts of at least `min_prefill_tokens`) and which decodes; when they
+differ the model is compiled twice and the KV state is handed from the prefill request to the
+decode request once, after the prompt (`Session.prefill`; the copy runs when the session is next
+used, so the first token does not wait for it): O(prompt) copied once. The prefill compile keeps
+its KV state at `prefill_kv`, the precision the CPU plugin hands out fastest (measured: f32 on an
+AVX2 EPYC, 25 ms for 1,024 tokens where f16 took 124; u8 on the AMX Xeon, 9 ms where f32 took 88).
 
 The plan for "fast" is measured, not assumed: on a CPU whose plugin lists BF16, `calibrate` times
-prefill at a few prompt lengths and a decode step in f32 and bf16 (a few seconds, once per CPU,
-OpenVINO version and model; cached under $OVGEN_HOME/fast/) and picks per phase, with the prompt
-length from which bf16 prefill wins. On a CPU without bf16 there is nothing faster than f32: fast
-is exact, and the report says so. An explicit plan, `precision={"prefill": "bf16", "decode": "f32",
-"min_prefill_tokens": 64}`, skips the measurement (and splits even when both are the same, which is
-how the handover is tested on any CPU).
+prefill at a few prompt lengths and a decode step at each hint (~30 s, once per CPU, OpenVINO
+version and model; cached under $OVGEN_HOME/fast/), the handover at each prefill KV precision when
+the phases' winners differ, and picks per phase, with the prompt length from which the split pays
+for its handover. On a CPU without bf16 there is nothing faster than f32 (and dynamic quantization
+changes nothing on AVX2): fast is exact, and the report says so. An explicit plan,
+`precision={"prefill": "bf16", "decode": "f32-dq", "min_prefill_tokens": 64}`, skips the
+measurement (and splits even when both are the same, which is how the handover is tested on any CPU).
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ import openvino as ov
 from .backend import TOP_GATE
 from .runtime import device_info, has_bf16
 
-HINTS = ("f32", "bf16", "f16")
-CALIBRATION = 2
+HINTS = ("f32", "f32-dq", "bf16", "f16")  # see ovgen/precision.py
+KV_PRECISIONS = ("f32", "f16", "bf16", "u8")
+CANDIDATES = ("f32", "f32-dq", "bf16")  # what calibrate times (the CPU plugin has no f16 kernels on x86 CPUs
+# short of AMX-FP16, and on an AMX Xeon an f16 hint failed to compile the exported IR)
+HANDOVER_KV = ("f32", "u8")  # the prefill compile's KV precisions calibrate tries for the handover
+CALIBRATION = 3
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class Plan:
     min_prefill_tokens: int = 0  # shorter prompts prefill on the decode compile
     split: bool = True  # two compiled models (False: one, both phases in `decode`)
     source: str = "explicit"  # "explicit", "calibrated (...)" or why it is a single compile
+    prefill_kv: str = "f32"  # KV_CACHE_PRECISION of the prefill compile (what the handover reads)
 
     @property
     def describe(self) -> dict:
@@ -49,16 +59,20 @@ class Plan:
 
 def plan_from(value: dict) -> Plan:
     """An explicit plan from `precision={...}`; ValueError naming the field."""
-    unknown = set(value) - {"prefill", "decode", "min_prefill_tokens"}
+    unknown = set(value) - {"prefill", "decode", "min_prefill_tokens", "prefill_kv"}
     if unknown:
-        raise ValueError(f"precision plan: unknown field(s) {sorted(unknown)}; use prefill, decode, min_prefill_tokens")
+        raise ValueError(f"precision plan: unknown field(s) {sorted(unknown)}; use prefill, decode, "
+                         "min_prefill_tokens, prefill_kv")
     for phase in ("prefill", "decode"):
         if value.get(phase) not in HINTS:
             raise ValueError(f"precision plan: {phase} must be one of {', '.join(HINTS)}, got {value.get(phase)!r}")
     n = value.get("min_prefill_tokens", 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"precision plan: min_prefill_tokens must be an integer >= 0, got {n!r}")
-    return Plan(value["prefill"], value["decode"], n)
+    kv = value.get("prefill_kv", "f32")
+    if kv not in KV_PRECISIONS:
+        raise ValueError(f"precision plan: prefill_kv must be one of {', '.join(KV_PRECISIONS)}, got {kv!r}")
+    return Plan(value["prefill"], value["decode"], n, prefill_kv=kv)
 
 
 def fast_plan(folder: Path, device: str, compile_fn) -> Plan:
@@ -86,24 +100,63 @@ def _cache_path(folder: Path, device: str) -> Path:
 
 
 def calibrate(folder: Path, device: str, compile_fn, lengths=(32, 256, 1024), steps: int = 16) -> Plan:
-    """Median times of prefill at `lengths` and of a decode step, f32 against bf16 (interleaved,
-    3 rounds); the prefill precision is bf16 from the shortest length where it wins."""
-    compiled = {h: compile_fn(h) for h in ("f32", "bf16")}
-    reqs = {h: c.create_infer_request() for h, c in compiled.items()}
+    """Median times (3 interleaved rounds) of prefill at `lengths` and of a decode step at each
+    CANDIDATES hint. Decode takes the fastest step; prefill the fastest hint at the longest length.
+    When the two differ, the handover of that length is timed from a prefill compile at each
+    HANDOVER_KV precision and the cheapest taken; the split then starts at the shortest length where
+    prefill + handover (scaled to the length) beats prefilling on the decode compile, else it is one
+    compile. `compile_fn(hint, kv=None)` compiles the IR at a hint (and a KV precision)."""
+    reqs = {h: compile_fn(h).create_infer_request() for h in CANDIDATES}
     times = {(h, n): [] for h in reqs for n in (*lengths, "step")}
-    for _ in range(3):
+    for r in range(3):
+        order = list(reqs) if r % 2 == 0 else list(reqs)[::-1]
         for n in lengths:
-            for h, r in reqs.items():
-                times[h, n].append(_prefill_time(r, n))
-        for h, r in reqs.items():
-            times[h, "step"].append(_step_time(r, steps))
+            for h in order:
+                times[h, n].append(_prefill_time(reqs[h], n))
+        for h in order:
+            times[h, "step"].append(_step_time(reqs[h], steps))
     med = {k: float(np.median(v)) for k, v in times.items()}
-    wins = [n for n in lengths if med["bf16", n] < med["f32", n]]
-    decode = "bf16" if med["bf16", "step"] < med["f32", "step"] else "f32"
-    prefill, min_tokens = ("bf16", min(wins)) if wins else (decode, 0)
-    detail = ", ".join(f"{k[1]}: f32 {med['f32', k[1]]:.1f} / bf16 {med['bf16', k[1]]:.1f} ms"
-                       for k in times if k[0] == "f32")
-    return Plan(prefill, decode, min_tokens, split=prefill != decode, source=f"calibrated ({detail})")
+    return choose_plan(med, lengths, lambda prefill, decode, kv: _handover_time(compile_fn(prefill, kv), reqs[decode],
+                                                                                 lengths[-1]))
+
+
+def choose_plan(med: dict, lengths, handover_ms) -> Plan:
+    """calibrate's choice from the median times `med[(hint, length or "step")]` (ms);
+    `handover_ms(prefill, decode, kv)`: the handover of `lengths[-1]` tokens from a compile at hint
+    `prefill` and KV precision `kv` to one at hint `decode`."""
+    hints = sorted({h for h, _ in med}, key=CANDIDATES.index)
+    detail = "; ".join(f"{n}: " + " / ".join(f"{h} {med[h, n]:.1f}" for h in hints) + " ms" for n in (*lengths, "step"))
+    decode = min(hints, key=lambda h: med[h, "step"])
+    prefill = min(hints, key=lambda h: med[h, lengths[-1]])
+    if prefill == decode:
+        return Plan(decode, decode, 0, split=False, source=f"calibrated ({detail})")
+    kv_ms = {kv: handover_ms(prefill, decode, kv) for kv in HANDOVER_KV}
+    kv = min(kv_ms, key=kv_ms.get)
+    per_token = kv_ms[kv] / lengths[-1]
+    wins = [n for n in lengths if med[prefill, n] + per_token * n < med[decode, n]]
+    detail += f"; handover of {lengths[-1]}: " + " / ".join(f"KV {k} {v:.1f}" for k, v in kv_ms.items()) + " ms"
+    if not wins:
+        return Plan(decode, decode, 0, split=False, source=f"calibrated ({detail})")
+    return Plan(prefill, decode, min(wins), source=f"calibrated ({detail})", prefill_kv=kv)
+
+
+def copy_states(src: ov.InferRequest, dst: ov.InferRequest) -> None:
+    """The KV handover: every state of `src` into `dst`'s state of the same name (converted to its
+    KV precision by the plugin)."""
+    states = {s.name: s for s in dst.query_state()}
+    for s in src.query_state():
+        states[s.name].state = s.state
+
+
+def _handover_time(compiled: ov.CompiledModel, dst: ov.InferRequest, n: int) -> float:
+    src = compiled.create_infer_request()
+    out = []
+    for _ in range(3):
+        _prefill_time(src, n)
+        t0 = perf_counter()
+        copy_states(src, dst)
+        out.append((perf_counter() - t0) * 1e3)
+    return float(np.median(out))
 
 
 def _inputs(r: ov.InferRequest, ids: np.ndarray, past: int) -> dict:

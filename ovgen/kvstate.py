@@ -166,9 +166,13 @@ def precision_of(model) -> dict[str, str]:
     """The properties its KV states depend on; a split plan's (ovgen/fast.py) prefill precision too, when
     it differs from its decode's: the prompt's states are the prefill compile's."""
     out = {k: model.ov_config.get(k, "") for k in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")}
-    prefill = model.report.get("prefill_properties", {}).get("INFERENCE_PRECISION_HINT")
-    if prefill and prefill != out["INFERENCE_PRECISION_HINT"]:
-        out["PREFILL_INFERENCE_PRECISION_HINT"] = prefill
+    dq = model.ov_config.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0")
+    if dq != "0":  # int8 activations give other K/V (named only when on: exact's files stay as they were)
+        out["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = dq
+    pre = model.report.get("prefill_properties", {})
+    for k in ("INFERENCE_PRECISION_HINT", "DYNAMIC_QUANTIZATION_GROUP_SIZE"):
+        if pre.get(k) and pre[k] != model.report["properties"].get(k):
+            out["PREFILL_" + k] = pre[k]
     return out
 
 

@@ -182,12 +182,13 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
     gen_config = generation_defaults(folder, config)
     ir, sliced, vocab, top = build_ir(folder, last_logits_only, attention=attention)
     name = P.check_precision(precision)
-    plan = _plan(precision, folder, device, lambda hint: compile_ir(ir, device, P.compile_properties(hint, device,
-                                                                                                    ov_config)))
+    plan = _plan(precision, folder, device, lambda hint, kv=None: compile_ir(
+        ir, device, P.compile_properties(hint, device, _kv_config(device, ov_config, kv))))
     hint = plan.decode if plan else P.inference_hint(precision, device)
     props = P.compile_properties(hint, device, ov_config)
     compiled = compile_ir(ir, device, props)
-    prefill = compile_ir(ir, device, P.compile_properties(plan.prefill, device, _prefill_config(device, ov_config))) \
+    prefill = compile_ir(ir, device, P.compile_properties(plan.prefill, device, _kv_config(device, ov_config,
+                                                                                           plan.prefill_kv))) \
         if plan and plan.split else None
     phases = {"prefill": P.read_back(prefill or compiled, P.REPORTED), "decode": P.read_back(compiled, P.REPORTED)}
     report = {**P.describe(name, device, phases, plan.describe if plan else None), "attention": attention}
@@ -198,12 +199,13 @@ def load(path: str | Path | None = None, device: str = "CPU", ov_config: dict[st
                  min_prefill_tokens=plan.min_prefill_tokens if plan and plan.split else 0, attention=attention)
 
 
-def _prefill_config(device: str, ov_config: dict | None) -> dict:
-    """The prefill compile of a split plan keeps its KV state in f32 (unless ov_config pins it): the
-    handover reads that state once, and the CPU plugin returns an f32 state as a plain copy but
-    converts an f16 one (measured, 1,024 tokens of SmolLM2: 25 ms against 124 ms); the decode
-    compile stores it at its own KV precision as it is set (6 ms)."""
-    return {"KV_CACHE_PRECISION": "f32", **(ov_config or {})} if device.split(":")[0] == "CPU" else dict(ov_config or {})
+def _kv_config(device: str, ov_config: dict | None, kv: str | None) -> dict:
+    """ov_config with KV_CACHE_PRECISION `kv` (None: as it is) unless ov_config pins it: a split plan's
+    prefill compile keeps its KV state at the plan's `prefill_kv`, the precision the handover reads
+    fastest on this CPU (ovgen/fast.py); the decode compile stores it at its own KV precision."""
+    if kv is None or device.split(":")[0] != "CPU":
+        return dict(ov_config or {})
+    return {"KV_CACHE_PRECISION": kv, **(ov_config or {})}
 
 
 def _plan(precision, folder: Path, device: str, compile_fn):
@@ -254,6 +256,7 @@ def compile_ir(ir: ov.Model, device: str, props: dict) -> ov.CompiledModel:
     except RuntimeError as e:  # a key or value the plugin refuses: its message names it (and the choices)
         reason = str(e).strip().splitlines()[-1]
         named = any(f"{v}" in reason for v in props.values() if len(f"{v}") > 1)  # "... from str: lots; stoi"
-        if "propert" not in reason.lower() and not named:
-            raise
+        if "propert" not in reason.lower() and not named:  # e.g. a hint this CPU's plugin cannot build the
+            asked = {k: props[k] for k in P.PINNED if k in props}  # graph in: name what was asked
+            raise RuntimeError(f"OpenVINO could not compile the model for {device} with {asked}: {reason}") from e
         raise ValueError(f"ov_config: {reason}") from None

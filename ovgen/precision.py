@@ -10,6 +10,10 @@
     fast    each phase in the precision that runs it fastest on this CPU (see ovgen/fast.py); on
             a CPU with no faster precision than f32 it is `exact`, and the report says so.
 
+A per-phase plan names each phase's hint: "f32" (exact's: no dynamic quantization), "f32-dq" (the f32
+hint with the plugin's own dynamic int8 quantization of the int4/int8 matmuls' activations: on
+VNNI/AMX CPUs a decode step runs on int8 kernels, 0.7x bf16's time on an AMX Xeon), "bf16", "f16".
+
 `ov_config` overrides anything the policy sets. What a model runs with is read back from the
 compiled model (`read_back`), never assumed: the plugin silently falls back to f32 where a hint
 asks for a precision the CPU does not have. On a virtual device over the CPU (AUTO, HETERO:CPU,
@@ -60,20 +64,21 @@ def check_precision(precision) -> str:
 
 
 def inference_hint(precision: str, device: str) -> str | None:
-    """INFERENCE_PRECISION_HINT for one phase under `precision` ("exact"/"native"; None = the
-    plugin's default), or an explicit element type ("f32", "bf16", "f16") as `fast` plans use."""
+    """The hint of one phase under `precision` ("exact"/"native"; None = the plugin's default), or
+    a plan's ("f32", "f32-dq", "bf16", "f16"), as compile_properties takes it."""
     if not cpu_under(device):
         return None  # other devices keep their own defaults; what they chose is read back
     return {"exact": "f32", "native": None}.get(precision, precision)
 
 
 def compile_properties(hint: str | None, device: str, ov_config: Mapping[str, Any] | None) -> dict:
-    """What `compile_model` gets: the policy's hint and ovgen's CPU defaults, under `ov_config`."""
+    """What `compile_model` gets: the policy's hint and ovgen's CPU defaults, under `ov_config`.
+    "f32-dq" is the f32 hint without F32_DEFAULTS (the plugin's dynamic quantization stays on)."""
     cpu: dict[str, Any] = {}
     if cpu_under(device):
         cpu.update(CPU_DEFAULTS)
         if hint is not None:
-            cpu["INFERENCE_PRECISION_HINT"] = hint
+            cpu["INFERENCE_PRECISION_HINT"] = "f32" if hint == "f32-dq" else hint
         if hint == "f32":
             cpu.update(F32_DEFAULTS)
     user = dict(ov_config or {})

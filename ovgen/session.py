@@ -29,6 +29,7 @@ import openvino as ov
 
 from . import kvstate
 from .backend import TOP_GATE, check_rewind, check_token_ids, token_array
+from .fast import copy_states
 
 
 class TokenHistory:
@@ -175,7 +176,8 @@ class Session(TokenHistory):
         self.infer_start_ns = 0  # perf_counter_ns() when the last infer started
         self._prefill_request = None  # on the prefill compile of a split plan (ovgen/fast.py), made on first use
         self._prefill_out = None
-        self.handover_ns = 0  # the last prefill's KV handover to the decode compile (0: none)
+        self.handover_ns = 0  # the last prefill's KV handover to the decode compile (0: none, or not yet run)
+        self._handover_due = False  # the prefill compile holds the prompt's KV, the decode request not yet
         self._set_gate(self.request)
 
     @property
@@ -202,6 +204,7 @@ class Session(TokenHistory):
     # ---- running the model --------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything: empty KV state, empty history."""
+        self._handover_due = False  # (nothing to hand over: the state goes)
         self.settle()
         self._changed()
         with kvstate.changing(self):  # (cut off between the state and the history: reset again)
@@ -226,13 +229,16 @@ class Session(TokenHistory):
         ids = self._append_ids(token_ids, 1, rows=False)  # bad ids leave the session as it was
         check_token_ids(ids, self.model.vocab_size)
         self.reset()
+        self.handover_ns = 0
         if self.model.prefill_compiled is not None and ids.shape[-1] >= self.model.min_prefill_tokens:
             return self._prefill_handover(ids)
         return self._infer(ids, 1)
 
     def _prefill_handover(self, ids: np.ndarray) -> np.ndarray:
-        """The prompt on the prefill compile's request, then its KV state copied into this session's
-        (decode) request: O(prompt), once."""
+        """The prompt on the prefill compile's request. Its KV state is copied into this session's
+        (decode) request when the session is next used (`settle`): O(prompt), once, after the first
+        token is out rather than before it (the first decode step does not overlap the host's work on
+        the first record, `start_step`)."""
         if self._prefill_request is None:
             self._prefill_request = self.model.prefill_compiled.create_infer_request()
             self._set_gate(self._prefill_request)
@@ -244,21 +250,22 @@ class Session(TokenHistory):
         finally:
             self._prefill_out = self._out
             self.request, self._out, self._fast = decode
-        # the history holds the prompt, the decode request not yet: flagged before the first call (a Ctrl-C
-        # lands right after one) until the decode request holds the whole prompt
+        self._handover_due = True
+        return logits
+
+    def _handover(self) -> None:
+        """The deferred handover: the history holds the prompt, the decode request not yet; flagged
+        before the copy (a Ctrl-C lands right after one) until the decode request holds it all."""
+        self._handover_due = False
         self._flux = True
         try:
             t0 = perf_counter_ns()
-            states = {s.name: s for s in self.request.query_state()}
-            for s in self._prefill_request.query_state():
-                states[s.name].state = s.state
+            copy_states(self._prefill_request, self.request)
         except BaseException:
             self._recover()
             raise
         self._flux = False
         self.handover_ns = perf_counter_ns() - t0
-        self.infer_ns += self.handover_ns
-        return logits
 
     def prefill_rows(self, rows, pad_id: int = 0) -> np.ndarray:
         """Reset, then run several prompts of any lengths as one batch: left-padded with `pad_id`,
@@ -393,8 +400,8 @@ class Session(TokenHistory):
         other Session call finishes a pending step first."""
         if self._flux and self._pending is None:
             self.settle()  # (a step an exception cut off: see _recover)
-        if self._pending is not None or not self._fast_ok():
-            return 0
+        if self._pending is not None or self._handover_due or not self._fast_ok():
+            return 0  # (a due handover runs in step(), after the caller's work on the prompt's token)
         self._prepare_one(int(token))
         return self._start(None, None, 1, one=int(token))
 
@@ -523,7 +530,10 @@ class Session(TokenHistory):
     def settle(self, step_id: int | None = None) -> None:
         """Finish the pending step, if any (only if it is `step_id`, when given: a generation that
         was abandoned must not finish a step that a later one started). Its logits stay for the
-        `finish_step()` of whoever started it, until the next infer or state change."""
+        `finish_step()` of whoever started it, until the next infer or state change. A split plan's
+        KV handover that is due runs here (every call that uses the state settles first)."""
+        if self._handover_due:
+            self._handover()
         if self._pending is not None and step_id in (None, self._step_id):
             self._settled = (self._step_id, self.finish_step())
         elif self._flux and self._pending is None:  # (an exception that landed outside the handlers)

@@ -13,6 +13,7 @@ import pytest
 import ovgen
 from conftest import PROMPTS
 from ovgen.chat import Chat
+from ovgen.fast import choose_plan
 from ovgen.runtime import has_bf16
 
 SAME = {"prefill": "f32", "decode": "f32", "min_prefill_tokens": 4}
@@ -49,7 +50,7 @@ def test_a_bf16_prefills_states_are_not_restored_into_an_exact_session(model, mo
     s.prefill(model.tokenizer.encode(PROMPTS[4]))
     exact = model.session()
     if has_bf16():
-        with pytest.raises(ValueError, match=r"another model \(.*PREFILL_INFERENCE_PRECISION_HINT=bf16\)"):
+        with pytest.raises(ValueError, match=r"another model \(.*PREFILL_INFERENCE_PRECISION_HINT=bf16[,)]"):
             exact.restore(s.snapshot())
         assert exact.length == 0
     else:
@@ -60,9 +61,27 @@ def test_a_bf16_prefills_states_are_not_restored_into_an_exact_session(model, mo
 def test_short_prompts_skip_the_handover(split):
     s = split.session()
     s.prefill([1, 2, 3])
+    s.step(4)
     assert s.handover_ns == 0
     s.prefill(split.tokenizer.encode(PROMPTS[4]))
+    s.settle()
     assert s.handover_ns > 0 and s.length == len(split.tokenizer.encode(PROMPTS[4]))
+
+
+def test_the_handover_runs_after_the_first_token(model, split):
+    """The first record is out before the KV copy (it does not count in the TTFT); the copy runs when
+    the session is next used, and a reset before then drops it."""
+    ids = split.tokenizer.encode(PROMPTS[4])
+    s = split.session()
+    seen = []
+    for rec in ovgen.stream(split, ids, {"max_new_tokens": 4, "ignore_eos": True}, session=s):
+        seen.append((rec.token_id, s.handover_ns))
+    assert seen[0][1] == 0 and all(h > 0 for _, h in seen[1:])
+    assert [t for t, _ in seen] == _greedy(model, ids, 4)
+    s.prefill(ids)
+    s.reset()
+    assert s.handover_ns == 0 and s.length == 0
+    assert [int(np.argmax(s.prefill(ids)))] == _greedy(model, ids, 1)
 
 
 def test_rewind_snapshot_and_beams_after_the_handover(model, split):
@@ -124,7 +143,8 @@ def test_fast_is_measured_or_exact(model_dir):
 
 
 @pytest.mark.parametrize("plan,message", [
-    ({"prefill": "int4", "decode": "f32"}, "prefill must be one of f32, bf16, f16"),
+    ({"prefill": "int4", "decode": "f32"}, "prefill must be one of f32, f32-dq, bf16, f16"),
+    ({"prefill": "bf16", "decode": "f32", "prefill_kv": "i8"}, "prefill_kv must be one of f32, f16, bf16, u8"),
     ({"prefill": "f32"}, "decode must be one of"),
     ({"prefill": "f32", "decode": "f32", "min_prefill_tokens": -1}, "min_prefill_tokens must be an integer >= 0"),
     ({"prefill": "f32", "decode": "f32", "batch": 2}, r"unknown field\(s\) \['batch'\]"),
@@ -132,3 +152,60 @@ def test_fast_is_measured_or_exact(model_dir):
 def test_bad_plans_are_refused_before_compiling(model_dir, plan, message):
     with pytest.raises(ValueError, match=message):
         ovgen.load(model_dir, precision=plan)
+
+
+def test_a_plan_names_each_phases_hint_kv_and_quantization(model_dir):
+    """"f32-dq" is the f32 hint with the plugin's dynamic quantization left on (exact's f32 turns it off);
+    the prefill compile keeps its KV at the plan's prefill_kv. Both read back from the compiled models."""
+    m = ovgen.load(model_dir, precision={"prefill": "f32", "decode": "f32-dq", "min_prefill_tokens": 4,
+                                         "prefill_kv": "u8"})
+    decode, prefill = m.report["properties"], m.report["prefill_properties"]
+    assert decode["INFERENCE_PRECISION_HINT"] == prefill["INFERENCE_PRECISION_HINT"] == "f32"
+    assert decode["DYNAMIC_QUANTIZATION_GROUP_SIZE"] != "0" and prefill["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+    assert decode["KV_CACHE_PRECISION"] == "f16" and prefill["KV_CACHE_PRECISION"] == "u8"
+    assert m.report["plan"]["prefill_kv"] == "u8"
+    ids = m.tokenizer.encode(PROMPTS[4])
+    out = _greedy(m, ids, 8)  # the u8 state handed over to an f16 cache: a generation goes on from it
+    assert len(out) == 8 and m.session().prefill(ids).shape == (m.vocab_size,)
+
+
+def _times(prefill: dict, step: dict) -> dict:
+    return {**{(h, n): t for h, row in prefill.items() for n, t in zip((32, 256, 1024), row)},
+            **{(h, "step"): t for h, t in step.items()}}
+
+
+def test_calibration_picks_each_phase_and_where_the_split_pays():
+    """choose_plan on the medians an AMX Xeon measured (2026-12-06): bf16 prefills, f32-dq decodes, the
+    handover from a u8 prefill cache is the cheap one, and at 32 tokens the split does not pay."""
+    med = _times({"f32": (77.0, 382.0, 2079.0), "f32-dq": (47.5, 224.7, 1642.7), "bf16": (47.2, 105.7, 418.8)},
+                 {"f32": 21.6, "f32-dq": 15.5, "bf16": 20.4})
+    asked = []
+
+    def handover(prefill, decode, kv):
+        asked.append((prefill, decode, kv))
+        return {"f32": 97.0, "u8": 15.0}[kv]
+
+    plan = choose_plan(med, (32, 256, 1024), handover)
+    assert (plan.prefill, plan.decode, plan.prefill_kv, plan.min_prefill_tokens, plan.split) == \
+        ("bf16", "f32-dq", "u8", 256, True)
+    assert asked == [("bf16", "f32-dq", "f32"), ("bf16", "f32-dq", "u8")]
+    assert "handover of 1024: KV f32 97.0 / KV u8 15.0 ms" in plan.source
+    # bf16 fastest in both phases (the bf16 Xeon and EPYCs of the README): one compile, no handover timed
+    both = choose_plan(_times({"f32": (48, 293, 1980), "f32-dq": (40, 250, 1700), "bf16": (30, 157, 981)},
+                              {"f32": 13.9, "f32-dq": 12.0, "bf16": 10.2}), (32, 256, 1024), handover)
+    assert (both.prefill, both.decode, both.split, len(asked)) == ("bf16", "bf16", False, 2)
+    # a handover dearer than what the prefill saves at every length: one compile at the decode's hint
+    dear = choose_plan(med, (32, 256, 1024), lambda p, d, kv: 5000.0)
+    assert (dear.prefill, dear.decode, dear.split) == ("f32-dq", "f32-dq", False)
+
+
+def test_a_hint_the_plugin_cannot_compile_is_named(model_dir):
+    """On an AMX Xeon (OpenVINO 2026.4.1) an f16 hint fails to compile the exported IR itself ("object is
+    not initialized"); the error names the device and the properties asked. Elsewhere it compiles (or the
+    plugin falls back to what it has) and reads back what runs."""
+    try:
+        m = ovgen.load(model_dir, precision={"prefill": "f16", "decode": "f16"})
+    except RuntimeError as e:
+        assert "could not compile the model for CPU with {'INFERENCE_PRECISION_HINT': 'f16'" in str(e)
+    else:
+        assert m.report["properties"]["INFERENCE_PRECISION_HINT"] in ("f16", "f32", "bf16")
