@@ -3,7 +3,7 @@
 No single precision is best for a whole generation on a bf16 CPU. On an AMX Xeon (2026-12-06,
 SmolLM2 int4) bf16 prefills 1,024 tokens 4.8x faster than f32, while a decode step runs fastest at
 the f32 hint with the plugin's dynamic int8 quantization of the activations ("f32-dq": int8 AMX
-kernels, 0.75x bf16's step) and exact's f32 (no quantization) is the slowest of the three. A `Plan`
+kernels, 0.76x bf16's step) and exact's f32 (no quantization) is the slowest of the three. A `Plan`
 says which hint prefills (prompts of at least `min_prefill_tokens`) and which decodes; when they
 differ the model is compiled twice and the KV state is handed from the prefill request to the
 decode request once, after the prompt (`Session.prefill`; the copy runs when the session is next
@@ -12,7 +12,7 @@ its KV state at `prefill_kv`, the precision the CPU plugin hands out fastest (me
 AVX2 EPYC, 25 ms for 1,024 tokens where f16 took 124; u8 on the AMX Xeon, 9 ms where f32 took 88).
 
 The plan for "fast" is measured, not assumed: on a CPU whose plugin lists BF16, `calibrate` times
-prefill at a few prompt lengths and a decode step at each hint (~30 s, once per CPU, OpenVINO
+prefill at a few prompt lengths and a decode step at each hint (~40 s, once per CPU, OpenVINO
 version and model; cached under $OVGEN_HOME/fast/), the handover at each prefill KV precision when
 the phases' winners differ, and picks per phase, with the prompt length from which the split pays
 for its handover. On a CPU without bf16 there is nothing faster than f32 (and dynamic quantization
