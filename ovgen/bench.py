@@ -14,6 +14,7 @@ from time import perf_counter
 import numpy as np
 
 from .profiling import STAGES, Profile, chrome_trace, stage_ns
+from .precision import label as precision_label
 from .runtime import describe_cpu
 
 _TEXT = ("The river rose slowly through the night, and by morning the low fields east of the village were "
@@ -120,7 +121,7 @@ def table(result: dict) -> str:
             "callback (ms)")
     rep = result["report"]
     lines = [f"{describe_cpu(rep)}, "
-             f"precision {result['precision']}: " + ", ".join(f"{k} {v}" for k, v in result["ov_config"].items()),
+             f"precision {precision_label(rep)}: " + ", ".join(f"{k} {v}" for k, v in result["ov_config"].items()),
              f"floor: {result['floor']['weights_bytes'] / 1e6:.0f} MB of weights + "
              f"{result['floor']['kv_bytes_per_token'] / 1e3:.1f} KB of KV per token, read at "
              f"{result['floor']['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (a NumPy copy's bandwidth)", head]

@@ -25,6 +25,7 @@ from time import perf_counter_ns
 
 import numpy as np
 
+from .precision import label as precision_label
 from .runtime import describe_cpu
 from .ties import first_divergence
 
@@ -139,7 +140,7 @@ def runners(ir_dir: Path, onnx_dir: Path, new_tokens: int, precision: str = "exa
 
     run = {"ovgen-ov": ovgen_runner(ov_model, greedy), "ovgen-onnx": ovgen_runner(onnx_model, greedy),
            "ort-genai": ort_own, "ov-genai": genai_runner(pipe, gcfg)}
-    ov_precision = f"{precision} ({ov_model.ov_config['INFERENCE_PRECISION_HINT']})"
+    ov_precision = precision_label(ov_model.report)
     precisions = {"ovgen-ov": ov_precision, "ov-genai": ov_precision, "ovgen-onnx": "onnx", "ort-genai": "onnx"}
     return run, ov_model.tokenizer, precisions, {"openvino": ov_model.report, "onnx": onnx_model.report}
 

@@ -126,3 +126,23 @@ def describe(precision: str, device: str, phases: Mapping[str, Mapping[str, str]
     return {"precision": precision, **device_info(device), "properties": dict(phases["decode"]),
             **({"prefill_properties": dict(phases["prefill"])} if phases["prefill"] != phases["decode"] else {}),
             **({"plan": plan} if plan else {})}
+
+
+def phase_label(props: Mapping[str, str]) -> str:
+    """One phase's read-back properties in a plan's words: "f32-dq, KV u8" (an f32 hint with dynamic
+    quantization on is f32-dq)."""
+    hint = props.get("INFERENCE_PRECISION_HINT", "?")
+    if hint == "f32" and props.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0") != "0":
+        hint = "f32-dq"
+    return f"{hint}, KV {props.get('KV_CACHE_PRECISION', '?')}"
+
+
+def label(report: Mapping[str, Any]) -> str:
+    """What a model runs each phase in, from its report: "exact (f32, KV f16)", "fast (prefill bf16,
+    KV u8 from 32 tokens; decode f32-dq, KV f16)"."""
+    decode = phase_label(report.get("properties", {}))
+    if "prefill_properties" in report:
+        n = report.get("plan", {}).get("min_prefill_tokens", 0)
+        return f"{report['precision']} (prefill {phase_label(report['prefill_properties'])} from {n} tokens; " \
+               f"decode {decode})"
+    return f"{report['precision']} ({decode})"

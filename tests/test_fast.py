@@ -14,6 +14,7 @@ import ovgen
 from conftest import PROMPTS
 from ovgen.chat import Chat
 from ovgen.fast import choose_plan
+from ovgen.precision import label
 from ovgen.runtime import has_bf16
 
 SAME = {"prefill": "f32", "decode": "f32", "min_prefill_tokens": 4}
@@ -154,7 +155,7 @@ def test_bad_plans_are_refused_before_compiling(model_dir, plan, message):
         ovgen.load(model_dir, precision=plan)
 
 
-def test_a_plan_names_each_phases_hint_kv_and_quantization(model_dir):
+def test_a_plan_names_each_phases_hint_kv_and_quantization(model, model_dir):
     """"f32-dq" is the f32 hint with the plugin's dynamic quantization left on (exact's f32 turns it off);
     the prefill compile keeps its KV at the plan's prefill_kv. Both read back from the compiled models."""
     m = ovgen.load(model_dir, precision={"prefill": "f32", "decode": "f32-dq", "min_prefill_tokens": 4,
@@ -164,6 +165,9 @@ def test_a_plan_names_each_phases_hint_kv_and_quantization(model_dir):
     assert decode["DYNAMIC_QUANTIZATION_GROUP_SIZE"] != "0" and prefill["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
     assert decode["KV_CACHE_PRECISION"] == "f16" and prefill["KV_CACHE_PRECISION"] == "u8"
     assert m.report["plan"]["prefill_kv"] == "u8"
+    # as ovgen bench / compare print it
+    assert label(m.report) == "plan (prefill f32, KV u8 from 4 tokens; decode f32-dq, KV f16)"
+    assert label(model.report) == "exact (f32, KV f16)"
     ids = m.tokenizer.encode(PROMPTS[4])
     out = _greedy(m, ids, 8)  # the u8 state handed over to an f16 cache: a generation goes on from it
     assert len(out) == 8 and m.session().prefill(ids).shape == (m.vocab_size,)
