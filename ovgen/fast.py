@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from time import perf_counter
@@ -106,15 +107,19 @@ def calibrate(folder: Path, device: str, compile_fn, lengths=(32, 256, 1024), st
     HANDOVER_KV precision and the cheapest taken; the split then starts at the shortest length where
     prefill + handover (scaled to the length) beats prefilling on the decode compile, else it is one
     compile. `compile_fn(hint, kv=None)` compiles the IR at a hint (and a KV precision)."""
+    from tqdm import tqdm
+
     reqs = {h: compile_fn(h).create_infer_request() for h in CANDIDATES}
     times = {(h, n): [] for h in reqs for n in (*lengths, "step")}
-    for r in range(3):
-        order = list(reqs) if r % 2 == 0 else list(reqs)[::-1]
-        for n in lengths:
-            for h in order:
-                times[h, n].append(_prefill_time(reqs[h], n))
-        for h in order:
-            times[h, "step"].append(_step_time(reqs[h], steps))
+    # ~40 s once per CPU: a bar on a terminal (disable=None: none when stderr is not one)
+    with tqdm(total=len(times) * 3, desc="ovgen: timing each precision on this CPU (once)", unit="run",
+              file=sys.stderr, disable=None, leave=False) as bar:
+        for r in range(3):
+            order = list(reqs) if r % 2 == 0 else list(reqs)[::-1]
+            for n in (*lengths, "step"):
+                for h in order:
+                    times[h, n].append(_prefill_time(reqs[h], n) if n != "step" else _step_time(reqs[h], steps))
+                    bar.update()
     med = {k: float(np.median(v)) for k, v in times.items()}
     return choose_plan(med, lengths, lambda prefill, decode, kv: _handover_time(compile_fn(prefill, kv), reqs[decode],
                                                                                  lengths[-1]))
