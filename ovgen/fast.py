@@ -1,9 +1,9 @@
 """`precision="fast"`: each phase in the inference precision that runs it fastest on this CPU.
 
 No single precision is best for a whole generation on a bf16 CPU. On an AMX Xeon (2026-12-06,
-SmolLM2 int4) bf16 prefills 1,024 tokens 4.8x faster than f32, while a decode step runs fastest at
+SmolLM2 int4) bf16 prefills 1,024 tokens ~4.7x faster than f32, while a decode step runs fastest at
 the f32 hint with the plugin's dynamic int8 quantization of the activations ("f32-dq": int8 AMX
-kernels, 0.76x bf16's step) and exact's f32 (no quantization) is the slowest of the three. A `Plan`
+kernels, ~0.75x bf16's step) and exact's f32 (no quantization) is the slowest of the three. A `Plan`
 says which hint prefills (prompts of at least `min_prefill_tokens`) and which decodes; when they
 differ the model is compiled twice and the KV state is handed from the prefill request to the
 decode request once, after the prompt (`Session.prefill`; the copy runs when the session is next

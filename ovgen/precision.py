@@ -12,7 +12,7 @@
 
 A per-phase plan names each phase's hint: "f32" (exact's: no dynamic quantization), "f32-dq" (the f32
 hint with the plugin's own dynamic int8 quantization of the int4/int8 matmuls' activations: on
-VNNI/AMX CPUs a decode step runs on int8 kernels, 0.76x bf16's time on an AMX Xeon), "bf16", "f16".
+VNNI/AMX CPUs a decode step runs on int8 kernels, ~0.75x bf16's time on an AMX Xeon), "bf16", "f16".
 
 `ov_config` overrides anything the policy sets. What a model runs with is read back from the
 compiled model (`read_back`), never assumed: the plugin silently falls back to f32 where a hint
