@@ -32,17 +32,6 @@ CONTEXTS = (64, 1024)
 PREFILLS = (8, 32, 256, 1024)
 
 
-def step_ms(req, ctx: int, steps: int = 16) -> float:
-    req.reset_state()
-    req.infer(fast._inputs(req, (np.arange(ctx, dtype=np.int64) % 1000 + 100)[None], 0))
-    t = []
-    for i in range(steps):
-        t0 = perf_counter()
-        req.infer(fast._inputs(req, np.array([[200 + i]], np.int64), ctx + i))
-        t.append((perf_counter() - t0) * 1e3)
-    return float(np.median(t))
-
-
 def handover(ir, n: int) -> dict:
     dst = compile_ir(ir, "CPU", compile_properties("f32-dq", "CPU", None)).create_infer_request()
     out = {}
@@ -77,7 +66,7 @@ def main() -> None:
         for cell in cells:
             for k in balanced(list(reqs), i):
                 kind, n = cell
-                times[k, cell].append(step_ms(reqs[k], n) if kind == "step" else fast._prefill_time(reqs[k], n))
+                times[k, cell].append(fast._step_time(reqs[k], 16, n) if kind == "step" else fast._prefill_time(reqs[k], n))
     med = {k: {f"{kind} {n}": float(np.median(times[k, (kind, n)])) for kind, n in cells} for k in reqs}
     hand = handover(ir, 1024)
     report = ovgen.load().report

@@ -187,12 +187,13 @@ def _prefill_time(r: ov.InferRequest, n: int) -> float:
     return (perf_counter() - t0) * 1e3
 
 
-def _step_time(r: ov.InferRequest, steps: int) -> float:
+def _step_time(r: ov.InferRequest, steps: int, context: int = 64) -> float:
+    """Median ms of `steps` one-token steps after a `context`-token prompt."""
     r.reset_state()
-    r.infer(_inputs(r, np.arange(100, 164, dtype=np.int64)[None], 0))
+    r.infer(_inputs(r, (np.arange(context, dtype=np.int64) % 1000 + 100)[None], 0))
     t = []
     for i in range(steps):
         t0 = perf_counter()
-        r.infer(_inputs(r, np.array([[200 + i]], np.int64), 64 + i))
+        r.infer(_inputs(r, np.array([[200 + i]], np.int64), context + i))
         t.append((perf_counter() - t0) * 1e3)
     return float(np.median(t))
