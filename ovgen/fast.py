@@ -11,12 +11,13 @@ used, so the first token does not wait for it): O(prompt) copied once. The prefi
 its KV state at `prefill_kv`, the precision the CPU plugin hands out fastest (measured: f32 on an
 AVX2 EPYC, 25 ms for 1,024 tokens where f16 took 124; u8 on the AMX Xeon, 9 ms where f32 took 88).
 
-The plan for "fast" is measured, not assumed: on a CPU whose plugin lists BF16, `calibrate` times
+The plan for "fast" is measured, not assumed: on a CPU whose plugin lists BF16 (or, without it, whose
+VNNI lets the plugin quantize activations: f32 against f32-dq), `calibrate` times
 prefill at a few prompt lengths and a decode step at each hint (~40 s, once per CPU, OpenVINO
 version and model; cached under $OVGEN_HOME/fast/), the handover at each prefill KV precision when
 the phases' winners differ, and picks per phase, with the prompt length from which the split pays
-for its handover. On a CPU without bf16 there is nothing faster than f32 (and dynamic quantization
-changes nothing on AVX2): fast is exact, and the report says so. An explicit plan,
+for its handover. On a CPU with neither there is nothing faster than f32 (dynamic quantization
+changes nothing on x86 without VNNI: runtime.quantizes_activations): fast is exact, and the report says so. An explicit plan,
 `precision={"prefill": "bf16", "decode": "f32-dq", "min_prefill_tokens": 64}`, skips the
 measurement (and splits even when both are the same, which is how the handover is tested on any CPU).
 """
@@ -34,7 +35,7 @@ import numpy as np
 import openvino as ov
 
 from .backend import TOP_GATE
-from .runtime import device_info, has_bf16
+from .runtime import cpu_under, device_info, has_bf16, quantizes_activations
 
 HINTS = ("f32", "f32-dq", "bf16", "f16")  # see ovgen/precision.py
 KV_PRECISIONS = ("f32", "f16", "bf16", "u8")
@@ -77,14 +78,17 @@ def plan_from(value: dict) -> Plan:
 
 
 def fast_plan(folder: Path, device: str, compile_fn) -> Plan:
-    """The plan "fast" means on this device: f32 throughout without bf16, else calibrated (cached)."""
-    if not has_bf16(device):
+    """The plan "fast" means on this device: f32 throughout without bf16, else calibrated (cached).
+    A virtual device over a bf16 CPU (AUTO, HETERO:CPU) is calibrated too, compiled as itself."""
+    bf16, dq = has_bf16(device), cpu_under(device) and quantizes_activations(device_info(device))
+    if not bf16 and not dq:
         return Plan("f32", "f32", 0, split=False,
-                    source="fast = exact: this CPU has no inference precision faster than f32")
+                    source="fast = exact: this CPU has no inference precision faster than f32 (no bf16, and no "
+                           "VNNI for the plugin's int8 activations)")
     path = _cache_path(folder, device)
     if path.is_file():
         return Plan(**json.loads(path.read_text()))
-    plan = calibrate(folder, device, compile_fn)
+    plan = calibrate(folder, device, compile_fn, hints=CANDIDATES if bf16 else ("f32", "f32-dq"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(plan)))
     return plan
@@ -95,21 +99,25 @@ def _cache_path(folder: Path, device: str) -> Path:
 
     info = device_info(device)
     # CALIBRATION names what a cached plan was measured with (2: f32 phases without dynamic quantization)
-    key = json.dumps([CALIBRATION, info.get("name"), info.get("cpu_model"), info.get("cpu_flags"), ov.get_version(),
-                      str(folder.resolve()), (folder / "openvino_model.bin").stat().st_size])
+    key = [CALIBRATION, info.get("name"), info.get("cpu_model"), info.get("cpu_flags"), ov.get_version(),
+           str(folder.resolve()), (folder / "openvino_model.bin").stat().st_size]
+    if device != "CPU":  # a virtual device over the CPU (AUTO, HETERO:CPU) is timed as itself
+        key.append(device)
+    key = json.dumps(key)
     return ovgen_home() / "fast" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
 
 
-def calibrate(folder: Path, device: str, compile_fn, lengths=(32, 256, 1024), steps: int = 16) -> Plan:
-    """Median times (3 interleaved rounds) of prefill at `lengths` and of a decode step at each
-    CANDIDATES hint. Decode takes the fastest step; prefill the fastest hint at the longest length.
+def calibrate(folder: Path, device: str, compile_fn, lengths=(32, 256, 1024), steps: int = 16,
+              hints=CANDIDATES) -> Plan:
+    """Median times (3 interleaved rounds) of prefill at `lengths` and of a decode step at each of
+    `hints` (CANDIDATES; f32 and f32-dq on a CPU with VNNI but no bf16). Decode takes the fastest step; prefill the fastest hint at the longest length.
     When the two differ, the handover of that length is timed from a prefill compile at each
     HANDOVER_KV precision and the cheapest taken; the split then starts at the shortest length where
     prefill + handover (scaled to the length) beats prefilling on the decode compile, else it is one
     compile. `compile_fn(hint, kv=None)` compiles the IR at a hint (and a KV precision)."""
     from tqdm import tqdm
 
-    reqs = {h: compile_fn(h).create_infer_request() for h in CANDIDATES}
+    reqs = {h: compile_fn(h).create_infer_request() for h in hints}
     times = {(h, n): [] for h in reqs for n in (*lengths, "step")}
     # ~40 s once per CPU: a bar on a terminal (disable=None: none when stderr is not one)
     with tqdm(total=len(times) * 3, desc="ovgen: timing each precision on this CPU (once)", unit="run",

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from .runtime import quantizes_activations
+
 FORMAT, VERSION = "ovgen-session", 1
 
 
@@ -166,11 +168,15 @@ def precision_of(model) -> dict[str, str]:
     """The properties its KV states depend on; a split plan's (ovgen/fast.py) prefill precision too, when
     it differs from its decode's: the prompt's states are the prefill compile's."""
     out = {k: model.ov_config.get(k, "") for k in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION")}
+    # int8 activations give other K/V: named only when on (exact's files stay as they were), and only where
+    # the CPU quantizes at all (on an AVX2-only CPU native's group size 32 computes exact's states)
+    acts = quantizes_activations(model.report)
+    keys = ("INFERENCE_PRECISION_HINT", "DYNAMIC_QUANTIZATION_GROUP_SIZE") if acts else ("INFERENCE_PRECISION_HINT",)
     dq = model.ov_config.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0")
-    if dq != "0":  # int8 activations give other K/V (named only when on: exact's files stay as they were)
+    if dq != "0" and acts:
         out["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = dq
     pre = model.report.get("prefill_properties", {})
-    for k in ("INFERENCE_PRECISION_HINT", "DYNAMIC_QUANTIZATION_GROUP_SIZE"):
+    for k in keys:
         if pre.get(k) and pre[k] != model.report["properties"].get(k):
             out["PREFILL_" + k] = pre[k]
     return out

@@ -28,7 +28,7 @@ from typing import Any
 
 import openvino as ov
 
-from .runtime import cpu_under, device_info
+from .runtime import cpu_under, device_info, quantizes_activations
 
 PRECISIONS = ("exact", "native", "fast")
 # Compile properties ovgen sets on CPU unless `ov_config` names them. KV cache in f16 instead of the CPU
@@ -128,11 +128,11 @@ def describe(precision: str, device: str, phases: Mapping[str, Mapping[str, str]
             **({"plan": plan} if plan else {})}
 
 
-def phase_label(props: Mapping[str, str]) -> str:
+def phase_label(props: Mapping[str, str], quantizes: bool = True) -> str:
     """One phase's read-back properties in a plan's words: "f32-dq, KV u8" (an f32 hint with dynamic
-    quantization on is f32-dq)."""
+    quantization on, on a CPU where it acts: `quantizes`, runtime.quantizes_activations)."""
     hint = props.get("INFERENCE_PRECISION_HINT", "?")
-    if hint == "f32" and props.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0") != "0":
+    if hint == "f32" and quantizes and props.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0") != "0":
         hint = "f32-dq"
     return f"{hint}, KV {props.get('KV_CACHE_PRECISION', '?')}"
 
@@ -140,9 +140,10 @@ def phase_label(props: Mapping[str, str]) -> str:
 def label(report: Mapping[str, Any]) -> str:
     """What a model runs each phase in, from its report: "exact (f32, KV f16)", "fast (prefill bf16,
     KV u8 from 32 tokens; decode f32-dq, KV f16)"."""
-    decode = phase_label(report.get("properties", {}))
+    acts = quantizes_activations(report)
+    decode = phase_label(report.get("properties", {}), acts)
     if "prefill_properties" in report:
         n = report.get("plan", {}).get("min_prefill_tokens", 0)
-        return f"{report['precision']} (prefill {phase_label(report['prefill_properties'])} from {n} tokens; " \
+        return f"{report['precision']} (prefill {phase_label(report['prefill_properties'], acts)} from {n} tokens; " \
                f"decode {decode})"
     return f"{report['precision']} ({decode})"

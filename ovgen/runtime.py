@@ -13,7 +13,11 @@ from pathlib import Path
 import openvino as ov
 
 # /proc/cpuinfo flags that decide which inference precisions the CPU plugin can use and how fast.
-PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_int8")
+PRECISION_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16",
+                   "amx_int8")
+# ... of them, those the plugin's dynamic int8 quantization of matmul activations needs on x86 (intel_cpu's
+# DnnlFCPrimitive::useDynamicQuantizationImpl: oneDNN's avx2_vnni or avx512_core_vnni)
+VNNI_FLAGS = ("avx_vnni", "avx512_vnni")
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,6 +107,17 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return f"{f.get('vendor_id', '?')} family {f['cpu family']} model {f.get('model', '?')}"
 
 
+def quantizes_activations(info: dict) -> bool:
+    """Whether DYNAMIC_QUANTIZATION_GROUP_SIZE changes anything on the CPU a device_info / report names:
+    on x86 only with VNNI (an AVX2-only EPYC gave bit-identical logits at group sizes 32 and 0); where
+    the flags are unknown, or on another architecture (ARM quantizes with its dot-product instructions),
+    assumed so."""
+    flags = info.get("cpu_flags")
+    if info.get("machine") not in ("x86_64", "AMD64") or not flags:
+        return True
+    return any(f in flags for f in VNNI_FLAGS)
+
+
 def describe_cpu(report: dict) -> str:
     """One line naming the CPU of a model's report: name, vendor/family/model, precision flags."""
     ident = f" [{report['cpu_model']}]" if report.get("cpu_model") else ""
@@ -111,5 +126,6 @@ def describe_cpu(report: dict) -> str:
 
 
 def has_bf16(device: str = "CPU") -> bool:
-    """The CPU plugin infers in bf16 by default on this device (its capabilities list BF16)."""
-    return device.split(":")[0] == "CPU" and "BF16" in device_info(device).get("capabilities", [])
+    """The CPU plugin infers in bf16 by default on this device, or on the CPU under a virtual one
+    (AUTO, HETERO:CPU, ...): its capabilities list BF16."""
+    return cpu_under(device) and "BF16" in device_info(device).get("capabilities", [])

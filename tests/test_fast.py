@@ -15,7 +15,7 @@ from conftest import PROMPTS
 from ovgen.chat import Chat
 from ovgen.fast import choose_plan
 from ovgen.precision import label
-from ovgen.runtime import has_bf16
+from ovgen.runtime import cpu_flags, has_bf16
 
 SAME = {"prefill": "f32", "decode": "f32", "min_prefill_tokens": 4}
 
@@ -57,6 +57,16 @@ def test_a_bf16_prefills_states_are_not_restored_into_an_exact_session(model, mo
     else:
         exact.restore(s.snapshot())
         assert exact.tokens[0].tolist() == s.tokens[0].tolist()
+
+
+@pytest.mark.parametrize("device", ["AUTO", "HETERO:CPU"])
+def test_a_split_plan_on_a_virtual_device(model, model_dir, device):
+    """Both compiles and the handover through a virtual device over the CPU: exact's tokens."""
+    m = ovgen.load(model_dir, device, precision=SAME)
+    assert m.prefill_compiled is not None and m.report["plan"]["split"]
+    s = m.session()
+    got = ovgen.generate(m, PROMPTS[4], {"max_new_tokens": 12, "ignore_eos": True}, session=s).sequences[0].token_ids
+    assert s.handover_ns > 0 and got == _greedy(model, PROMPTS[4], 12)
 
 
 def test_short_prompts_skip_the_handover(split):
@@ -132,14 +142,18 @@ def test_chat_and_two_threads_on_a_split_model(model, split):
     assert got == want
 
 
-def test_fast_is_measured_or_exact(model_dir):
-    fast = ovgen.load(model_dir, precision="fast")
+@pytest.mark.parametrize("device", ["CPU", "AUTO"])
+def test_fast_is_measured_or_exact(model_dir, device):
+    """A virtual device over a bf16 CPU is calibrated as the CPU is (it ran f32, "fast = exact", there)."""
+    fast = ovgen.load(model_dir, device, precision="fast")
     plan = fast.report["plan"]
-    if has_bf16():
+    assert has_bf16(device) == has_bf16()
+    if has_bf16() or any(f in cpu_flags() for f in ("avx_vnni", "avx512_vnni")):
         assert plan["source"].startswith("calibrated")
     else:  # nothing faster than f32 here: one compile, and the report says why
         assert not plan["split"] and fast.prefill_compiled is None
-        assert plan["source"] == "fast = exact: this CPU has no inference precision faster than f32"
+        assert plan["source"] == ("fast = exact: this CPU has no inference precision faster than f32 (no bf16, "
+                                  "and no VNNI for the plugin's int8 activations)")
         assert fast.ov_config["INFERENCE_PRECISION_HINT"] == "f32"
 
 
@@ -166,7 +180,8 @@ def test_a_plan_names_each_phases_hint_kv_and_quantization(model, model_dir):
     assert decode["KV_CACHE_PRECISION"] == "f16" and prefill["KV_CACHE_PRECISION"] == "u8"
     assert m.report["plan"]["prefill_kv"] == "u8"
     # as ovgen bench / compare print it
-    assert label(m.report) == "plan (prefill f32, KV u8 from 4 tokens; decode f32-dq, KV f16)"
+    vnni = any(f in cpu_flags() for f in ("avx_vnni", "avx512_vnni"))  # where the quantization acts at all
+    assert label(m.report) == f"plan (prefill f32, KV u8 from 4 tokens; decode {'f32-dq' if vnni else 'f32'}, KV f16)"
     assert label(model.report) == "exact (f32, KV f16)"
     ids = m.tokenizer.encode(PROMPTS[4])
     out = _greedy(m, ids, 8)  # the u8 state handed over to an f16 cache: a generation goes on from it

@@ -9,6 +9,7 @@ import openvino as ov
 import pytest
 
 import ovgen
+from conftest import PROMPTS
 from ovgen.cli import main
 from ovgen.precision import CPU_DEFAULTS, F32_DEFAULTS, compile_properties, inference_hint
 from ovgen.runtime import core, cpu_flags, cpu_model, describe_cpu, device_info, has_bf16
@@ -88,8 +89,40 @@ def test_report_names_the_cpu(model):
     assert model.report["name"] == info["name"] == core().get_property("CPU", "FULL_DEVICE_NAME")
     assert model.report["cpu_flags"] == cpu_flags()
     assert model.report["cpu_model"] == cpu_model()
-    assert set(model.report["cpu_flags"]) <= {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16",
-                                              "amx_fp16", "amx_int8"}
+    assert set(model.report["cpu_flags"]) <= {"avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16",
+                                              "avx512_fp16", "amx_bf16", "amx_fp16", "amx_int8"}
+
+
+def test_dynamic_quantization_counts_only_where_it_acts(model, model_dir):
+    """The plugin quantizes matmul activations to int8 only on CPUs with VNNI (x86): where it does not,
+    DYNAMIC_QUANTIZATION_GROUP_SIZE 32 computes exact's logits bit for bit, and states saved at 32 (native,
+    a bf16 hint's prefill on an AVX2 CPU) are exact's - they are not refused as another precision (they
+    were, on an AVX2 EPYC). Where it acts, the logits differ and the precision names it."""
+    from ovgen.kvstate import precision_of
+    from ovgen.runtime import quantizes_activations
+
+    dq = ovgen.load(model_dir, ov_config={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32})
+    assert dq.ov_config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
+    ids = model.tokenizer.encode(PROMPTS[4])
+    same = np.array_equal(dq.session().prefill(ids), model.session().prefill(ids))
+    acts = quantizes_activations(model.report)
+    assert same is not acts
+    assert ("DYNAMIC_QUANTIZATION_GROUP_SIZE" in precision_of(dq)) is acts
+    s = dq.session()
+    s.prefill(ids)
+    if acts:
+        with pytest.raises(ValueError, match="DYNAMIC_QUANTIZATION_GROUP_SIZE=32"):
+            model.session().restore(s.snapshot())
+    else:
+        exact = model.session()
+        exact.restore(s.snapshot())
+        assert exact.tokens[0].tolist() == ids
+    x86 = {"machine": "x86_64"}
+    assert not quantizes_activations({**x86, "cpu_flags": ["avx2"]})
+    assert quantizes_activations({**x86, "cpu_flags": ["avx2", "avx512f", "avx512_vnni"]})
+    assert quantizes_activations({**x86, "cpu_flags": ["avx2", "avx_vnni"]})
+    assert quantizes_activations({"machine": "aarch64", "cpu_flags": []})  # unknown: assumed so
+    assert quantizes_activations({**x86, "cpu_flags": []})
 
 
 def test_cpu_model_and_flags_come_from_the_first_processor(tmp_path):
