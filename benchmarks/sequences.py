@@ -11,6 +11,12 @@ own generator; `same_sequences` counts those equal, a batched infer's f32 sums m
 falls on an edge of the distribution); genai draws from its own generator (other tokens, same work).
 
     python benchmarks/sequences.py [--pairs 6] [--new-tokens 64]
+
+`--prompts P`: a dataset's case instead, P prompts each asking for N = 2 and 4 sequences: ovgen's
+list-of-prompts batch (`generate(model, prompts, cfg, batch_size=P * N)`: every prompt's N rows in
+one batch, as genai runs them) against the prompts run one by one (each prompt's N sequences side by side:
+how a list ran them before they joined the other prompts' rows) and openvino-genai's
+`generate([prompts], num_return_sequences=N)`; writes results/sequences_batch.json.
 """
 
 from __future__ import annotations
@@ -74,11 +80,73 @@ def runners(model, count: int, n: int) -> dict:
     return {"side_by_side": side, "one_after_another": serial, "genai": genai}
 
 
+DATASET = ["Write a short story about a lighthouse keeper.", "Describe a walk in the rain.",
+           "Explain how a bicycle works.", "Give advice to a new gardener.", "Tell a fable about a fox.",
+           "Describe your ideal breakfast.", "Write a letter to a future self.", "Explain why the sea is salty."]
+
+
+def dataset_runners(model, prompts: int, count: int, n: int) -> dict:
+    """name -> a callable generating `count` sequences of n tokens for each of `prompts` prompts."""
+    import openvino as ov
+    import openvino_genai as og
+
+    import ovgen
+    from ovgen.generate import prompt_ids
+
+    ids = [prompt_ids(model, [{"role": "user", "content": q}]) for q in DATASET[:prompts]]
+    cfg = {"do_sample": True, "top_k": 50, "seed": 7, "max_new_tokens": n, "ignore_eos": True,
+           "num_return_sequences": count}
+
+    def joined():
+        return [s.token_ids for r in ovgen.generate(model, ids, cfg, batch_size=len(ids) * count)
+                for s in r.sequences]
+
+    def one_by_one():
+        return [s.token_ids for p in ids for s in ovgen.generate(model, p, cfg).sequences]
+
+    pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
+    gcfg = og.GenerationConfig()
+    gcfg.max_new_tokens, gcfg.ignore_eos, gcfg.do_sample = n, True, True
+    gcfg.top_k, gcfg.rng_seed, gcfg.num_return_sequences = 50, 7, count
+    width = max(len(p) for p in ids)  # left-padded, as genai's tokenizer pads a batch
+    tensor = np.array([[0] * (width - len(p)) + p for p in ids], np.int64)
+    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in ids], np.int64)
+
+    def genai():
+        out = pipe.generate(og.TokenizedInputs(ov.Tensor(tensor), ov.Tensor(mask)), gcfg)
+        return [[int(t) for t in row] for row in out.tokens]
+
+    return {"joined": joined, "one_by_one": one_by_one, "genai": genai}
+
+
+def dataset(model, args) -> None:
+    rows = {}
+    for count in (2, 4):
+        runs = dataset_runners(model, args.prompts, count, args.new_tokens)
+        out = {name: run() for name, run in runs.items()}  # warm-up
+        assert all(len(v) == args.prompts * count for v in out.values()), {k: len(v) for k, v in out.items()}
+        tps = {name: [] for name in runs}
+        for i in range(args.pairs):
+            for name in balanced(list(runs), i):
+                t0 = perf_counter()
+                out[name] = runs[name]()
+                tps[name].append(args.prompts * count * args.new_tokens / (perf_counter() - t0))
+        rows[count] = {**{f"{name}_tokens_per_s": float(np.median(t)) for name, t in tps.items()},
+                       **{f"joined_over_{b}": float(np.median(np.array(tps["joined"]) / np.array(tps[b])))
+                          for b in ("one_by_one", "genai")},
+                       "same_sequences": sum(a == b for a, b in zip(out["joined"], out["one_by_one"])),
+                       "sequences": args.prompts * count}
+        print(count, json.dumps(rows[count]), flush=True)
+    save_result(args.out or default_path("sequences_batch"), "sequences_batch", pairs=args.pairs,
+                new_tokens=args.new_tokens, prompts=args.prompts, report=model.report, results=rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--out", default=default_path("sequences"))
+    ap.add_argument("--prompts", type=int, default=0, help="a dataset's case: this many prompts (at most 8)")
+    ap.add_argument("--out", default=None, help="default: results/sequences.json (sequences_batch.json with --prompts)")
     args = ap.parse_args()
 
     import ovgen
@@ -86,6 +154,8 @@ def main() -> None:
     model = ovgen.load()
     print(json.dumps(model.report["cpu_model"]), model.report["cpu_flags"], model.report["properties"]
           ["INFERENCE_PRECISION_HINT"], flush=True)
+    if args.prompts:
+        return dataset(model, args)
     rows = {}
     for count in COUNTS:
         runs = runners(model, count, args.new_tokens)
@@ -102,7 +172,7 @@ def main() -> None:
                        "same_sequences": sum(a == b for a, b in zip(out["side_by_side"], out["one_after_another"])),
                        "sequences": count}
         print(count, json.dumps(rows[count]), flush=True)
-    save_result(args.out, "sequences", pairs=args.pairs, new_tokens=args.new_tokens, report=model.report,
+    save_result(args.out or default_path("sequences"), "sequences", pairs=args.pairs, new_tokens=args.new_tokens, report=model.report,
                 results=rows)
 
 

@@ -11,12 +11,14 @@
     search.decode: its one-token fast path, and the next infer overlapping the record's host work
 
 Left padding is masked and takes no position, so each row computes what it would alone (up to the
-last bits a batched matrix product sums differently). Prompts beyond `batch_size` run in further
+last bits a batched matrix product sums differently). Prompts beyond `batch_size` rows run in further
 batches. Rows whose settings need a loop of their own (beam search, speculative decoding,
-classifier-free guidance, several sequences) run one at a time after the batches.
+classifier-free guidance) run one at a time after the batches.
 
-A prompt's num_return_sequences > 1 run the same way (`sequence_rows`): the prompt once, its KV row
-forked into one row per sequence by the next infer's beam_idx, each row with its own generator.
+A prompt's num_return_sequences > 1 are rows of the batch too: the prompt is prefilled once, its KV
+row forked into one row per sequence by the next infer's beam_idx, each row with its own generator
+(TokenChoice.for_sequence: what the prompt alone gives, `sequence_rows`), beside the other prompts'
+rows; `record.sequence` tells them apart.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ from .tokenizer import IncrementalDecoder
 
 def batchable(cfg: GenerationConfig) -> bool:
     """Settings the batched loop runs (the others need a loop of their own)."""
-    return (cfg.num_beams == 1 and cfg.num_return_sequences == 1 and not cfg.prompt_lookup
-            and cfg.guidance_scale == 1.0)
+    return cfg.num_beams == 1 and not cfg.prompt_lookup and cfg.guidance_scale == 1.0
 
 
 @dataclass
@@ -56,10 +57,19 @@ class _Row:
 
 
 def _row(model, index: int, ids: list[int], cfg: GenerationConfig, processors, extra) -> _Row:
+    return _rows(model, index, ids, cfg, processors, extra)[0]
+
+
+def _rows(model, index: int, ids: list[int], cfg: GenerationConfig, processors, extra) -> list[_Row] | None:
+    """Prompt `index`'s rows: one per returned sequence, sequence i >= 1 on TokenChoice.for_sequence(i)
+    (its own generator, as the prompt alone runs them); None when its chooser has no such streams."""
     choice = token_choice(cfg, prompt_len=len(ids), processors=[_fresh(p) for p in processors], model=model,
                           extra=extra)
     choice.reset()
-    return _row_of(model, index, ids, cfg, choice)
+    choices = [choice] + [choice.for_sequence(i) for i in range(1, cfg.num_return_sequences)]
+    if None in choices:
+        return None
+    return [_row_of(model, index, ids, cfg, c, sequence=i) for i, c in enumerate(choices)]
 
 
 def _row_of(model, index: int, ids: list[int], cfg: GenerationConfig, choice: TokenChoice, sequence: int = 0) -> _Row:
@@ -77,28 +87,37 @@ def _fresh(p):
     return p.clone() if hasattr(p, "clone") else p
 
 
-def batch_decode(model, session, rows: list[_Row], t_start_ns: int) -> Iterator[TokenRecord]:
-    """One batch to the end: a TokenRecord per token of every row (`record.row`: the prompt's index).
+def batch_decode(model, session, prompts: list[list[_Row]], t_start_ns: int) -> Iterator[TokenRecord]:
+    """One batch to the end: a TokenRecord per token of every row (`record.row`: the prompt's index,
+    `record.sequence`: which of its returned sequences). `prompts`: each prompt's rows.
 
-    Each step chooses every row's token first; when no row has stop strings (which need the text to
-    tell whether a row goes on) the next infer then starts (`Session.start_rows`) and runs while the
-    rows' grammars advance, their tokens are detokenised and the records are consumed."""
-    live = [r for r in rows if r.stopping.max_new_tokens > 0]
-    if not live:
+    The prompts are prefilled as one batch; a prompt with several rows then has its KV row forked
+    into them (Session.reorder, gathered inside the next infer). Each step chooses every row's token
+    first; when no row has stop strings (which need the text to tell whether a row goes on) the next
+    infer then starts (`Session.start_rows`) and runs while the rows' grammars advance, their tokens
+    are detokenised and the records are consumed."""
+    prompts = [rows for rows in prompts if rows[0].stopping.max_new_tokens > 0]
+    if not prompts:
         return
+    live = [r for rows in prompts for r in rows]
     with candidates(session, any(r.choice.wants_top for r in live)):
-        yield from _batch_decode(session, live, t_start_ns)
+        logits = np.atleast_2d(session.prefill_rows([rows[0].ids for rows in prompts]))
+        lse, tops = np.atleast_1d(session.logsumexp), session.top_rows
+        if tops is None and session.top is not None:  # one prompt: its candidates as one row's
+            tops = (session.top[0][None], session.top[1][None])
+        if len(live) > len(prompts):
+            fork = np.repeat(np.arange(len(prompts)), [len(rows) for rows in prompts])
+            session.reorder(fork)
+            logits, lse = logits[fork], lse[fork]
+            tops = None if tops is None else (tops[0][fork], tops[1][fork])
+        yield from _batch_decode(session, live, t_start_ns, (logits, lse, tops))
 
 
-def _batch_decode(session, live: list[_Row], t_start_ns: int, first=None, overlap: bool = True
+def _batch_decode(session, live: list[_Row], t_start_ns: int, first, overlap: bool = True
                   ) -> Iterator[TokenRecord]:
-    """`first`: (logits [rows, vocab], logsumexp [rows]) of rows the session already holds (the
-    sequences of one prompt); None: prefill the rows' prompts as one batch."""
-    if first is None:
-        logits = np.atleast_2d(session.prefill_rows([r.ids for r in live]))
-        lse, tops = session.logsumexp, session.top_rows
-    else:
-        (logits, lse), tops = first, None
+    """`first`: (logits [rows, vocab], logsumexp [rows], the graph's top candidates per row or None)
+    of the rows the session holds."""
+    logits, lse, tops = first
     model_ns, infer_start = session.infer_ns, session.infer_start_ns
     started = 0  # the id of the step started asynchronously (0: none)
     try:
@@ -200,7 +219,7 @@ def sequence_rows(model, session, ids: list[int], cfg: GenerationConfig, choices
     sequence's held until those before it have ended - as when the sequences ran one after another."""
     n = len(choices)
     rows = [_row_of(model, 0, ids, cfg, choice, sequence=i) for i, choice in enumerate(choices)]
-    first = (np.repeat(np.asarray(logits)[None], n, axis=0), np.full(n, session.logsumexp, np.float32))
+    first = (np.repeat(np.asarray(logits)[None], n, axis=0), np.full(n, session.logsumexp, np.float32), None)
     session.reorder(np.zeros(n, np.int32))
     with candidates(session, any(r.choice.wants_top for r in rows)):
         yield from in_sequence_order(_batch_decode(session, rows, t_start_ns, first, overlap), n)
@@ -239,19 +258,22 @@ def batch_stream(model, prompts: Sequence[list[int]], configs: Sequence[Generati
                                          batch_size))
 
 
-def padded_groups(indices, lengths, batch_size: int, slack: int = 256) -> Iterator[list[int]]:
-    """The batches: prompts in order of length, at most `batch_size` each. Left padding gives every row its
-    batch's widest prompt, computed in the prefill and attended over after it: a short prompt beside an
-    8,000-token one costs 8,000 positions. So a batch also ends where the next prompt would make its padding
-    exceed half its prompts' tokens (and `slack` positions: short prompts batch whatever their ratio)."""
-    group, total = [], 0
+def padded_groups(indices, lengths, batch_size: int, slack: int = 256, sizes=None) -> Iterator[list[int]]:
+    """The batches: prompts in order of length, at most `batch_size` rows each (`sizes[i]`: prompt i's
+    rows, one per returned sequence; a prompt with more than `batch_size` is a batch of its own). Left
+    padding gives every row its batch's widest prompt, computed in the prefill and attended over after
+    it: a short prompt beside an 8,000-token one costs 8,000 positions. So a batch also ends where the
+    next prompt would make its padding exceed half its prompts' tokens (and `slack` positions: short
+    prompts batch whatever their ratio)."""
+    group, total, rows = [], 0, 0
     for i in sorted(indices, key=lambda i: lengths[i]):
-        n = lengths[i]
-        if group and (len(group) == batch_size or (len(group) + 1) * n - (total + n) > max(slack, (total + n) // 2)):
+        n, r = lengths[i], 1 if sizes is None else sizes[i]
+        if group and (rows + r > batch_size or (len(group) + 1) * n - (total + n) > max(slack, (total + n) // 2)):
             yield group
-            group, total = [], 0
+            group, total, rows = [], 0, 0
         group.append(i)
         total += n
+        rows += r
     if group:
         yield group
 
@@ -259,12 +281,16 @@ def padded_groups(indices, lengths, batch_size: int, slack: int = 256) -> Iterat
 def _batch_records(model, session, prompts, configs, processors, extras, batch_size) -> Iterator[TokenRecord]:
     from .generate import run  # the loop of one prompt, for rows that need their own
 
-    batched = [i for i, c in enumerate(configs) if batchable(c)]
+    forks = not session.one_row and getattr(session, "_has_beam_idx", False)  # a KV row can become several
+    batched = [i for i, c in enumerate(configs) if batchable(c) and (forks or c.num_return_sequences == 1)]
+    alone = sorted(set(range(len(configs))) - set(batched))
     t_start = perf_counter_ns()
-    for group in padded_groups(batched, [len(p) for p in prompts], batch_size):
-        rows = [_row(model, i, list(prompts[i]), configs[i], processors, extras[i]) for i in group]
-        yield from batch_decode(model, session, rows, t_start)
-    for i in (i for i, c in enumerate(configs) if not batchable(c)):
+    sizes = [c.num_return_sequences for c in configs]
+    for group in padded_groups(batched, [len(p) for p in prompts], batch_size, sizes=sizes):
+        rows = {i: _rows(model, i, list(prompts[i]), configs[i], processors, extras[i]) for i in group}
+        alone += [i for i, r in rows.items() if r is None]  # a chooser without streams of its own: below
+        yield from batch_decode(model, session, [r for r in rows.values() if r is not None], t_start)
+    for i in sorted(alone):
         for rec in run(model, session, list(prompts[i]), configs[i], processors, extra=extras[i]):
             rec.row = i
             yield rec

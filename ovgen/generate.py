@@ -196,8 +196,9 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     its `draft` step (proposed, accepted, timings).
     `prefix_cache`: a `prefix.PrefixCache`; the prompt reuses its longest cached prefix.
     A list of prompts runs batched (ovgen/batch.py): `configs[i]` (a dict or GenerationConfig) is
-    prompt i's settings over `config`, at most `batch_size` rows share an infer, and each record's
-    `row` says which prompt it belongs to.
+    prompt i's settings over `config`, at most `batch_size` rows share an infer (a prompt's
+    num_return_sequences are rows of the batch), and each record's `row` says which prompt it belongs
+    to, its `sequence` which of that prompt's sequences (a batch's records interleave).
     `overlap`: the next token's infer runs while the consumer handles a record (search.decode); the
     consumer must then not call the session itself before asking for the next record."""
     _check_parts(model, session, processors, chooser=chooser, proposer=proposer, prefix_cache=prefix_cache,

@@ -178,11 +178,15 @@ def run_chunk(model, session, items: list[dict], base: dict, *, logprobs=False, 
     if not good:
         return
     per_row: dict[int, list] = {i: [] for i in range(len(good))}
+    ended = [0] * len(good)  # sequences of the row that have ended (a row's sequences interleave)
     for rec in batch_stream(model, ids, cfgs, extras=extras, batch_size=max(1, len(good)), session=session):
         per_row[rec.row].append(rec)
-        if rec.finish_reason is not None and rec.sequence == cfgs[rec.row].num_return_sequences - 1:
+        ended[rec.row] += rec.finish_reason is not None
+        if ended[rec.row] == cfgs[rec.row].num_return_sequences:
             yield result_line(good[rec.row]["id"], per_row.pop(rec.row), logprobs=logprobs, timings=timings,
                               prompt_tokens=len(ids[rec.row]))
+    for i, recs in per_row.items():  # rows that made no token (max_new_tokens 0, a prompt filling the context)
+        yield result_line(good[i]["id"], recs, logprobs=logprobs, timings=timings, prompt_tokens=len(ids[i]))
 
 
 def chunks(items: list, size: int) -> Iterator[list]:

@@ -571,3 +571,55 @@ def test_returned_sequences_stopped_early_leave_the_session_usable(model):
     greedy = {"max_new_tokens": 8, "ignore_eos": True}
     assert ovgen.generate(model, PROMPTS[4], greedy, session=session).sequences[0].token_ids == \
         _alone(model, PROMPTS[4], greedy)
+
+
+def test_a_prompts_sequences_join_the_other_prompts_rows(model, monkeypatch, tmp_path):
+    """In a list of prompts, a prompt asking for num_return_sequences=3 is prefilled once beside the
+    others, its KV row forked into three rows of the same batch (5 rows: 3 + a greedy row + a sampled
+    one); every prompt gives what it gives alone - the greedy one its tokens, each sequence its own
+    draws (up to the uniforms within 2e-3 of an edge, see assert_same_draws). batch_size counts rows:
+    at 4 the three sequences and one other prompt share a batch. `ovgen batch` writes the row once all
+    of its sequences have ended (they end at different steps, interleaved with the other rows)."""
+    prefills, widths = [], []
+    real_prefill, real_outputs = ovgen.Session.prefill_rows, ovgen.Session._outputs
+    monkeypatch.setattr(ovgen.Session, "prefill_rows", lambda self, rows, pad_id=0: prefills.append(len(rows)) or
+                        real_prefill(self, rows, pad_id))
+    monkeypatch.setattr(ovgen.Session, "_outputs", lambda self, rows, keep: widths.append(rows) or
+                        real_outputs(self, rows, keep))
+    seq = {**SEQ_CASES["sample"], "num_return_sequences": 3, "stop_strings": []}
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[8]]
+    configs = [{"max_new_tokens": 20, "ignore_eos": True}, seq, {"do_sample": True, "seed": 3, "max_new_tokens": 16}]
+    res = ovgen.generate(model, prompts, configs=configs)
+    assert prefills == [3] and max(widths) == 5
+    prefills.clear()
+    recs = list(ovgen.stream(model, prompts, configs=configs, batch_size=4))
+    assert sorted(prefills) == [1, 2]  # the greedy (shortest) prompt with the sequences, then the last prompt
+    monkeypatch.undo()
+    assert [len(r.sequences) for r in res] == [1, 3, 1]
+    assert res[0].sequences[0].token_ids == _alone(model, prompts[0], configs[0])
+    assert res[2].sequences[0].token_ids == _alone(model, prompts[2], configs[2])
+    for i, s in enumerate(res[1].sequences):
+        watched = Watched(np.random.SeedSequence(seq["seed"], spawn_key=(i,)) if i else seq["seed"])
+        alone = ovgen.generate(model, prompts[1], {**seq, "num_return_sequences": 1}, chooser=watched).sequences[0]
+        assert_same_draws(s.token_ids, alone.token_ids, watched.margins, f"sequence {i}")
+        at_4 = [r.token_id for r in recs if r.row == 1 and r.sequence == i]
+        assert_same_draws(at_4, alone.token_ids, watched.margins, f"sequence {i}, batch_size 4")
+    assert sorted(r.sequence for r in recs if r.row == 1 and r.finish_reason) == [0, 1, 2]
+    rows = [{"id": i, "prompt": p, **c} for i, (p, c) in enumerate(zip(prompts, configs))]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", batch_size=3)
+    out = _lines(tmp_path / "out.jsonl")
+    assert sorted(out) == [0, 1, 2] and len((tmp_path / "out.jsonl").read_text().splitlines()) == 3
+    assert [s["token_ids"] for s in out[1]["sequences"]] == [s.token_ids for s in res[1].sequences]
+    assert out[0]["token_ids"] == res[0].sequences[0].token_ids
+
+
+def test_a_job_row_that_makes_no_token_gets_its_line(model, tmp_path):
+    """A row with max_new_tokens 0 yields no record; its line is still written (it was missing, and a
+    rerun ran the row again every time)."""
+    rows = [{"id": "none", "prompt": PROMPTS[0], "max_new_tokens": 0}, {"id": "some", "prompt": PROMPTS[1]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jobs.run_job(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", {"max_new_tokens": 4, "ignore_eos": True})
+    out = _lines(tmp_path / "out.jsonl")
+    assert out["none"] == {"id": "none", "text": "", "token_ids": [], "finish_reason": "length"}
+    assert out["some"]["token_ids"] == _alone(model, PROMPTS[1], {"max_new_tokens": 4, "ignore_eos": True})
