@@ -126,6 +126,9 @@ class GenerationConfig:
                 close = difflib.get_close_matches(key, sorted(names), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise ValueError(f"unknown generation setting {key!r}{hint}")
+        for key, value in known.items():  # JSON writers give 64.0 for 64 (pandas, JavaScript): a count field takes it
+            if isinstance(value, float) and value.is_integer() and key in _INT_FIELDS:
+                known[key] = int(value)
         if "eos_token_id" in known:
             eos = known["eos_token_id"]
             known["eos_token_id"] = [] if eos is None else _id_list("eos_token_id", [eos] if _is_id(eos) else eos)
@@ -326,6 +329,10 @@ class GenerationConfig:
         if unused:
             warnings.warn(f"{', '.join(unused)} have no effect with do_sample=False (greedy/beam search)",
                           UserWarning, stacklevel=3)
+
+
+_INT_FIELDS = {f.name for f in dataclasses.fields(GenerationConfig)  # counts (token ids stay strict: eos_token_id)
+               if f.type in ("int", "int | None") and not f.name.endswith("token_id")}
 
 
 def _is_id(value) -> bool:

@@ -69,6 +69,21 @@ def test_numpy_scalars_and_one_text_are_taken_as_meant():
     assert json.dumps(dataclasses.asdict(cfg))  # plain Python values
 
 
+def test_json_counts_written_as_floats_are_taken():
+    """JSON from pandas or JavaScript writes 64 as 64.0: a dict's (a request's, a batch row's) count
+    fields take a whole float; a fraction, and a token id given as a float, are still refused by name."""
+    cfg = GenerationConfig.from_dict(json.loads('{"max_new_tokens": 64.0, "top_k": 4e1, "seed": 7.0, '
+                                                '"num_return_sequences": 2.0, "do_sample": true}')).validate()
+    assert (cfg.max_new_tokens, cfg.top_k, cfg.seed, cfg.num_return_sequences) == (64, 40, 7, 2)
+    assert all(type(v) is int for v in (cfg.max_new_tokens, cfg.top_k, cfg.seed, cfg.num_return_sequences))
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer >= 0, got 64\.5"):
+        GenerationConfig.from_dict({"max_new_tokens": 64.5}).validate()
+    with pytest.raises(ValueError, match=r"eos_token_id must be a token id or a list of token ids, got 2\.0"):
+        GenerationConfig.from_dict({"eos_token_id": 2.0})
+    with pytest.raises(ValueError, match="temperature must be in"):
+        GenerationConfig.from_dict({"temperature": float("nan")}).validate()
+
+
 def test_unknown_field_names_closest():
     with pytest.raises(ValueError, match="unknown generation setting 'temprature'; did you mean temperature"):
         GenerationConfig.from_dict({"temprature": 0.7})
