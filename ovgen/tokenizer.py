@@ -210,7 +210,9 @@ def _bytes_tokenizer(folder: Path):
     for unpack in users:
         for i, new in enumerate(inputs):
             unpack.output(i).replace(new.output(0))
-    return ov.Model(model.outputs, inputs, "tokenizer_bytes_in")
+    # its sinks too: a tokenizer IR may keep options as state (openvino_tokenizers' "truncation" ReadValue /
+    # Assign in the Phi-3 tokenizer it converts), and a model without them fails to compile that ReadValue
+    return ov.Model(model.get_results(), model.get_sinks(), inputs, "tokenizer_bytes_in")
 
 
 def _byte_detokenizer(folder: Path):

@@ -198,3 +198,38 @@ def test_generation_with_the_openvino_tokenizer_matches_hf(model, model_dir):
     repeat = [{"role": "user", "content": "Write the word 'ok:' twenty times, one per line."}]
     assert ovgen.generate(ov_model, repeat, dry).sequences[0].token_ids == \
         ovgen.generate(model, repeat, dry).sequences[0].token_ids
+
+
+def test_openvino_backend_on_a_sentencepiece_tokenizer():
+    """Phi-3's tokenizer (SentencePiece-style: '▁' for spaces, <0xE6>-style byte fallback, converted by
+    openvino_tokenizers in the phi3-tiny flavour) on the 'openvino' backend: the same ids, texts, prefixes,
+    streams and token texts as HF's. Its tokenizer IR keeps an option as state (a "truncation"
+    ReadValue / Assign): the bytes-input rewrite dropped the Assign and the IR did not compile."""
+    import ovgen
+    from conftest import require_flavour
+
+    folder = require_flavour("phi3-tiny")
+    hf, ovt = Tokenizer(folder, "hf"), Tokenizer(folder, "openvino")
+    specials = ["<|user|>\nHi 😀<|end|>\n<|assistant|>", "<|system|>x<|end|><|endoftext|>", "a\x00", "\x00"]
+    for s in corpus(60, seed=7) + specials:
+        ids = hf.encode(s)
+        assert ovt.encode(s) == ids, s
+        for skip in (True, False):
+            assert ovt.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip), s
+        for n in range(1, len(ids) + 1):
+            assert ovt.decode(ids[:n]) == hf.decode(ids[:n]), (s, n)
+        dec = IncrementalDecoder(ovt)
+        assert "".join([dec.push(t) for t in ids] + [dec.flush()]) == hf.decode(ids), s
+    assert ovt.vocab_size == hf.vocab_size and ovt.special_ids == hf.special_ids and len(hf.special_ids) > 2
+    assert ovt.token_texts() == hf.token_texts()
+    partial = [t for t in range(hf.vocab_size) if "\ufffd" in hf.decode([t])]  # the byte-fallback tokens
+    assert len(partial) > 200
+    rng = random.Random(11)
+    for _ in range(1000):
+        ids = [rng.choice(partial) if rng.random() < 0.6 else rng.randrange(hf.vocab_size)
+               for _ in range(rng.randint(1, 5))]
+        assert ovt.decode(ids) == hf.decode(ids), ids
+    cfg = {"max_new_tokens": 12, "ignore_eos": True}
+    want = ovgen.generate(ovgen.load(folder), "<|user|>Name a colour.<|end|><|assistant|>", cfg)
+    got = ovgen.generate(ovgen.load(folder, tokenizer="openvino"), "<|user|>Name a colour.<|end|><|assistant|>", cfg)
+    assert (got.sequences[0].token_ids, got.text) == (want.sequences[0].token_ids, want.text)
