@@ -17,7 +17,8 @@ prefill at a few prompt lengths and a decode step at each hint (~40 s, once per 
 version and model; cached under $OVGEN_HOME/fast/), the handover at each prefill KV precision when
 the phases' winners differ, and picks per phase, with the prompt length from which the split pays
 for its handover. On a CPU with neither there is nothing faster than f32 (dynamic quantization
-changes nothing on x86 without VNNI: runtime.quantizes_activations): fast is exact, and the report says so. An explicit plan,
+changes nothing on x86 without VNNI: runtime.quantizes_activations): fast is exact, and the report
+says so. An explicit plan,
 `precision={"prefill": "bf16", "decode": "f32-dq", "min_prefill_tokens": 64}`, skips the
 measurement (and splits even when both are the same, which is how the handover is tested on any CPU).
 """
@@ -78,8 +79,8 @@ def plan_from(value: dict) -> Plan:
 
 
 def fast_plan(folder: Path, device: str, compile_fn) -> Plan:
-    """The plan "fast" means on this device: f32 throughout without bf16, else calibrated (cached).
-    A virtual device over a bf16 CPU (AUTO, HETERO:CPU) is calibrated too, compiled as itself."""
+    """The plan "fast" means on this device: f32 throughout on a CPU without bf16 or VNNI, else calibrated
+    (cached). A virtual device over such a CPU (AUTO, HETERO:CPU) is calibrated too, compiled as itself."""
     bf16, dq = has_bf16(device), cpu_under(device) and quantizes_activations(device_info(device))
     if not bf16 and not dq:
         return Plan("f32", "f32", 0, split=False,
@@ -110,8 +111,8 @@ def _cache_path(folder: Path, device: str) -> Path:
 def calibrate(folder: Path, device: str, compile_fn, lengths=(32, 256, 1024), steps: int = 16,
               hints=CANDIDATES) -> Plan:
     """Median times (3 interleaved rounds) of prefill at `lengths` and of a decode step at each of
-    `hints` (CANDIDATES; f32 and f32-dq on a CPU with VNNI but no bf16). Decode takes the fastest step; prefill the fastest hint at the longest length.
-    When the two differ, the handover of that length is timed from a prefill compile at each
+    `hints` (CANDIDATES; f32 and f32-dq on a CPU with VNNI but no bf16). Decode takes the fastest step;
+    prefill the fastest hint at the longest length. When the two differ, the handover of that length is timed from a prefill compile at each
     HANDOVER_KV precision and the cheapest taken; the split then starts at the shortest length where
     prefill + handover (scaled to the length) beats prefilling on the decode compile, else it is one
     compile. `compile_fn(hint, kv=None)` compiles the IR at a hint (and a KV precision)."""

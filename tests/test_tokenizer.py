@@ -88,10 +88,16 @@ def test_openvino_backend_replaces_broken_utf8_like_hf(model_dir):
     ovgen decodes the IR's bytes the way HF does."""
     hf, ovt = Tokenizer(model_dir, "hf"), Tokenizer(model_dir, "openvino")
     assert hf.decode([187, 228]) == "\ufffd\ufffd"
+    assert_partial_characters_decode_like_hf(hf, ovt, 3000, seed=5, at_least=100)
+
+
+def assert_partial_characters_decode_like_hf(hf, ovt, n: int, seed: int, at_least: int) -> None:
+    """`n` random id lists of 1-5 tokens, 60 % of them tokens that hold part of a character (at least
+    `at_least` such tokens in the vocabulary): ovt decodes each as hf does."""
     partial = [t for t in range(hf.vocab_size) if "\ufffd" in hf.decode([t])]
-    assert len(partial) > 100
-    rng = random.Random(5)
-    for _ in range(3000):
+    assert len(partial) > at_least
+    rng = random.Random(seed)
+    for _ in range(n):
         ids = [rng.choice(partial) if rng.random() < 0.6 else rng.randrange(hf.vocab_size)
                for _ in range(rng.randint(1, 5))]
         assert ovt.decode(ids) == hf.decode(ids), ids
@@ -222,13 +228,7 @@ def test_openvino_backend_on_a_sentencepiece_tokenizer():
         assert "".join([dec.push(t) for t in ids] + [dec.flush()]) == hf.decode(ids), s
     assert ovt.vocab_size == hf.vocab_size and ovt.special_ids == hf.special_ids and len(hf.special_ids) > 2
     assert ovt.token_texts() == hf.token_texts()
-    partial = [t for t in range(hf.vocab_size) if "\ufffd" in hf.decode([t])]  # the byte-fallback tokens
-    assert len(partial) > 200
-    rng = random.Random(11)
-    for _ in range(1000):
-        ids = [rng.choice(partial) if rng.random() < 0.6 else rng.randrange(hf.vocab_size)
-               for _ in range(rng.randint(1, 5))]
-        assert ovt.decode(ids) == hf.decode(ids), ids
+    assert_partial_characters_decode_like_hf(hf, ovt, 1000, seed=11, at_least=200)  # the byte-fallback tokens
     cfg = {"max_new_tokens": 12, "ignore_eos": True}
     want = ovgen.generate(ovgen.load(folder), "<|user|>Name a colour.<|end|><|assistant|>", cfg)
     got = ovgen.generate(ovgen.load(folder, tokenizer="openvino"), "<|user|>Name a colour.<|end|><|assistant|>", cfg)
