@@ -48,17 +48,38 @@ def one_after_another():
         gen.side_by_side = real
 
 
-def runners(model, count: int, n: int) -> dict:
-    """name -> a callable generating `count` sequences of n tokens, returning them."""
+def _sampling(count: int, n: int) -> dict:
+    return {"do_sample": True, "top_k": 50, "seed": 7, "max_new_tokens": n, "ignore_eos": True,
+            "num_return_sequences": count}
+
+
+def _genai(model, ids: list[list[int]], count: int, n: int):
+    """A callable running openvino-genai's `generate` on the prompts `ids` (left-padded into one batch,
+    as genai's tokenizer pads one) with the same sampling settings, returning every sequence's tokens."""
     import openvino as ov
     import openvino_genai as og
 
+    pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
+    gcfg = og.GenerationConfig()
+    gcfg.max_new_tokens, gcfg.ignore_eos, gcfg.do_sample = n, True, True
+    gcfg.top_k, gcfg.rng_seed, gcfg.num_return_sequences = 50, 7, count
+    width = max(len(p) for p in ids)
+    tensor = np.array([[0] * (width - len(p)) + p for p in ids], np.int64)
+    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in ids], np.int64)
+
+    def genai():
+        out = pipe.generate(og.TokenizedInputs(ov.Tensor(tensor), ov.Tensor(mask)), gcfg)
+        return [[int(t) for t in row] for row in out.tokens]
+    return genai
+
+
+def runners(model, count: int, n: int) -> dict:
+    """name -> a callable generating `count` sequences of n tokens, returning them."""
     import ovgen
     from ovgen.generate import prompt_ids
 
     ids = prompt_ids(model, PROMPT)
-    cfg = {"do_sample": True, "top_k": 50, "seed": 7, "max_new_tokens": n, "ignore_eos": True,
-           "num_return_sequences": count}
+    cfg = _sampling(count, n)
 
     def side():
         return [s.token_ids for s in ovgen.generate(model, ids, cfg).sequences]
@@ -67,17 +88,7 @@ def runners(model, count: int, n: int) -> dict:
         with one_after_another():
             return side()
 
-    pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
-    gcfg = og.GenerationConfig()
-    gcfg.max_new_tokens, gcfg.ignore_eos, gcfg.do_sample = n, True, True
-    gcfg.top_k, gcfg.rng_seed, gcfg.num_return_sequences = 50, 7, count
-    tensor = np.array([ids], np.int64)
-
-    def genai():
-        out = pipe.generate(og.TokenizedInputs(ov.Tensor(tensor), ov.Tensor(np.ones_like(tensor))), gcfg)
-        return [[int(t) for t in row] for row in out.tokens]
-
-    return {"side_by_side": side, "one_after_another": serial, "genai": genai}
+    return {"side_by_side": side, "one_after_another": serial, "genai": _genai(model, [ids], count, n)}
 
 
 DATASET = ["Write a short story about a lighthouse keeper.", "Describe a walk in the rain.",
@@ -87,15 +98,11 @@ DATASET = ["Write a short story about a lighthouse keeper.", "Describe a walk in
 
 def dataset_runners(model, prompts: int, count: int, n: int) -> dict:
     """name -> a callable generating `count` sequences of n tokens for each of `prompts` prompts."""
-    import openvino as ov
-    import openvino_genai as og
-
     import ovgen
     from ovgen.generate import prompt_ids
 
     ids = [prompt_ids(model, [{"role": "user", "content": q}]) for q in DATASET[:prompts]]
-    cfg = {"do_sample": True, "top_k": 50, "seed": 7, "max_new_tokens": n, "ignore_eos": True,
-           "num_return_sequences": count}
+    cfg = _sampling(count, n)
 
     def joined():
         return [s.token_ids for r in ovgen.generate(model, ids, cfg, batch_size=len(ids) * count)
@@ -104,38 +111,31 @@ def dataset_runners(model, prompts: int, count: int, n: int) -> dict:
     def one_by_one():
         return [s.token_ids for p in ids for s in ovgen.generate(model, p, cfg).sequences]
 
-    pipe = og.LLMPipeline(str(model.path), "CPU", ATTENTION_BACKEND="SDPA", **model.ov_config)
-    gcfg = og.GenerationConfig()
-    gcfg.max_new_tokens, gcfg.ignore_eos, gcfg.do_sample = n, True, True
-    gcfg.top_k, gcfg.rng_seed, gcfg.num_return_sequences = 50, 7, count
-    width = max(len(p) for p in ids)  # left-padded, as genai's tokenizer pads a batch
-    tensor = np.array([[0] * (width - len(p)) + p for p in ids], np.int64)
-    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in ids], np.int64)
+    return {"joined": joined, "one_by_one": one_by_one, "genai": _genai(model, ids, count, n)}
 
-    def genai():
-        out = pipe.generate(og.TokenizedInputs(ov.Tensor(tensor), ov.Tensor(mask)), gcfg)
-        return [[int(t) for t in row] for row in out.tokens]
 
-    return {"joined": joined, "one_by_one": one_by_one, "genai": genai}
+def measure(runs: dict, pairs: int, tokens: int, ours: str, before: str) -> dict:
+    """One warm-up, then `pairs` timed runs of each runner in a balanced order: tokens/s per runner
+    (medians), `ours` over the others (medians of per-round ratios), and how many sequences `ours`
+    and `before` share (the two ways of ovgen must draw the same ones)."""
+    out = {name: run() for name, run in runs.items()}  # warm-up
+    tps = {name: [] for name in runs}
+    for i in range(pairs):
+        for name in balanced(list(runs), i):
+            t0 = perf_counter()
+            out[name] = runs[name]()
+            tps[name].append(tokens / (perf_counter() - t0))
+    assert all(len(v) == len(out[ours]) for v in out.values()), {k: len(v) for k, v in out.items()}
+    return {**{f"{name}_tokens_per_s": float(np.median(t)) for name, t in tps.items()},
+            **{f"{ours}_over_{b}": float(np.median(np.array(tps[ours]) / np.array(tps[b]))) for b in (before, "genai")},
+            "same_sequences": sum(a == b for a, b in zip(out[ours], out[before])), "sequences": len(out[ours])}
 
 
 def dataset(model, args) -> None:
     rows = {}
     for count in (2, 4):
         runs = dataset_runners(model, args.prompts, count, args.new_tokens)
-        out = {name: run() for name, run in runs.items()}  # warm-up
-        assert all(len(v) == args.prompts * count for v in out.values()), {k: len(v) for k, v in out.items()}
-        tps = {name: [] for name in runs}
-        for i in range(args.pairs):
-            for name in balanced(list(runs), i):
-                t0 = perf_counter()
-                out[name] = runs[name]()
-                tps[name].append(args.prompts * count * args.new_tokens / (perf_counter() - t0))
-        rows[count] = {**{f"{name}_tokens_per_s": float(np.median(t)) for name, t in tps.items()},
-                       **{f"joined_over_{b}": float(np.median(np.array(tps["joined"]) / np.array(tps[b])))
-                          for b in ("one_by_one", "genai")},
-                       "same_sequences": sum(a == b for a, b in zip(out["joined"], out["one_by_one"])),
-                       "sequences": args.prompts * count}
+        rows[count] = measure(runs, args.pairs, args.prompts * count * args.new_tokens, "joined", "one_by_one")
         print(count, json.dumps(rows[count]), flush=True)
     save_result(args.out or default_path("sequences_batch"), "sequences_batch", pairs=args.pairs,
                 new_tokens=args.new_tokens, prompts=args.prompts, report=model.report, results=rows)
@@ -159,21 +159,10 @@ def main() -> None:
     rows = {}
     for count in COUNTS:
         runs = runners(model, count, args.new_tokens)
-        out = {name: run() for name, run in runs.items()}  # warm-up
-        tps = {name: [] for name in runs}
-        for i in range(args.pairs):
-            for name in balanced(list(runs), i):
-                t0 = perf_counter()
-                out[name] = runs[name]()
-                tps[name].append(count * args.new_tokens / (perf_counter() - t0))
-        ratio = {f"{a}_over_{b}": float(np.median(np.array(tps[a]) / np.array(tps[b])))
-                 for a, b in (("side_by_side", "one_after_another"), ("side_by_side", "genai"))}
-        rows[count] = {**{f"{name}_tokens_per_s": float(np.median(t)) for name, t in tps.items()}, **ratio,
-                       "same_sequences": sum(a == b for a, b in zip(out["side_by_side"], out["one_after_another"])),
-                       "sequences": count}
+        rows[count] = measure(runs, args.pairs, count * args.new_tokens, "side_by_side", "one_after_another")
         print(count, json.dumps(rows[count]), flush=True)
-    save_result(args.out or default_path("sequences"), "sequences", pairs=args.pairs, new_tokens=args.new_tokens, report=model.report,
-                results=rows)
+    save_result(args.out or default_path("sequences"), "sequences", pairs=args.pairs, new_tokens=args.new_tokens,
+                report=model.report, results=rows)
 
 
 if __name__ == "__main__":
