@@ -56,10 +56,6 @@ class _Row:
     greedy: bool = False  # plain greedy (no processors): its token is the row's argmax, taken for all such rows at once
 
 
-def _row(model, index: int, ids: list[int], cfg: GenerationConfig, processors, extra) -> _Row:
-    return _rows(model, index, ids, cfg, processors, extra)[0]
-
-
 def _rows(model, index: int, ids: list[int], cfg: GenerationConfig, processors, extra) -> list[_Row] | None:
     """Prompt `index`'s rows: one per returned sequence, sequence i >= 1 on TokenChoice.for_sequence(i)
     (its own generator, as the prompt alone runs them); None when its chooser has no such streams."""

@@ -99,23 +99,21 @@ def _cache_path(folder: Path, device: str) -> Path:
     from .prepare import ovgen_home
 
     info = device_info(device)
-    # CALIBRATION names what a cached plan was measured with (2: f32 phases without dynamic quantization)
+    # CALIBRATION names what a cached plan was measured with (3: f32-dq a candidate, the prefill KV chosen);
+    # a virtual device over the CPU (AUTO, HETERO:CPU) is timed as itself
     key = [CALIBRATION, info.get("name"), info.get("cpu_model"), info.get("cpu_flags"), ov.get_version(),
-           str(folder.resolve()), (folder / "openvino_model.bin").stat().st_size]
-    if device != "CPU":  # a virtual device over the CPU (AUTO, HETERO:CPU) is timed as itself
-        key.append(device)
-    key = json.dumps(key)
-    return ovgen_home() / "fast" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+           str(folder.resolve()), (folder / "openvino_model.bin").stat().st_size, *([device] if device != "CPU" else [])]
+    return ovgen_home() / "fast" / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16] + ".json")
 
 
 def calibrate(folder: Path, device: str, compile_fn, lengths=(32, 256, 1024), steps: int = 16,
               hints=CANDIDATES) -> Plan:
     """Median times (3 interleaved rounds) of prefill at `lengths` and of a decode step at each of
     `hints` (CANDIDATES; f32 and f32-dq on a CPU with VNNI but no bf16). Decode takes the fastest step;
-    prefill the fastest hint at the longest length. When the two differ, the handover of that length is timed from a prefill compile at each
-    HANDOVER_KV precision and the cheapest taken; the split then starts at the shortest length where
-    prefill + handover (scaled to the length) beats prefilling on the decode compile, else it is one
-    compile. `compile_fn(hint, kv=None)` compiles the IR at a hint (and a KV precision)."""
+    prefill the fastest hint at the longest length. When the two differ, the handover of that length is
+    timed from a prefill compile at each HANDOVER_KV precision and the cheapest taken; the split then
+    starts at the shortest length where prefill + handover (scaled to the length) beats prefilling on
+    the decode compile, else it is one compile. `compile_fn(hint, kv=None)` compiles the IR at a hint (and a KV precision)."""
     from tqdm import tqdm
 
     reqs = {h: compile_fn(h).create_infer_request() for h in hints}

@@ -427,7 +427,7 @@ def test_plain_greedy_rows_pick_what_their_own_stage_would(model):
         tokens = np.array([[1, 7, 900, 2, 5]] * 5, np.int64)
 
     def rows():
-        return [batch._row(model, i, [1, 7, 900, 2, 5], c, (), []) for i, c in enumerate(cfgs)]
+        return [batch._rows(model, i, [1, 7, 900, 2, 5], c, (), [])[0] for i, c in enumerate(cfgs)]
 
     live = rows()
     assert [r.greedy for r in live] == [True, False, False, True, True]
