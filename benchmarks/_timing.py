@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from time import perf_counter_ns
+from time import perf_counter, perf_counter_ns
 
 import numpy as np
 
@@ -28,6 +28,19 @@ def hf_stamp_streamer(clock: Callable[[], float]):
             pass
 
     return Stamps()
+
+
+def throughput(runs: dict[str, Callable[[], list]], rounds: int, tokens: int) -> tuple[dict, dict]:
+    """One warm-up call of each runner, then `rounds` timed calls of each in a balanced order: (each
+    runner's last output, its tokens/s per round, `tokens` being what one call generates)."""
+    out = {name: run() for name, run in runs.items()}
+    tps: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(rounds):
+        for name in balanced(list(runs), i):
+            t0 = perf_counter()
+            out[name] = runs[name]()
+            tps[name].append(tokens / (perf_counter() - t0))
+    return out, tps
 
 
 def balanced(items: list, i: int) -> list:

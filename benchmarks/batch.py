@@ -31,7 +31,7 @@ from time import perf_counter
 import numpy as np
 
 from _results import default_path, line_plot, save_result  # benchmarks/ is on sys.path when run as a script
-from _timing import balanced
+from _timing import balanced, throughput
 from ovgen.backend import TOP_GATE
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
@@ -149,13 +149,7 @@ def in_process(model, n: int, pairs: int) -> dict:
     rows = {}
     for b in SIZES:
         runs = {rt: runner(rt, model, b, n) for rt in ("ovgen", "genai", "loop")}
-        tokens = {rt: run() for rt, run in runs.items()}  # warm-up
-        tps = {rt: [] for rt in runs}
-        for i in range(pairs):
-            for rt in balanced(list(runs), i):
-                t0 = perf_counter()
-                tokens[rt] = runs[rt]()
-                tps[rt].append(b * n / (perf_counter() - t0))
+        tokens, tps = throughput(runs, pairs, b * n)
         ratio = {(a, c): float(np.median(np.array(tps[a]) / np.array(tps[c])))
                  for a, c in (("ovgen", "genai"), ("loop", "genai"), ("ovgen", "loop"))}
         rows[b] = {**{f"{rt}_tokens_per_s": float(np.median(t)) for rt, t in tps.items()},

@@ -25,12 +25,11 @@ import argparse
 import json
 import sys
 from contextlib import contextmanager
-from time import perf_counter
 
 import numpy as np
 
 from _results import default_path, save_result  # benchmarks/ is on sys.path when run as a script
-from _timing import balanced
+from _timing import throughput
 
 COUNTS = (1, 2, 4, 8)
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
@@ -118,13 +117,7 @@ def measure(runs: dict, pairs: int, tokens: int, ours: str, before: str) -> dict
     """One warm-up, then `pairs` timed runs of each runner in a balanced order: tokens/s per runner
     (medians), `ours` over the others (medians of per-round ratios), and how many sequences `ours`
     and `before` share (the two ways of ovgen must draw the same ones)."""
-    out = {name: run() for name, run in runs.items()}  # warm-up
-    tps = {name: [] for name in runs}
-    for i in range(pairs):
-        for name in balanced(list(runs), i):
-            t0 = perf_counter()
-            out[name] = runs[name]()
-            tps[name].append(tokens / (perf_counter() - t0))
+    out, tps = throughput(runs, pairs, tokens)
     assert all(len(v) == len(out[ours]) for v in out.values()), {k: len(v) for k, v in out.items()}
     return {**{f"{name}_tokens_per_s": float(np.median(t)) for name, t in tps.items()},
             **{f"{ours}_over_{b}": float(np.median(np.array(tps[ours]) / np.array(tps[b]))) for b in (before, "genai")},
