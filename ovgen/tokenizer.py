@@ -10,6 +10,7 @@ ImmutableSandboxedEnvironment, as HF does, so a template cannot reach Python int
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from pathlib import Path
@@ -144,7 +145,23 @@ class Tokenizer:
 
 def render_chat_template(template: str, messages: list[dict], **context) -> str:
     """HF's rendering: ImmutableSandboxedEnvironment(trim_blocks, lstrip_blocks), `raise_exception`,
-    `tojson`. A template that reaches for unsafe attributes raises ValueError("unsafe template")."""
+    `tojson`. A template that reaches for unsafe attributes raises ValueError("unsafe template").
+    The compiled template is kept per template text (compiling takes ~5 ms, rendering ~0.1 ms)."""
+    from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
+
+    try:
+        return _compiled_template(template).render(messages=messages, **context)
+    except SecurityError as e:
+        raise ValueError(f"unsafe template: {e}") from None
+    except TemplateError as e:
+        raise ValueError(f"chat template error: {e}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_template(template: str):
+    """The jinja2 Template of `template`, as transformers compiles a chat template (and caches it:
+    its `_compile_jinja_template` is an lru_cache too). A template that fails to compile is not kept."""
     from jinja2 import TemplateError
     from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -160,12 +177,7 @@ def render_chat_template(template: str, messages: list[dict], **context) -> str:
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(template).render(messages=messages, **context)
-    except SecurityError as e:
-        raise ValueError(f"unsafe template: {e}") from None
-    except TemplateError as e:
-        raise ValueError(f"chat template error: {e}") from None
+    return env.from_string(template)
 
 
 def _detokenizers(folder: Path):
