@@ -10,7 +10,7 @@ import openvino_tokenizers  # noqa: F401
 import pytest
 
 from ovgen.runtime import core
-from ovgen.tokenizer import IncrementalDecoder, Tokenizer
+from ovgen.tokenizer import IncrementalDecoder, Tokenizer, _compiled_template
 
 POOLS = {
     "english": ["The quick brown fox jumps over the lazy dog.", "Hello, world!", "It's a test; isn't it?",
@@ -182,6 +182,8 @@ def test_chat_template_renders_like_transformers(model_dir):
                   {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]):
         expected = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         assert tok.apply_chat_template(msgs) == expected
+        # compiled once per template text: the next render reuses it
+        assert _compiled_template(tok.chat_template()) is _compiled_template(tok.chat_template())
         assert tok.encode(expected) == ref(expected, add_special_tokens=False)["input_ids"]
     assert np.array_equal(tok.encode("a b"), ref("a b", add_special_tokens=False)["input_ids"])
 
