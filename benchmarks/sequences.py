@@ -113,22 +113,23 @@ def dataset_runners(model, prompts: int, count: int, n: int) -> dict:
     return {"joined": joined, "one_by_one": one_by_one, "genai": _genai(model, ids, count, n)}
 
 
-def measure(runs: dict, pairs: int, tokens: int, ours: str, before: str) -> dict:
-    """One warm-up, then `pairs` timed runs of each runner in a balanced order: tokens/s per runner
-    (medians), `ours` over the others (medians of per-round ratios), and how many sequences `ours`
-    and `before` share (the two ways of ovgen must draw the same ones)."""
-    out, tps = throughput(runs, pairs, tokens)
-    assert all(len(v) == len(out[ours]) for v in out.values()), {k: len(v) for k, v in out.items()}
+def measure(runs: dict, pairs: int, sequences: int, n: int, ours: str, before: str) -> dict:
+    """One warm-up, then `pairs` timed runs of each runner (each must return `sequences` sequences of
+    n tokens) in a balanced order: tokens/s per runner (medians), `ours` over the others (medians of
+    per-round ratios), and how many sequences `ours` and `before` share (the two ways of ovgen must
+    draw the same ones)."""
+    out, tps = throughput(runs, pairs, sequences * n)
+    assert all(len(v) == sequences for v in out.values()), {k: len(v) for k, v in out.items()}
     return {**{f"{name}_tokens_per_s": float(np.median(t)) for name, t in tps.items()},
             **{f"{ours}_over_{b}": float(np.median(np.array(tps[ours]) / np.array(tps[b]))) for b in (before, "genai")},
-            "same_sequences": sum(a == b for a, b in zip(out[ours], out[before])), "sequences": len(out[ours])}
+            "same_sequences": sum(a == b for a, b in zip(out[ours], out[before])), "sequences": sequences}
 
 
 def dataset(model, args) -> None:
     rows = {}
     for count in (2, 4):
         runs = dataset_runners(model, args.prompts, count, args.new_tokens)
-        rows[count] = measure(runs, args.pairs, args.prompts * count * args.new_tokens, "joined", "one_by_one")
+        rows[count] = measure(runs, args.pairs, args.prompts * count, args.new_tokens, "joined", "one_by_one")
         print(count, json.dumps(rows[count]), flush=True)
     save_result(args.out or default_path("sequences_batch"), "sequences_batch", pairs=args.pairs,
                 new_tokens=args.new_tokens, prompts=args.prompts, report=model.report, results=rows)
@@ -152,7 +153,7 @@ def main() -> None:
     rows = {}
     for count in COUNTS:
         runs = runners(model, count, args.new_tokens)
-        rows[count] = measure(runs, args.pairs, count * args.new_tokens, "side_by_side", "one_after_another")
+        rows[count] = measure(runs, args.pairs, count, args.new_tokens, "side_by_side", "one_after_another")
         print(count, json.dumps(rows[count]), flush=True)
     save_result(args.out or default_path("sequences"), "sequences", pairs=args.pairs, new_tokens=args.new_tokens,
                 report=model.report, results=rows)
