@@ -208,7 +208,8 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--precision", choices=PRECISIONS, default="exact",
                    help="exact: f32 inference on every CPU (default); native: the plugin's own (bf16 where "
-                        "the CPU has it)")
+                        "the CPU has it); fast: each phase (prompt, tokens) in the precision measured "
+                        "fastest on this CPU (see README 'Fast mode')")
 
 
 def _ov_config(items: list[str] | None) -> dict[str, str] | None:
