@@ -392,14 +392,23 @@ def beam_candidates(acc: np.ndarray, k: int, rng: np.random.Generator | None = N
     """The K continuations beam search keeps from `acc: [beams * vocab]` (each beam's running score
     plus its processed log-probs, flattened): the K best, best first, lowest index at ties
     (torch.topk's role in HF), or - with `rng`, beam sampling - K distinct draws from softmax(acc) in
-    draw order (torch.multinomial without replacement), by the Gumbel-top-k trick."""
+    draw order (torch.multinomial without replacement), by the Gumbel-top-k trick.
+
+    When fewer than K continuations have non-zero probability (a grammar that allows one token, a
+    small top_k or top_p, the first step's unstarted beams), every one of them is drawn and the rest
+    are the best of the others by `acc`, as beam search without sampling takes them (their scores
+    are -inf or the unstarted beams' -1e9, so they never win over a drawn one). transformers'
+    torch.multinomial raises there instead: a constrained beam sample would stop at the first forced
+    token."""
     if rng is None:
         return top_k_indices(acc, k)
     p = softmax(acc)
-    nonzero = int(np.count_nonzero(p))
-    if nonzero < k:
-        raise ValueError(f"beam sampling needs {k} candidates with non-zero probability, only {nonzero} "
-                         "remain after processing (raise top_k / top_p or lower num_beams)")
     with np.errstate(divide="ignore"):
         keys = np.log(p) + rng.gumbel(size=p.shape).astype(np.float32)
-    return top_k_indices(keys, k)
+    nonzero = int(np.count_nonzero(p))
+    if nonzero >= k:
+        return top_k_indices(keys, k)
+    drawn = top_k_indices(keys, nonzero)
+    rest = acc.copy()
+    rest[drawn] = -np.inf
+    return np.concatenate([drawn, top_k_indices(rest, k - nonzero)])

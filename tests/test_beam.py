@@ -32,10 +32,22 @@ def test_sampling_without_replacement_has_the_law_of_successive_draws():
     assert pvalue > 1e-3
 
 
-def test_sampling_refuses_when_too_few_candidates_remain():
-    logits = np.array([0.0, -np.inf, -np.inf, 1.0], np.float32)
-    with pytest.raises(ValueError, match="non-zero probability"):
-        beam_candidates(logits, 3, np.random.default_rng(0))
+def test_with_too_few_nonzero_candidates_all_are_drawn_then_the_best_of_the_rest():
+    """Fewer continuations with non-zero probability than K (a grammar forcing a token, the first
+    step's unstarted beams at -1e9): each is drawn, in the law of successive draws, and the other
+    places go to the best of the rest by score, lowest index at ties - as beam search without
+    sampling fills them. (It raised here, as transformers' torch.multinomial does, which stopped a
+    constrained beam sample at its first forced token.)"""
+    acc = np.array([-np.inf, 0.0, -1e9, -np.inf, np.log(3.0), -2e9, -np.inf], np.float32)
+    rng = np.random.default_rng(3)
+    firsts = np.zeros(acc.size)
+    for _ in range(4000):
+        c = beam_candidates(acc, 5, rng)
+        assert sorted(c[:2].tolist()) == [1, 4] and c[2:].tolist() == [2, 5, 0]
+        firsts[c[0]] += 1
+    pvalue = stats.binomtest(int(firsts[4]), 4000, 0.75).pvalue
+    assert pvalue > 1e-3  # p(4) = 3 / (1 + 3)
+    assert beam_candidates(acc, 2, rng).tolist() in ([1, 4], [4, 1])  # enough: draws only
 
 
 def test_beam_sample_is_reproducible_by_seed(model):

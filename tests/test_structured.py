@@ -97,6 +97,24 @@ def test_beam_search_keeps_a_matcher_per_beam(model):
         _valid(seq.text, schema)
 
 
+def test_beam_sampling_under_a_constraint_that_forces_tokens(model):
+    """A schema forces tokens (`{"`, keys, quotes: one allowed token, fewer than the 2 x num_beams
+    continuations a beam sample draws): the sampled search goes on through them (it stopped with
+    "needs 6 candidates with non-zero probability" at the first), every sequence valid, the same
+    sequences again for the same seed."""
+    name, prompt, schema = SCHEMAS[0]
+    cfg = {"max_new_tokens": 120, "json_schema": schema, "num_beams": 3, "num_return_sequences": 2,
+           "do_sample": True, "top_k": 20, "seed": 5}
+    runs = [ovgen.generate(model, [{"role": "user", "content": prompt}], cfg) for _ in range(2)]
+    for seq in runs[0].sequences:
+        assert seq.finish_reason == "stop"
+        _valid(seq.text, schema)
+    assert [s.token_ids for s in runs[0].sequences] == [s.token_ids for s in runs[1].sequences]
+    choice = ovgen.generate(model, "Is the sky blue? Answer:", {"choices": ["yes", "no"], "num_beams": 2,
+                                                                "do_sample": True, "seed": 1})
+    assert {s.text for s in choice.sequences} <= {"yes", "no"}
+
+
 def test_onnx_path_is_constrained_too():
     onnx = ovgen.load(require_flavour("onnx"))
     for name, prompt, schema in SCHEMAS[:3]:
