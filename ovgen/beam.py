@@ -31,7 +31,7 @@ import numpy as np
 from ovgen.kernels.sampling import top_k_indices
 
 from .beam_groups import group_beam_search
-from .beam_state import NEG, Beams, BeamStep, Hypothesis
+from .beam_state import NEG, Beams, BeamStep, Hypothesis, StopHits
 from .choice import beam_candidates, build_chain
 from .config import GenerationConfig
 from .search import candidates
@@ -50,8 +50,8 @@ def check_beam_config(cfg: GenerationConfig) -> None:
                              "beam searches over num_beams / num_beam_groups beams)")
     elif cfg.diversity_penalty:
         raise ValueError(f"diversity_penalty ({cfg.diversity_penalty}) needs num_beam_groups > 1")
-    if cfg.stop_strings:
-        raise ValueError("stop_strings are not supported with beam search (num_beams > 1)")
+    if cfg.stop_strings and cfg.num_beam_groups > 1:
+        raise ValueError("stop_strings are not supported with diverse beam search (num_beam_groups > 1)")
     if cfg.top_logprobs:
         raise ValueError("top_logprobs is not supported with beam search (num_beams > 1)")
     if cfg.mirostat:
@@ -87,6 +87,12 @@ class BeamSearch:
                                  model=model or getattr(session, "model", None), extra=extra)
         self.chain.reset()
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+        self.stops = None
+        if cfg.stop_strings:
+            owner = model or getattr(session, "model", None)
+            if owner is None:
+                raise ValueError("stop_strings in beam search need the model's tokenizer: pass model=")
+            self.stops = StopHits(cfg.stop_strings, owner.tokenizer)
         self._result: list[Hypothesis] | None = None
         self.timed_out = False  # max_time ended the search (its unfinished beams end with finish_reason "time")
 
@@ -157,7 +163,8 @@ class BeamSearch:
             model_ns = self.session.infer_ns
         n = self.cfg.num_return_sequences
         self._result = [state.finished.hypothesis(i, int(state.fin_len[i]), state.fin_scores[i], self.eos,
-                                                  late=self.timed_out and state.fin_len[i] < self.max_new)
+                                                  late=self.timed_out and state.fin_len[i] < self.max_new,
+                                                  stops=self.stops)
                         for i in range(n)]
 
 
@@ -186,6 +193,8 @@ class _VectorState:
         cands = self.running.take(src)
         cands.set_step(slice(None), cur, tok, raw[src, tok], processed[src, tok])
         hits = np.isin(tok, self.s.eos_arr) | (cur + 1 >= self.s.max_new) | out_of_time
+        if self.s.stops is not None:  # HF: the stopping criteria (StopStringCriteria) on every candidate
+            hits |= self.s.stops(cands.tokens[:, :cur + 1])
         return cand, acc[cand], cands, hits
 
     def keep_running(self, cand, cand_lp, cands: Beams, hits) -> np.ndarray:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,9 +68,34 @@ class Beams:
         return Beams(*(np.concatenate([a, b]) for a, b in ((self.tokens, other.tokens), (self.raw, other.raw),
                                                              (self.processed, other.processed))))
 
-    def hypothesis(self, i: int, length: int, score: float, eos: frozenset, late: bool = False) -> Hypothesis:
-        """Row i's first `length` tokens as a Hypothesis; `late`: max_time ended it before max_new_tokens."""
+    def hypothesis(self, i: int, length: int, score: float, eos: frozenset, late: bool = False,
+                   stops: "StopHits | None" = None) -> Hypothesis:
+        """Row i's first `length` tokens as a Hypothesis; `late`: max_time ended it before max_new_tokens;
+        `stops`: the search's stop strings (a beam whose last token completed one ends on it)."""
         ids = self.tokens[i, :length].tolist()
-        reason = "stop" if ids and ids[-1] in eos else "time" if late else "length"
+        stopped = bool(ids) and stops is not None and bool(stops(self.tokens[i:i + 1, :length])[0])
+        reason = "stop" if ids and ids[-1] in eos else "stop_string" if stopped else "time" if late else "length"
         return Hypothesis(ids, float(score), self.raw[i, :length].tolist(), self.processed[i, :length].tolist(),
                           reason)
+
+
+class StopHits:
+    """Which beams' last token completed a stop string: transformers' `StopStringCriteria` rule (the
+    stop string is in the decoded text and overlaps the last token's text, so one already complete
+    before it does not count again), on the generated text - what ovgen's other loops match stop
+    strings against. Decodes only a window of the last tokens: a stop string of L characters that
+    reaches into the last token starts within its last 4L + 1 tokens (a byte-level token holds at
+    least one UTF-8 byte, a character at most four)."""
+
+    def __init__(self, stops, tokenizer):
+        self.stops, self.tok = list(stops), tokenizer
+        self.window = 4 * max(len(s) for s in self.stops) + 2
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens: [beams, generated] -> [beams] bool."""
+        out = np.zeros(tokens.shape[0], bool)
+        for i, row in enumerate(tokens[:, -self.window:].tolist()):
+            text, before = self.tok.decode(row), self.tok.decode(row[:-1])
+            kept = len(before) if text.startswith(before) else len(os.path.commonprefix([text, before]))
+            out[i] = any((at := text.rfind(s)) >= 0 and at + len(s) > kept for s in self.stops)
+        return out

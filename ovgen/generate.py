@@ -334,7 +334,7 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
     if cfg.num_beams > 1:  # BeamSearch checks the beam settings before it runs anything
         hyps, steps = beam_search(session, ids, cfg, max_new_tokens=max_new, processors=processors, logits=logits,
                                   model=model, extra=extra)
-        yield from sequence_records(model.tokenizer, hyps, steps)
+        yield from sequence_records(model.tokenizer, hyps, steps, cfg.stop_strings, cfg.include_stop_str_in_output)
         return
     if max_new == 0:
         return

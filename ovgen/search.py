@@ -11,7 +11,7 @@ The last token of a generation is not run through the model (nothing needs its l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter_ns
@@ -205,18 +205,25 @@ def _text(detok, stop_strings: StopStrings, token: int, reason: str | None) -> t
     return text, reason
 
 
-def sequence_records(tokenizer, sequences, steps=None) -> Iterator[TokenRecord]:
+def sequence_records(tokenizer, sequences, steps=None, stop_strings: Sequence[str] = (),
+                     include_stop_str_in_output: bool = False) -> Iterator[TokenRecord]:
     """One TokenRecord per token of each finished sequence, best first (beam search: they are only
     known at the end). `sequences`: objects with token_ids, logprobs, processed_logprobs,
     finish_reason and score (beam.Hypothesis); `steps[i]`, when given, holds the timings of the step
-    that chose token i (beam.BeamStep)."""
+    that chose token i (beam.BeamStep). With stop strings the text ends at the first one, as in the
+    one-sequence loop (after it with `include_stop_str_in_output`)."""
     for seq, h in enumerate(sequences):
-        detok = IncrementalDecoder(tokenizer)
+        detok, stops, matched = IncrementalDecoder(tokenizer), StopStrings(stop_strings, include_stop_str_in_output), False
         last = len(h.token_ids) - 1
         for i, tok in enumerate(h.token_ids):
-            text = detok.push(tok) + (detok.flush() if i == last else "")
+            if matched:  # past the stop string (a beam kept running with a stopped score): no more text
+                text = ""
+            else:
+                text, reason = _text(detok, stops, tok, h.finish_reason if i == last else None)
+                matched = reason == "stop_string"
             st = steps[i] if steps else None
             timings = {"model_ns": st.model_ns, "process_ns": st.process_ns, "choice_ns": st.choice_ns,
                        "ready_ns": st.ready_ns, "stage_ns": st.stage_ns} if st else {}
             yield TokenRecord(i, tok, text, h.logprobs[i], h.processed_logprobs[i],
-                              h.finish_reason if i == last else None, sequence=seq, score=h.score, **timings)
+                              ("stop_string" if matched else h.finish_reason) if i == last else None, sequence=seq,
+                              score=h.score, **timings)

@@ -112,7 +112,8 @@ def test_steps_show_every_beam_and_reorder(model):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"num_beams": 2, "stop_strings": ["x"]}, "stop_strings"),
+    ({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0, "stop_strings": ["x"]},
+     "stop_strings are not supported with diverse beam search"),
     ({"num_beams": 4, "num_beam_groups": 2}, "diversity_penalty > 0"),
     ({"num_beams": 4, "diversity_penalty": 1.0}, "num_beam_groups > 1"),
     ({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0, "do_sample": True}, "do_sample"),

@@ -115,6 +115,41 @@ def test_beam_search_ends_both_ways_by_construction(model, hf, prompts, num_beam
         assert all(len(s.token_ids) == MAX_NEW for s in res.sequences)
 
 
+@pytest.mark.parametrize("num_beams", [2, 4])
+def test_stop_strings_end_beams_as_in_transformers(model, hf, prompts, num_beams):
+    """transformers' beam search ends a candidate whose last token completes a stop string
+    (`StopStringCriteria`, given the tokenizer) as it ends one on eos: it competes for the finished
+    slots with its score. Same sequences and scores on the eight prompts with stop strings that end
+    some beams in one token ("."), across tokens ("\n\n") and inside a token (","); ovgen's text
+    ends before the stop string, finish_reason "stop_string". HF pads a stopped sequence with eos
+    (its pad token), so trailing eos are set aside on both sides; the scores tell the two apart."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model.path)
+    stops = [".", "\n\n", ","]
+    kw = dict(num_beams=num_beams, num_return_sequences=2)
+    ended = 0
+    for ids in prompts:
+        ref, scores = hf_beam(hf, ids, stop_strings=stops, tokenizer=tok, **kw)
+        res = ours(model, ids, stop_strings=stops, **kw)
+        assert [untrail(s.token_ids) for s in res.sequences] == [untrail(r) for r in ref]
+        np.testing.assert_allclose([s.score for s in res.sequences], scores, rtol=0, atol=1e-4)
+        for s in res.sequences:
+            full = model.tokenizer.decode(s.token_ids)
+            if s.finish_reason == "stop_string":
+                ended += 1
+                assert any(full.startswith(s.text + stop) for stop in stops) and not any(x in s.text for x in stops)
+            else:
+                assert s.text == full
+    assert ended >= len(prompts)  # the stop strings did end beams, on most prompts
+
+
+def untrail(seq: list[int]) -> list[int]:
+    while seq and seq[-1] == EOS:
+        seq = seq[:-1]
+    return seq
+
+
 def hf_group_beam_search(hf, ids, *, num_beams, groups, penalty, length_penalty=1.0, early_stopping=False,
                          num_return_sequences=2):
     """transformers 4.55 `_group_beam_search` (batch 1, diversity processor only), on the OV model."""
