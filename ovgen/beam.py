@@ -31,7 +31,7 @@ import numpy as np
 from ovgen.kernels.sampling import top_k_indices
 
 from .beam_groups import group_beam_search
-from .beam_state import NEG, Beams, BeamStep, Hypothesis, StopHits
+from .beam_state import NEG, Beams, BeamStep, Hypothesis, StopHits, step_tops
 from .choice import beam_candidates, build_chain
 from .config import GenerationConfig
 from .search import candidates
@@ -52,8 +52,6 @@ def check_beam_config(cfg: GenerationConfig) -> None:
         raise ValueError(f"diversity_penalty ({cfg.diversity_penalty}) needs num_beam_groups > 1")
     if cfg.stop_strings and cfg.num_beam_groups > 1:
         raise ValueError("stop_strings are not supported with diverse beam search (num_beam_groups > 1)")
-    if cfg.top_logprobs:
-        raise ValueError("top_logprobs is not supported with beam search (num_beams > 1)")
     if cfg.mirostat:
         raise ValueError("mirostat chooses one token; it cannot drive beam search (num_beams > 1)")
 
@@ -80,6 +78,7 @@ class BeamSearch:
         self.prompt = np.asarray(prompt_ids, dtype=np.int64)
         self.max_new = max_new_tokens
         self.nb = cfg.num_beams
+        self.top_n = cfg.top_logprobs  # each token's step keeps its top-N (token, raw log-prob)
         self.eos = frozenset() if cfg.ignore_eos else frozenset(int(e) for e in cfg.eos_token_id)
         self.eos_arr = np.fromiter(sorted(self.eos), np.int64, len(self.eos))
         keep = len(self.eos) + 1 if cfg.do_sample else 1  # HF: min_tokens_to_keep for beam sampling
@@ -148,8 +147,9 @@ class BeamSearch:
             t0 = perf_counter_ns()
             raw = self.log_probs(logits)
             processed = self.chain(self.history(), raw)
+            tops = step_tops(raw, self.top_n)
             t1 = perf_counter_ns()
-            cand, cand_lp, cands, hits = state.expand(raw, processed, cur, self.out_of_time(t_start))
+            cand, cand_lp, cands, hits = state.expand(raw, processed, cur, self.out_of_time(t_start), tops)
             beam_idx = state.keep_running(cand, cand_lp, cands, hits)
             state.keep_finished(cand_lp, cands, hits, cur)
             go_on = state.go_on(cur, hits)
@@ -174,24 +174,26 @@ class _VectorState:
     def __init__(self, search: BeamSearch):
         self.s, nb, L = search, search.nb, search.max_new
         self.k_keep = max(2, 1 + len(search.eos)) * nb
-        self.running = Beams.empty(nb, L)
+        self.running = Beams.empty(nb, L, search.top_n)
         self.running_scores = np.full(nb, NEG, np.float32)
         self.running_scores[0] = 0.0
-        self.finished = Beams.empty(nb, L)
+        self.finished = Beams.empty(nb, L, search.top_n)
         self.fin_scores = np.full(nb, NEG, np.float32)
         self.fin_len = np.zeros(nb, np.int64)
         self.fin_done = np.zeros(nb, bool)
         self.heuristic_open = True
         self.top_mask = np.arange(self.k_keep) < nb
 
-    def expand(self, raw, processed, cur: int, out_of_time: bool):
-        """(a-d) the top-K continuations over all beams, as beams, and which of them stop here."""
+    def expand(self, raw, processed, cur: int, out_of_time: bool, tops=None):
+        """(a-d) the top-K continuations over all beams, as beams, and which of them stop here
+        (`tops`: each beam's top-N at this step, kept with the continuations when asked)."""
         self.vocab = vocab = processed.shape[-1]
         acc = (processed + self.running_scores[:, None]).reshape(-1)
         cand = beam_candidates(acc, self.k_keep, self.s.rng if self.s.cfg.do_sample else None)
         src, tok = cand // vocab, cand % vocab
         cands = self.running.take(src)
-        cands.set_step(slice(None), cur, tok, raw[src, tok], processed[src, tok])
+        cands.set_step(slice(None), cur, tok, raw[src, tok], processed[src, tok],
+                       None if tops is None else (tops[0][src], tops[1][src]))
         hits = np.isin(tok, self.s.eos_arr) | (cur + 1 >= self.s.max_new) | out_of_time
         if self.s.stops is not None:  # HF: the stopping criteria (StopStringCriteria) on every candidate
             hits |= self.s.stops(cands.tokens[:, :cur + 1])

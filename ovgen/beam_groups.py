@@ -16,7 +16,7 @@ import numpy as np
 
 from ovgen.kernels.sampling import top_k_indices
 
-from .beam_state import NEG, Beams, BeamStep
+from .beam_state import NEG, Beams, BeamStep, step_tops
 
 
 class Hypotheses:
@@ -67,7 +67,7 @@ def group_beam_search(search, logits, t_start: int) -> Iterator[BeamStep]:
     cfg, nb, L = search.cfg, search.nb, search.max_new
     groups = cfg.num_beam_groups
     gs = nb // groups
-    beams = Beams.empty(nb, L)
+    beams = Beams.empty(nb, L, search.top_n)
     scores = np.full(nb, NEG, np.float32)
     scores[::gs] = 0.0
     hyps = [Hypotheses(gs, cfg.length_penalty, cfg.early_stopping, L) for _ in range(groups)]
@@ -76,9 +76,10 @@ def group_beam_search(search, logits, t_start: int) -> Iterator[BeamStep]:
     for cur in range(L):
         t0 = perf_counter_ns()
         raw, history = search.log_probs(logits), search.history()
-        step = _Step(np.zeros(nb, np.int64), np.zeros(nb, np.int32), Beams.empty(nb, L))
+        tops = step_tops(raw, search.top_n)
+        step = _Step(np.zeros(nb, np.int64), np.zeros(nb, np.int32), Beams.empty(nb, L, search.top_n))
         for g in range(groups):
-            _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, step)
+            _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, step, tops)
         beams = step.new
         t2 = perf_counter_ns()
         stop = all(done) or cur + 1 >= L or search.out_of_time(t_start)
@@ -91,9 +92,13 @@ def group_beam_search(search, logits, t_start: int) -> Iterator[BeamStep]:
     search._result = _finalize(search, beams, scores, hyps, done, cur + 1)
 
 
-def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, step: _Step) -> None:
+def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, step: _Step, tops=None) -> None:
     """Group g's step: diversity penalty from the earlier groups' choices, processors, the top 2 * gs
-    continuations; eos among the first gs finish a hypothesis, the first gs others run on."""
+    continuations; eos among the first gs finish a hypothesis, the first gs others run on. `tops`: every
+    beam's top-N at this step (top_logprobs), or None."""
+    def top(rows):
+        return None if tops is None else (tops[0][rows], tops[1][rows])
+
     rows = slice(g * gs, (g + 1) * gs)
     tp = perf_counter_ns()
     lp = raw[rows]
@@ -118,7 +123,7 @@ def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, s
                 chosen.append((s, t, acc[cand[rank]]))
             elif rank < gs:
                 ended = beams.take([g * gs + s])
-                ended.set_step(0, cur, t, raw[g * gs + s, t], processed[s, t])
+                ended.set_step(0, cur, t, raw[g * gs + s, t], processed[s, t], top(g * gs + s))
                 hyps[g].add(ended, float(acc[cand[rank]]), cur + 1)
             if len(chosen) == gs:
                 break
@@ -128,7 +133,8 @@ def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, s
         done[g] = hyps[g].is_done(float(acc[cand].max()), cur + 1)
     scores[rows] = chosen_score
     step.new.put(rows, beams, g * gs + chosen_src)
-    step.new.set_step(rows, cur, chosen_tok, raw[g * gs + chosen_src, chosen_tok], processed[chosen_src, chosen_tok])
+    step.new.set_step(rows, cur, chosen_tok, raw[g * gs + chosen_src, chosen_tok], processed[chosen_src, chosen_tok],
+                      top(g * gs + chosen_src))
     step.current[rows] = chosen_tok
     step.reorder[rows] = g * gs + chosen_src
 

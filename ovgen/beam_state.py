@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ovgen.kernels.sampling import top_k_indices
+
 NEG = np.float32(-1.0e9)  # HF's "very large negative" score for masked beams
 
 
@@ -19,7 +21,8 @@ class Hypothesis:
     score: float | None  # sum of processed log-probs / len(token_ids) ** length_penalty
     logprobs: list[float]  # each token's raw model log-probability
     processed_logprobs: list[float]  # each token's processed log-prob (they sum to the unnormalised score)
-    finish_reason: str  # "stop" (eos), "length" or "time" (max_time)
+    finish_reason: str  # "stop" (eos), "stop_string", "length" or "time" (max_time)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: its step's top-N (token, raw logprob)
 
 
 @dataclass
@@ -44,29 +47,41 @@ class BeamStep:
 
 @dataclass
 class Beams:
-    """Per-beam token history and per-token log-probs (generated part only), gathered together."""
+    """Per-beam token history and per-token log-probs (generated part only), gathered together; with
+    `top_logprobs` N, each step's N most likely tokens and their raw log-probs too."""
 
     tokens: np.ndarray  # [n, max_new] int64
     raw: np.ndarray  # [n, max_new] float32
     processed: np.ndarray  # [n, max_new] float32
+    top_ids: np.ndarray | None = None  # [n, max_new, N] int64 (top_logprobs)
+    top_lp: np.ndarray | None = None  # [n, max_new, N] float32
 
     @classmethod
-    def empty(cls, n: int, max_new: int) -> "Beams":
+    def empty(cls, n: int, max_new: int, top_n: int = 0) -> "Beams":
+        top = (np.zeros((n, max_new, top_n), np.int64), np.zeros((n, max_new, top_n), np.float32)) if top_n \
+            else (None, None)
         return cls(np.zeros((n, max_new), np.int64), np.zeros((n, max_new), np.float32),
-                   np.zeros((n, max_new), np.float32))
+                   np.zeros((n, max_new), np.float32), *top)
+
+    def _arrays(self) -> tuple:
+        return self.tokens, self.raw, self.processed, self.top_ids, self.top_lp
 
     def take(self, idx) -> "Beams":
-        return Beams(self.tokens[idx], self.raw[idx], self.processed[idx])
+        return Beams(*(None if a is None else a[idx] for a in self._arrays()))
 
     def put(self, dst, src: "Beams", idx) -> None:
-        self.tokens[dst], self.raw[dst], self.processed[dst] = src.tokens[idx], src.raw[idx], src.processed[idx]
+        for a, b in zip(self._arrays(), src._arrays()):
+            if a is not None:
+                a[dst] = b[idx]
 
-    def set_step(self, rows, cur: int, tokens, raw, processed) -> None:
+    def set_step(self, rows, cur: int, tokens, raw, processed, top=None) -> None:
+        """`top`: (ids, log-probs) [rows, N] of the rows' steps when the search keeps top_logprobs."""
         self.tokens[rows, cur], self.raw[rows, cur], self.processed[rows, cur] = tokens, raw, processed
+        if self.top_ids is not None:
+            self.top_ids[rows, cur], self.top_lp[rows, cur] = top
 
     def concat(self, other: "Beams") -> "Beams":
-        return Beams(*(np.concatenate([a, b]) for a, b in ((self.tokens, other.tokens), (self.raw, other.raw),
-                                                             (self.processed, other.processed))))
+        return Beams(*(None if a is None else np.concatenate([a, b]) for a, b in zip(self._arrays(), other._arrays())))
 
     def hypothesis(self, i: int, length: int, score: float, eos: frozenset, late: bool = False,
                    stops: "StopHits | None" = None) -> Hypothesis:
@@ -75,8 +90,19 @@ class Beams:
         ids = self.tokens[i, :length].tolist()
         stopped = bool(ids) and stops is not None and bool(stops(self.tokens[i:i + 1, :length])[0])
         reason = "stop" if ids and ids[-1] in eos else "stop_string" if stopped else "time" if late else "length"
+        top = None if self.top_ids is None else [list(zip(t, v)) for t, v in zip(self.top_ids[i, :length].tolist(),
+                                                                                  self.top_lp[i, :length].tolist())]
         return Hypothesis(ids, float(score), self.raw[i, :length].tolist(), self.processed[i, :length].tolist(),
-                          reason)
+                          reason, top)
+
+
+def step_tops(raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each beam's n most likely tokens at this step and their raw log-probs (`raw`: [beams, vocab]),
+    most likely first, lowest id at ties - the one-sequence loop's `top_logprobs`; None when n is 0."""
+    if not n:
+        return None
+    ids = np.stack([top_k_indices(row, n) for row in raw])
+    return ids, np.take_along_axis(raw, ids, axis=1)
 
 
 class StopHits:

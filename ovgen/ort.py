@@ -279,7 +279,7 @@ class OrtSession(TokenHistory):
         first. The runtime reports no per-token log-probabilities or scores: those fields are NaN/None."""
         unsupported = [n for n in ("logit_bias", "presence_penalty", "frequency_penalty", "bad_words_ids",
                                    "allowed_token_ids", "min_new_tokens", "dry_multiplier", "json_schema", "regex",
-                                   "grammar", "choices", "stop_strings") if getattr(cfg, n)]
+                                   "grammar", "choices", "stop_strings", "top_logprobs") if getattr(cfg, n)]
         if processors or unsupported or cfg.do_sample or cfg.num_beam_groups > 1:
             what = ", ".join(unsupported + ["processors"] * bool(processors) + ["do_sample"] * cfg.do_sample
                              + ["num_beam_groups"] * (cfg.num_beam_groups > 1))

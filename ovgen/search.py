@@ -224,6 +224,7 @@ def sequence_records(tokenizer, sequences, steps=None, stop_strings: Sequence[st
             st = steps[i] if steps else None
             timings = {"model_ns": st.model_ns, "process_ns": st.process_ns, "choice_ns": st.choice_ns,
                        "ready_ns": st.ready_ns, "stage_ns": st.stage_ns} if st else {}
+            top = getattr(h, "top_logprobs", None)
             yield TokenRecord(i, tok, text, h.logprobs[i], h.processed_logprobs[i],
-                              ("stop_string" if matched else h.finish_reason) if i == last else None, sequence=seq,
-                              score=h.score, **timings)
+                              ("stop_string" if matched else h.finish_reason) if i == last else None,
+                              top_logprobs=top[i] if top else None, sequence=seq, score=h.score, **timings)

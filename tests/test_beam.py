@@ -117,7 +117,6 @@ def test_steps_show_every_beam_and_reorder(model):
     ({"num_beams": 4, "num_beam_groups": 2}, "diversity_penalty > 0"),
     ({"num_beams": 4, "diversity_penalty": 1.0}, "num_beam_groups > 1"),
     ({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0, "do_sample": True}, "do_sample"),
-    ({"num_beams": 2, "top_logprobs": 3}, "top_logprobs"),
     ({"num_beams": 2, "num_return_sequences": 3}, "num_return_sequences must be <= num_beams"),
     ({"num_beams": 4, "num_beam_groups": 3, "diversity_penalty": 1.0}, "divisible"),
     ({"num_beams": 2, "early_stopping": "sometimes"}, "early_stopping"),
@@ -127,6 +126,45 @@ def test_bad_beam_settings_fail_before_inference(model, changes, message):
     with pytest.raises(ValueError, match=message):
         list(ovgen.stream(model, "hello", changes, session=session))
     assert session.length == 0  # nothing ran
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_beam_records_carry_each_steps_top_logprobs(model, groups):
+    """top_logprobs with beams: each token of a returned sequence carries the N most likely tokens
+    and raw log-probs of the step that chose it. Checked two ways: within the search, a chosen token
+    that is among its step's top N has exactly its record's log-prob there (the same beam's row of
+    the same step); and against the sequence's prefix run alone through a fresh session (one row
+    where the beams ran as 4, with an f16 KV cache computed from f32 sums in another order: log-probs
+    up to ~2e-3 apart here, so values within 1e-2 and ids where they are 5e-2 apart - another
+    beam's or step's top N is off by far more). The search itself does not change."""
+    prompt = "The three primary colours are"
+    cfg = {"num_beams": 4, "num_return_sequences": 2, "max_new_tokens": 12, "ignore_eos": True}
+    if groups > 1:
+        cfg.update(num_beam_groups=groups, diversity_penalty=0.8)
+    plain = ovgen.generate(model, prompt, cfg)
+    res = ovgen.generate(model, prompt, {**cfg, "top_logprobs": 3})
+    assert [s.token_ids for s in res.sequences] == [s.token_ids for s in plain.sequences]
+    assert [s.score for s in res.sequences] == [s.score for s in plain.sequences]
+    ids, inside = model.tokenizer.encode(prompt), 0
+    for seq in res.sequences:
+        s = model.session()
+        logits = s.prefill(ids)
+        for rec in seq.records:
+            got = rec.top_logprobs
+            assert len(got) == 3 and [v for _, v in got] == sorted((v for _, v in got), reverse=True)
+            if rec.token_id in dict(got):
+                assert dict(got)[rec.token_id] == rec.logprob
+                inside += 1
+            alone = logits - s.logsumexp
+            want = np.argsort(-alone, kind="stable")[:4]
+            np.testing.assert_allclose([v for _, v in got], alone[want[:3]], rtol=0, atol=1e-2)
+            for k, (t, _) in enumerate(got):
+                if min(abs(alone[want[k]] - alone[want[j]]) for j in (k - 1, k + 1) if 0 <= j < 4) > 5e-2:
+                    assert t == int(want[k])
+            logits = s.step(rec.token_id)
+    assert inside > len(res.sequences) * 6  # beams mostly take likely tokens: the exact check ran often
+    out = res.to_dict()["sequences"][0]  # the --json output carries them, per token
+    assert len(out["top_logprobs"]) == len(out["token_ids"]) and "top_logprobs" not in plain.to_dict()["sequences"][0]
 
 
 @pytest.mark.parametrize("groups", [1, 2])

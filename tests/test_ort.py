@@ -191,6 +191,8 @@ def test_what_the_runtime_cannot_do_is_refused_by_name(onnx_model):
         ovgen.generate(onnx_model, [1, 2, 3], {"num_beams": 2, "logit_bias": {5: 1.0}})
     with pytest.raises(NotImplementedError, match="runtime's own.*stop_strings"):
         ovgen.generate(onnx_model, [1, 2, 3], {"num_beams": 2, "stop_strings": ["."]})
+    with pytest.raises(NotImplementedError, match="runtime's own.*top_logprobs"):
+        ovgen.generate(onnx_model, [1, 2, 3], {"num_beams": 2, "top_logprobs": 2})
     with pytest.raises(ValueError, match="outside the vocabulary"):
         s.append([49152])
     with pytest.raises(ValueError, match="exceed the generator's max_length 8192"):
