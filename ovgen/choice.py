@@ -409,6 +409,7 @@ def beam_candidates(acc: np.ndarray, k: int, rng: np.random.Generator | None = N
     if nonzero >= k:
         return top_k_indices(keys, k)
     drawn = top_k_indices(keys, nonzero)
-    rest = acc.copy()
-    rest[drawn] = -np.inf
-    return np.concatenate([drawn, top_k_indices(rest, k - nonzero)])
+    others = np.ones(acc.size, bool)
+    others[drawn] = False
+    others = np.flatnonzero(others)  # ascending, so ties still go to the lowest index
+    return np.concatenate([drawn, others[top_k_indices(acc[others], k - nonzero)]])

@@ -48,6 +48,8 @@ def test_with_too_few_nonzero_candidates_all_are_drawn_then_the_best_of_the_rest
     pvalue = stats.binomtest(int(firsts[4]), 4000, 0.75).pvalue
     assert pvalue > 1e-3  # p(4) = 3 / (1 + 3)
     assert beam_candidates(acc, 2, rng).tolist() in ([1, 4], [4, 1])  # enough: draws only
+    c = beam_candidates(acc, 7, rng)  # every place: the drawn ones are not taken again among the -inf
+    assert sorted(c[:2].tolist()) == [1, 4] and c[2:].tolist() == [2, 5, 0, 3, 6]
 
 
 def test_beam_sample_is_reproducible_by_seed(model):
