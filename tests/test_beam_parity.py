@@ -122,7 +122,10 @@ def test_stop_strings_end_beams_as_in_transformers(model, hf, prompts, num_beams
     slots with its score. Same sequences and scores on the eight prompts with stop strings that end
     some beams in one token ("."), across tokens ("\n\n") and inside a token (","); ovgen's text
     ends before the stop string, finish_reason "stop_string". HF pads a stopped sequence with eos
-    (its pad token), so trailing eos are set aside on both sides; the scores tell the two apart."""
+    (its pad token), so trailing eos are set aside on both sides; the scores tell the two apart.
+    (transformers' criterion also sees the prompt, ovgen's only the generated text: the two would
+    differ on an answer starting with "\n" after a chat prompt's closing "\n", which this model does
+    not write.)"""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model.path)
