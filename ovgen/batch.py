@@ -83,7 +83,8 @@ def _fresh(p):
     return p.clone() if hasattr(p, "clone") else p
 
 
-def batch_decode(model, session, prompts: list[list[_Row]], t_start_ns: int) -> Iterator[TokenRecord]:
+def batch_decode(model, session, prompts: list[list[_Row]], t_start_ns: int, overlap: bool = True
+                 ) -> Iterator[TokenRecord]:
     """One batch to the end: a TokenRecord per token of every row (`record.row`: the prompt's index,
     `record.sequence`: which of its returned sequences). `prompts`: each prompt's rows.
 
@@ -91,7 +92,8 @@ def batch_decode(model, session, prompts: list[list[_Row]], t_start_ns: int) -> 
     into them (Session.reorder, gathered inside the next infer). Each step chooses every row's token
     first; when no row has stop strings (which need the text to tell whether a row goes on) the next
     infer then starts (`Session.start_rows`) and runs while the rows' grammars advance, their tokens
-    are detokenised and the records are consumed."""
+    are detokenised and the records are consumed (`overlap=False`: each infer runs once every record
+    of the step has been consumed)."""
     prompts = [rows for rows in prompts if rows[0].stopping.max_new_tokens > 0]
     if not prompts:
         return
@@ -106,7 +108,7 @@ def batch_decode(model, session, prompts: list[list[_Row]], t_start_ns: int) -> 
             session.reorder(fork)
             logits, lse = logits[fork], lse[fork]
             tops = None if tops is None else (tops[0][fork], tops[1][fork])
-        yield from _batch_decode(session, live, t_start_ns, (logits, lse, tops))
+        yield from _batch_decode(session, live, t_start_ns, (logits, lse, tops), overlap)
 
 
 def _batch_decode(session, live: list[_Row], t_start_ns: int, first, overlap: bool = True
@@ -244,14 +246,16 @@ def in_sequence_order(records: Iterator[TokenRecord], n: int) -> Iterator[TokenR
 
 
 def batch_stream(model, prompts: Sequence[list[int]], configs: Sequence[GenerationConfig], *, processors=(),
-                 extras: Sequence[list] | None = None, batch_size: int = 8, session=None) -> Iterator[TokenRecord]:
+                 extras: Sequence[list] | None = None, batch_size: int = 8, session=None, overlap: bool = True
+                 ) -> Iterator[TokenRecord]:
     """Every prompt (token ids, validated configs) through batches of at most `batch_size` rows;
-    records of a batch interleave across its rows (`record.row` is the prompt's index)."""
+    records of a batch interleave across its rows (`record.row` is the prompt's index). `overlap`:
+    as `generate.stream`'s, for the batches and the prompts that run alone."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     session = session or model.session()
     return owned(session, _batch_records(model, session, prompts, configs, processors, extras or [[] for _ in prompts],
-                                         batch_size))
+                                         batch_size, overlap))
 
 
 def padded_groups(indices, lengths, batch_size: int, slack: int = 256, sizes=None) -> Iterator[list[int]]:
@@ -274,7 +278,8 @@ def padded_groups(indices, lengths, batch_size: int, slack: int = 256, sizes=Non
         yield group
 
 
-def _batch_records(model, session, prompts, configs, processors, extras, batch_size) -> Iterator[TokenRecord]:
+def _batch_records(model, session, prompts, configs, processors, extras, batch_size, overlap
+                   ) -> Iterator[TokenRecord]:
     from .generate import run  # the loop of one prompt, for rows that need their own
 
     forks = not session.one_row and getattr(session, "_has_beam_idx", False)  # a KV row can become several
@@ -285,8 +290,8 @@ def _batch_records(model, session, prompts, configs, processors, extras, batch_s
     for group in padded_groups(batched, [len(p) for p in prompts], batch_size, sizes=sizes):
         rows = {i: _rows(model, i, list(prompts[i]), configs[i], processors, extras[i]) for i in group}
         alone += [i for i, r in rows.items() if r is None]  # a chooser without streams of its own: below
-        yield from batch_decode(model, session, [r for r in rows.values() if r is not None], t_start)
+        yield from batch_decode(model, session, [r for r in rows.values() if r is not None], t_start, overlap)
     for i in sorted(alone):
-        for rec in run(model, session, list(prompts[i]), configs[i], processors, extra=extras[i]):
+        for rec in run(model, session, list(prompts[i]), configs[i], processors, extra=extras[i], overlap=overlap):
             rec.row = i
             yield rec

@@ -50,8 +50,6 @@ def check_beam_config(cfg: GenerationConfig) -> None:
                              "beam searches over num_beams / num_beam_groups beams)")
     elif cfg.diversity_penalty:
         raise ValueError(f"diversity_penalty ({cfg.diversity_penalty}) needs num_beam_groups > 1")
-    if cfg.stop_strings and cfg.num_beam_groups > 1:
-        raise ValueError("stop_strings are not supported with diverse beam search (num_beam_groups > 1)")
     if cfg.mirostat:
         raise ValueError("mirostat chooses one token; it cannot drive beam search (num_beams > 1)")
 

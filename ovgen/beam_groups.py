@@ -4,6 +4,12 @@ transformers shipped until 4.55 (`_group_beam_search` + `BeamSearchScorer` +
 log-probs are lowered by `diversity_penalty` times how often each token was chosen this step by the
 earlier groups. A finished group keeps running padded (pad = the pad token, else the first eos), as
 BeamSearchScorer does - so later groups' eos pays the diversity penalty for it.
+
+Stop strings end a candidate as eos does (4.57's beam search rule with `StopStringCriteria`, which
+ovgen's plain beams follow): one whose last token completes a stop string, among a group's first
+group-size candidates, finishes a hypothesis; further down it is passed over. (4.55's group search,
+and the Hub's copy of it, only checked stopping criteria for the whole batch: a stop string ended
+the search when every beam completed one at the same step.)
 """
 
 from __future__ import annotations
@@ -93,9 +99,9 @@ def group_beam_search(search, logits, t_start: int) -> Iterator[BeamStep]:
 
 
 def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, step: _Step, tops=None) -> None:
-    """Group g's step: diversity penalty from the earlier groups' choices, processors, the top 2 * gs
-    continuations; eos among the first gs finish a hypothesis, the first gs others run on. `tops`: every
-    beam's top-N at this step (top_logprobs), or None."""
+    """Group g's step: diversity penalty from the earlier groups' choices, processors, the continuations
+    best first; eos (or a completed stop string) among the first gs finish a hypothesis, the first gs
+    others run on. `tops`: every beam's top-N at this step (top_logprobs), or None."""
     def top(rows):
         return None if tops is None else (tops[0][rows], tops[1][rows])
 
@@ -109,34 +115,54 @@ def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, s
     step.process_ns += perf_counter_ns() - tp
     vocab = processed.shape[-1]
     acc = (processed + scores[rows, None]).reshape(-1)
-    cand = top_k_indices(acc, max(2, 1 + len(search.eos)) * gs)
-    src, tok = cand // vocab, cand % vocab
     if done[g]:  # BeamSearchScorer pads a finished group and keeps running it
         cfg = search.cfg
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id[0] if cfg.eos_token_id else 0)
         chosen_src, chosen_tok, chosen_score = np.zeros(gs, np.int64), np.full(gs, pad, np.int64), np.zeros(gs, np.float32)
     else:
-        chosen = []
-        for rank in range(cand.size):
-            s, t = int(src[rank]), int(tok[rank])
-            if t not in search.eos:
-                chosen.append((s, t, acc[cand[rank]]))
+        chosen, best = [], None
+        for rank, c in _ranked(acc, max(2, 1 + len(search.eos)) * gs):
+            s, t = divmod(c, vocab)
+            best = acc[c] if best is None else best
+            if t not in search.eos and not _stops(search, beams, g * gs + s, cur, t):
+                chosen.append((s, t, acc[c]))
             elif rank < gs:
                 ended = beams.take([g * gs + s])
                 ended.set_step(0, cur, t, raw[g * gs + s, t], processed[s, t], top(g * gs + s))
-                hyps[g].add(ended, float(acc[cand[rank]]), cur + 1)
+                hyps[g].add(ended, float(acc[c]), cur + 1)
             if len(chosen) == gs:
                 break
         chosen_src = np.array([c[0] for c in chosen], np.int64)
         chosen_tok = np.array([c[1] for c in chosen], np.int64)
         chosen_score = np.array([c[2] for c in chosen], np.float32)
-        done[g] = hyps[g].is_done(float(acc[cand].max()), cur + 1)
+        done[g] = hyps[g].is_done(float(best), cur + 1)
     scores[rows] = chosen_score
     step.new.put(rows, beams, g * gs + chosen_src)
     step.new.set_step(rows, cur, chosen_tok, raw[g * gs + chosen_src, chosen_tok], processed[chosen_src, chosen_tok],
                       top(g * gs + chosen_src))
     step.current[rows] = chosen_tok
     step.reorder[rows] = g * gs + chosen_src
+
+
+def _ranked(acc, k: int) -> Iterator[tuple[int, int]]:
+    """(rank, index) of `acc`'s entries, best first (ties: lowest index): the top k, then - when a
+    group's candidates ran out because stop strings ended more of them than eos could - the next
+    ones, doubling (HF takes max(2, 1 + eos ids) x group size and counts on eos ending no more)."""
+    done = 0
+    while done < acc.size:
+        k = min(k, acc.size)
+        cand = top_k_indices(acc, k).tolist()
+        for rank in range(done, k):
+            yield rank, cand[rank]
+        done, k = k, 2 * k
+
+
+def _stops(search, beams: Beams, row: int, cur: int, token: int) -> bool:
+    """Whether beam `row` continued by `token` completes a stop string (beam_state.StopHits)."""
+    if search.stops is None:
+        return False
+    seq = np.append(beams.tokens[row, max(0, cur + 1 - search.stops.window):cur], token)
+    return bool(search.stops(seq[None])[0])
 
 
 def _finalize(search, beams: Beams, scores, hyps, done, length: int):
@@ -148,4 +174,5 @@ def _finalize(search, beams: Beams, scores, hyps, done, length: int):
                 group.add(beams.take([r]), float(scores[r]), length)
     pool = sorted((h for group in hyps for h in group.beams), key=lambda h: h[0])
     best = [pool.pop() for _ in range(min(search.cfg.num_return_sequences, len(pool)))]
-    return [b.hypothesis(0, n, score, search.eos, late=search.timed_out and n < search.max_new) for score, b, n in best]
+    return [b.hypothesis(0, n, score, search.eos, late=search.timed_out and n < search.max_new, stops=search.stops)
+            for score, b, n in best]

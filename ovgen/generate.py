@@ -210,7 +210,7 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
                 raise ValueError(f"{name} applies to one prompt at a time; a list of prompts runs batched without "
                                  "it (run the prompts one by one to use it)")
         return _batch_stream(model, prompt, config, configs, session=session, processors=processors,
-                             chat_template=chat_template, batch_size=batch_size)
+                             chat_template=chat_template, batch_size=batch_size, overlap=overlap)
     if configs is not None:
         raise ValueError("configs gives each prompt of a list its settings; one prompt takes config")
     cfg = resolve_config(model, config)
@@ -255,7 +255,8 @@ def _check_parts(model, session, processors, *, chooser=None, proposer=None, pre
         as_stage(p)  # TypeError naming what is not a processor
 
 
-def _batch_stream(model, prompts, config, configs, *, session, processors, chat_template, batch_size) -> Stream:
+def _batch_stream(model, prompts, config, configs, *, session, processors, chat_template, batch_size, overlap
+                  ) -> Stream:
     """Validate every prompt and its settings (errors name the prompt), then the batched loop."""
     from .batch import batch_stream
 
@@ -275,7 +276,7 @@ def _batch_stream(model, prompts, config, configs, *, session, processors, chat_
         except (ValueError, TypeError, NotImplementedError) as e:
             raise type(e)(f"prompts[{i}]: {e}") from None
     records = batch_stream(model, ids, cfgs, processors=processors, extras=extras, batch_size=batch_size,
-                           session=session)
+                           session=session, overlap=overlap)
     return Stream(model, ids, cfgs, records)
 
 

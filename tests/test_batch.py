@@ -138,6 +138,22 @@ def test_a_row_left_alone_runs_on_the_one_row_loop(model):
     assert [r.token_id for r in one] == _alone(model, PROMPTS[3], {"max_new_tokens": 6, "ignore_eos": True})
 
 
+def test_overlap_false_runs_every_batched_infer_after_its_records(model):
+    """`overlap=False` holds for a list of prompts as for one: no infer runs while records are made,
+    in the batch, on the one-row loop of its last row, for a row that runs alone (beams) and for
+    side-by-side sequences; the tokens are those of the default."""
+    configs = [{"max_new_tokens": 4}, {"max_new_tokens": 9}, {"max_new_tokens": 5, "num_beams": 2},
+               {"max_new_tokens": 6, "num_return_sequences": 2, "do_sample": True, "seed": 3}]
+    base = {"ignore_eos": True}
+    on = list(ovgen.stream(model, PROMPTS[:4], base, configs=configs))
+    off = list(ovgen.stream(model, PROMPTS[:4], base, configs=configs, overlap=False))
+    assert any(r.overlapped for r in on) and not any(r.overlapped for r in off)
+    key = sorted((r.row, r.sequence, r.index, r.token_id) for r in on)
+    assert sorted((r.row, r.sequence, r.index, r.token_id) for r in off) == key and len(key) == 4 + 9 + 5 + 2 * 6
+    res = ovgen.generate(model, PROMPTS[:2], base, configs=configs[:2], overlap=False)
+    assert [r.sequences[0].token_ids for r in res] == [_alone(model, p, {**base, **c}) for p, c in zip(PROMPTS, configs[:2])]
+
+
 def test_a_batch_stream_stopped_mid_step_leaves_the_session_usable(model):
     cfg = {"max_new_tokens": 8, "ignore_eos": True}
     session = model.session()

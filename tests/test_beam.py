@@ -114,8 +114,6 @@ def test_steps_show_every_beam_and_reorder(model):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0, "stop_strings": ["x"]},
-     "stop_strings are not supported with diverse beam search"),
     ({"num_beams": 4, "num_beam_groups": 2}, "diversity_penalty > 0"),
     ({"num_beams": 4, "diversity_penalty": 1.0}, "num_beam_groups > 1"),
     ({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0, "do_sample": True}, "do_sample"),
@@ -179,3 +177,18 @@ def test_beams_cut_off_by_max_time_say_so(model, groups):
     assert [(len(s.token_ids), s.finish_reason) for s in late.sequences] == [(1, "time")] * 2
     full = ovgen.generate(model, "Once upon a time", {**cfg, "max_new_tokens": 3, "max_time": 60.0})
     assert [(len(s.token_ids), s.finish_reason) for s in full.sequences] == [(3, "length")] * 2
+
+
+def test_group_candidates_run_on_past_the_first_k_in_order():
+    """Diverse beams take a group's candidates best first until enough run on: past the first
+    max(2, 1 + eos) x group size when stop strings ended more of them. The order is ovgen's tie rule
+    (value descending, lowest index first), the same across the doubling."""
+    from ovgen.beam_groups import _ranked
+
+    rng = np.random.default_rng(0)
+    acc = rng.integers(-5, 5, 300).astype(np.float32)  # many ties
+    acc[::7] = -np.inf
+    want = np.argsort(-acc, kind="stable").tolist()
+    for k in (1, 4, 299, 300, 1000):
+        got = list(_ranked(acc, k))
+        assert [r for r, _ in got] == list(range(300)) and [c for _, c in got] == want

@@ -40,9 +40,10 @@ def prompts(model):
     return chat + raw
 
 
-def trim(seq: list[int]) -> list[int]:
-    """HF pads shorter returned beams with pad (= eos here): cut after the first eos."""
-    return seq[:seq.index(EOS) + 1] if EOS in seq else seq
+def trim(seq: list[int], eos=(EOS,)) -> list[int]:
+    """HF pads shorter returned beams with pad (= eos here): cut after the first eos id."""
+    ends = [i for i, t in enumerate(seq) if t in eos]
+    return seq[:ends[0] + 1] if ends else seq
 
 
 def hf_beam(hf, ids, **kw):
@@ -154,8 +155,9 @@ def untrail(seq: list[int]) -> list[int]:
 
 
 def hf_group_beam_search(hf, ids, *, num_beams, groups, penalty, length_penalty=1.0, early_stopping=False,
-                         num_return_sequences=2):
-    """transformers 4.55 `_group_beam_search` (batch 1, diversity processor only), on the OV model."""
+                         num_return_sequences=2, eos=(EOS,)):
+    """transformers 4.55 `_group_beam_search` (batch 1, diversity processor only), on the OV model;
+    `eos`: the eos ids (the first pads finished groups and shorter sequences)."""
     gs, plen = num_beams // groups, len(ids)
     scorer = BeamSearchScorer(batch_size=1, num_beams=num_beams, device="cpu", length_penalty=length_penalty,
                               do_early_stopping=early_stopping, num_beam_hyps_to_keep=num_return_sequences,
@@ -179,8 +181,8 @@ def hf_group_beam_search(hf, ids, *, num_beams, groups, penalty, length_penalty=
             lp = torch.log_softmax(out.logits[rows, -1, :].float(), dim=-1)
             lp = procs(group_ids, lp, current_tokens=current, beam_group_idx=g)
             nxt = (lp + beam_scores[rows].unsqueeze(-1)).view(1, gs * vocab)
-            nxt, tok = torch.topk(nxt, 2 * gs, dim=1, largest=True, sorted=True)
-            o = scorer.process(group_ids, nxt, tok % vocab, tok // vocab, pad_token_id=EOS, eos_token_id=[EOS],
+            nxt, tok = torch.topk(nxt, max(2, 1 + len(eos)) * gs, dim=1, largest=True, sorted=True)
+            o = scorer.process(group_ids, nxt, tok % vocab, tok // vocab, pad_token_id=EOS, eos_token_id=list(eos),
                                group_index=g, decoder_prompt_len=plen)
             beam_scores[rows] = o["next_beam_scores"].view(-1)
             idx = o["next_beam_indices"].view(-1)
@@ -191,9 +193,9 @@ def hf_group_beam_search(hf, ids, *, num_beams, groups, penalty, length_penalty=
         hf._reorder_cache(past, reorder)
         if scorer.is_done or input_ids.shape[-1] >= plen + MAX_NEW:
             break
-    fin = scorer.finalize(input_ids, beam_scores, None, None, pad_token_id=EOS, eos_token_id=[EOS],
+    fin = scorer.finalize(input_ids, beam_scores, None, None, pad_token_id=EOS, eos_token_id=list(eos),
                           max_length=plen + MAX_NEW, decoder_prompt_len=plen)
-    return [trim(r[plen:].tolist()) for r in fin["sequences"]], fin["sequence_scores"].tolist()
+    return [trim(r[plen:].tolist(), eos) for r in fin["sequences"]], fin["sequence_scores"].tolist()
 
 
 @pytest.mark.parametrize("num_beams,groups,penalty,early_stopping",
@@ -205,3 +207,35 @@ def test_diverse_beam_search_matches_transformers(model, hf, prompts, num_beams,
         res = ours(model, ids, num_beams=num_beams, num_beam_groups=groups, diversity_penalty=penalty,
                    early_stopping=early_stopping, num_return_sequences=2)
         assert_same(res, ref, scores)
+
+
+@pytest.mark.parametrize("num_beams,groups,penalty,stop", [(4, 2, 1.0, "."), (6, 3, 0.5, "."), (4, 2, 1.0, "e")])
+def test_diverse_beams_end_on_stop_strings_as_on_eos(model, hf, prompts, num_beams, groups, penalty, stop):
+    """Diverse beams with stop strings: a candidate whose last token completes one ends as an eos
+    would (the rule of transformers' beam search with `StopStringCriteria`, which the plain beams
+    match above). A one-character ASCII stop string is completed exactly by the tokens whose text
+    holds that character, so the reference is transformers' group beam search loop with those
+    tokens as eos ids: `BeamSearchScorer` then ends those beams, ranks and finalises them. Same
+    sequences and scores; ovgen's text ends before the stop string, finish_reason "stop_string" ("e"
+    ends most candidates: a group then looks past its first candidates for ones that run on). (The
+    scorer keeps a finished hypothesis without its last token and writes the first eos id there: a
+    stopped sequence's last token is compared as that.)"""
+    dots = sorted(t for t in range(model.vocab_size) if stop in model.tokenizer.decode([t]))
+    assert len(dots) > 10
+    ended = 0
+    for ids in prompts:
+        ref, scores = hf_group_beam_search(hf, ids, num_beams=num_beams, groups=groups, penalty=penalty,
+                                           eos=[EOS, *dots])
+        res = ours(model, ids, num_beams=num_beams, num_beam_groups=groups, diversity_penalty=penalty,
+                   num_return_sequences=2, stop_strings=[stop])
+        got = [s.token_ids[:-1] + [EOS] if s.finish_reason == "stop_string" else s.token_ids for s in res.sequences]
+        assert got == ref
+        np.testing.assert_allclose([s.score for s in res.sequences], scores, rtol=0, atol=1e-4)
+        for s in res.sequences:
+            full = model.tokenizer.decode(s.token_ids)
+            if s.finish_reason == "stop_string":
+                ended += 1
+                assert s.token_ids[-1] in dots and full.startswith(s.text + stop) and stop not in s.text
+            else:
+                assert s.text == full and not set(s.token_ids) & set(dots)
+    assert ended >= len(prompts) // 2  # the stop string did end beams (7 of 16 sequences at 4 beams)
