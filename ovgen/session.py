@@ -313,7 +313,12 @@ class Session(TokenHistory):
         self.settle()
         if isinstance(token_ids, (int, np.integer)) and self._fast_ok():
             return self._step_one(int(token_ids))
-        return self._infer(self._append_ids(token_array(token_ids).reshape(-1, 1), 1), 1)
+        ids = self._append_ids(token_array(token_ids).reshape(-1, 1), 1)
+        if ids.shape[0] > 1 and self._rows_ok(ids):  # on start_rows' preset tensors, waited for
+            self._prepare_rows(ids)
+            self._start(ids, None, 1)
+            return self.finish_step()
+        return self._infer(ids, 1)
 
     # ---- the attention mask -------------------------------------------------------------------------
     def _set_mask(self, mask: np.ndarray) -> None:
@@ -413,10 +418,18 @@ class Session(TokenHistory):
             return 0
         self.settle()  # (a step an exception cut off: see _recover)
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
-        if ids.shape[0] == self.rows and self._len and self._has_positions and self._has_beam_idx and self.model.sliced:
+        if self._rows_ok(ids):
             self._prepare_rows(ids)  # values into tensors set on the request once
             return self._start(ids, None, 1)
         return self._start(ids, self._begin(ids, 1), 1)
+
+    def _rows_ok(self, ids: np.ndarray) -> bool:
+        """Whether one token per row (`ids` [rows, 1]) can run on the preset row tensors
+        (`_prepare_rows`). `step()` passed them as arrays (a tensor set on the request per input per
+        infer): batched greedy without overlap took 1.04x / 1.05x the time that way at B = 8 / 16
+        (AVX2 EPYC, 10 interleaved pairs, same tokens); beam steps showed no difference."""
+        return (ids.shape[0] == self.rows and bool(self._len) and self._has_positions and self._has_beam_idx
+                and self.model.sliced)
 
     def start_append(self, token_ids, logits_to_keep: int = 1) -> int:
         """`append` run asynchronously (a speculative verification while the host streams the

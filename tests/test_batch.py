@@ -61,34 +61,44 @@ def test_prompts_are_batched_with_those_of_similar_lengths(model, monkeypatch, t
     assert out == {i: _alone(model, r["prompt"], cfg) for i, r in enumerate(rows)}
 
 
-def test_async_row_steps_on_preset_inputs_equal_synchronous_steps(model):
+def test_async_row_steps_on_preset_inputs_equal_synchronous_steps(model, monkeypatch):
     """`start_rows` writes one token per row into preset tensors (mask, positions after left padding,
-    beam_idx); `step` gives the infer a dict of new tensors. Through plain steps and a reorder that
-    drops a row (a finished row leaving the batch), their logits agree bit for bit."""
+    beam_idx), and `step` now runs on them too; an infer given a dict of new tensors (how `step` ran
+    rows before, and still runs what the presets cannot hold) is the reference. Through plain steps
+    and a reorder that drops a row (a finished row leaving the batch), their logits agree bit for bit."""
     import numpy as np
+
+    from ovgen.session import Session
 
     prompts = [model.tokenizer.encode(p) for p in PROMPTS[:4]]  # different lengths: left padding
     plan = [[11, 12, 13, 14], [21, 22, 23, 24], ("reorder", [0, 2, 3]), [31, 32, 33], [41, 42, 43]]
     plan += [[50 + i, 60 + i, 70 + i] for i in range(20)]
 
-    def run(preset: bool):
+    def run(mode: str):
         s = model.session()
         out = [s.prefill_rows(prompts).copy()]
         for ids in plan:
             if ids[0] == "reorder":
                 s.reorder(ids[1])
                 continue
-            if preset:
+            if mode == "async":
                 assert s.start_rows(ids) > 0
                 out.append(s.finish_step().copy())
             else:
                 out.append(s.step(np.array(ids)).copy())
         return out, s
 
-    fast, s = run(True)
+    fast, s = run("async")
     assert s._rows_preset is not None and s._rows_preset.installed  # the preset path ran
-    for a, b in zip(fast, run(False)[0], strict=True):
-        np.testing.assert_array_equal(a, b)
+    stepped, s = run("step")
+    assert s._rows_preset is not None and s._rows_preset.installed
+    with monkeypatch.context() as m:
+        m.setattr(Session, "_rows_ok", lambda self, ids: False)
+        arrays, s = run("step")
+        assert s._rows_preset is None
+    for a, b, c in zip(fast, stepped, arrays, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, c)
 
 
 def test_a_seeded_row_does_not_depend_on_its_neighbours(model):
