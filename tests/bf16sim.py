@@ -28,11 +28,12 @@ class RoundedSession(Session):
         self.top = None
         return logits
 
-    def _infer(self, ids, keep=1):
-        return self._round(super()._infer(ids, keep))
+    # every infer's logits leave the session through one of these two (whichever way it ran)
+    def _end(self, ids, keep):
+        return self._round(super()._end(ids, keep))
 
-    def _step_one(self, token):
-        return self._round(super()._step_one(token))
+    def _after_one(self, token):
+        return self._round(super()._after_one(token))
 
     def start_step(self, token):
         return 0
