@@ -120,10 +120,9 @@ def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, s
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id[0] if cfg.eos_token_id else 0)
         chosen_src, chosen_tok, chosen_score = np.zeros(gs, np.int64), np.full(gs, pad, np.int64), np.zeros(gs, np.float32)
     else:
-        chosen, best = [], None
+        chosen = []
         for rank, c in _ranked(acc, max(2, 1 + len(search.eos)) * gs):
             s, t = divmod(c, vocab)
-            best = acc[c] if best is None else best
             if t not in search.eos and not _stops(search, beams, g * gs + s, cur, t):
                 chosen.append((s, t, acc[c]))
             elif rank < gs:
@@ -135,7 +134,7 @@ def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, s
         chosen_src = np.array([c[0] for c in chosen], np.int64)
         chosen_tok = np.array([c[1] for c in chosen], np.int64)
         chosen_score = np.array([c[2] for c in chosen], np.float32)
-        done[g] = hyps[g].is_done(float(best), cur + 1)
+        done[g] = hyps[g].is_done(float(acc.max()), cur + 1)
     scores[rows] = chosen_score
     step.new.put(rows, beams, g * gs + chosen_src)
     step.new.set_step(rows, cur, chosen_tok, raw[g * gs + chosen_src, chosen_tok], processed[chosen_src, chosen_tok],
@@ -161,8 +160,7 @@ def _stops(search, beams: Beams, row: int, cur: int, token: int) -> bool:
     """Whether beam `row` continued by `token` completes a stop string (beam_state.StopHits)."""
     if search.stops is None:
         return False
-    seq = np.append(beams.tokens[row, max(0, cur + 1 - search.stops.window):cur], token)
-    return bool(search.stops(seq[None])[0])
+    return bool(search.stops(np.append(beams.tokens[row, :cur], token)[None])[0])
 
 
 def _finalize(search, beams: Beams, scores, hyps, done, length: int):

@@ -314,9 +314,7 @@ class Session(TokenHistory):
         if isinstance(token_ids, (int, np.integer)) and self._fast_ok():
             return self._step_one(int(token_ids))
         ids = self._append_ids(token_array(token_ids).reshape(-1, 1), 1)
-        if ids.shape[0] > 1 and self._rows_ok(ids):  # on start_rows' preset tensors, waited for
-            self._prepare_rows(ids)
-            self._start(ids, None, 1)
+        if ids.shape[0] > 1 and self._rows_ok(ids) and self.start_rows(ids):  # its preset tensors, waited for
             return self.finish_step()
         return self._infer(ids, 1)
 
