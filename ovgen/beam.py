@@ -123,12 +123,15 @@ class BeamSearch:
         tokens = self.session.tokens
         return np.repeat(tokens, self.nb, axis=0) if tokens.shape[0] == 1 else tokens
 
-    def advance(self, beam_idx: np.ndarray, next_tokens: np.ndarray):
-        """Reorder the KV rows (and the stateful processors) to follow the beams, then run one token per beam."""
+    def advance(self, beam_idx: np.ndarray, next_tokens: np.ndarray, retire=()):
+        """Reorder the KV rows (and the stateful processors) to follow the beams, then run one token per beam.
+        `retire`: rows (after the reorder) whose tokens are padding for the processors (Stage.retire)."""
         s = self.session
         idx = np.zeros(self.nb, np.int32) if s.rows == 1 else beam_idx
         s.reorder(idx)
         self.chain.reorder(idx)
+        if len(retire):
+            self.chain.retire(retire)
         self.chain.accept(next_tokens)
         return s.step(next_tokens)
 

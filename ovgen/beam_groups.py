@@ -10,6 +10,11 @@ ovgen's plain beams follow): one whose last token completes a stop string, among
 group-size candidates, finishes a hypothesis; further down it is passed over. (4.55's group search,
 and the Hub's copy of it, only checked stopping criteria for the whole batch: a stop string ended
 the search when every beam completed one at the same step.)
+
+A grammar (json_schema, regex, grammar, choices) masks each group's rows with their own matchers. A
+group whose live continuations run out (the grammar allows only eos) runs on -inf-scored beams, as
+BeamSearchScorer does; those beams' tokens, like a finished group's padding, are not the grammar's,
+so their rows are retired from it (Stage.retire) instead of consuming them.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class _Step:
     current: np.ndarray  # [num_beams] int64
     reorder: np.ndarray  # [num_beams] int32
     new: Beams
+    dead: np.ndarray  # [num_beams] bool: padding (a finished group) or a -inf score: per-row stages retire it
     process_ns: int = 0
 
 
@@ -83,7 +89,8 @@ def group_beam_search(search, logits, t_start: int) -> Iterator[BeamStep]:
         t0 = perf_counter_ns()
         raw, history = search.log_probs(logits), search.history()
         tops = step_tops(raw, search.top_n)
-        step = _Step(np.zeros(nb, np.int64), np.zeros(nb, np.int32), Beams.empty(nb, L, search.top_n))
+        step = _Step(np.zeros(nb, np.int64), np.zeros(nb, np.int32), Beams.empty(nb, L, search.top_n),
+                     np.zeros(nb, bool))
         for g in range(groups):
             _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, step, tops)
         beams = step.new
@@ -93,7 +100,7 @@ def group_beam_search(search, logits, t_start: int) -> Iterator[BeamStep]:
                        model_ns, step.process_ns, t2 - t0 - step.process_ns, t2, dict(search.chain.timings_ns))
         if stop:
             break
-        logits = search.advance(step.reorder, step.current)
+        logits = search.advance(step.reorder, step.current, retire=np.flatnonzero(step.dead))
         model_ns = search.session.infer_ns
     search._result = _finalize(search, beams, scores, hyps, done, cur + 1)
 
@@ -111,7 +118,7 @@ def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, s
     if g:  # HammingDiversityLogitsProcessor: runs before the other processors in HF's list
         freq = np.bincount(step.current[:g * gs], minlength=lp.shape[-1]).astype(np.float32)
         lp = lp - np.float32(search.cfg.diversity_penalty) * freq
-    processed = search.chain(history[rows], lp)
+    processed = search.chain(history[rows], lp, rows=rows)
     step.process_ns += perf_counter_ns() - tp
     vocab = processed.shape[-1]
     acc = (processed + scores[rows, None]).reshape(-1)
@@ -119,6 +126,7 @@ def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, s
         cfg = search.cfg
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id[0] if cfg.eos_token_id else 0)
         chosen_src, chosen_tok, chosen_score = np.zeros(gs, np.int64), np.full(gs, pad, np.int64), np.zeros(gs, np.float32)
+        step.dead[rows] = True
     else:
         chosen = []
         for rank, c in _ranked(acc, max(2, 1 + len(search.eos)) * gs):
@@ -135,6 +143,7 @@ def _choose_group(search, g, gs, cur, raw, history, beams, scores, hyps, done, s
         chosen_tok = np.array([c[1] for c in chosen], np.int64)
         chosen_score = np.array([c[2] for c in chosen], np.float32)
         done[g] = hyps[g].is_done(float(acc.max()), cur + 1)
+        step.dead[rows] = np.isneginf(chosen_score)
     scores[rows] = chosen_score
     step.new.put(rows, beams, g * gs + chosen_src)
     step.new.set_step(rows, cur, chosen_tok, raw[g * gs + chosen_src, chosen_tok], processed[chosen_src, chosen_tok],

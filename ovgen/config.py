@@ -293,8 +293,6 @@ class GenerationConfig:
             raise ValueError(f"choices must be a non-empty list of non-empty strings, got {value!r}")
         if self.ignore_eos:
             raise ValueError(f"ignore_eos cannot be combined with {name}: eos is how the grammar ends the output")
-        if self.num_beam_groups > 1:
-            raise ValueError(f"{name} is not supported with diverse beam search (num_beam_groups > 1)")
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Every token id the config names must be < vocab_size (called once the model is known)."""

@@ -19,7 +19,8 @@ on the graph's top-64 candidates exactly when every stage allows it, and never b
 A user callable declares itself with attributes: `fn.subset = "lowers"` (or "tokenwise"), and
 optionally `fn.on_subset(token_ids, values, ids) -> values` (else it runs on a -inf-filled vocabulary
 holding the candidates). Stateful stages implement `reset()` (a new generation), `accept(token)`
-(after each choice), `clone()` (beams, speculative rollback) and `reorder(beam_idx)`.
+(after each choice), `clone()` (beams, speculative rollback) and `reorder(beam_idx)`; with state per
+row (beams), `per_row = True` (`__call__` then takes `rows=`) and `retire(rows)`.
 
 Default order (HF transformers' `_get_logits_processor`, OpenAI penalties and llama.cpp's DRY beside
 HF's penalties, a grammar mask last before the user's):
@@ -56,6 +57,9 @@ class Stage:
     user = False  # written outside ovgen: its output is checked, it gets a private copy of the logits
     mask = False  # a mask stage (a grammar): reports `allowed`, how many tokens it allowed at the last step
     allowed: int | None = None
+    # state per row (a grammar's matchers): `__call__` also takes `rows`, which of its rows the 2-D logits
+    # are (a group of diverse beam search sees a slice of them; None: the first logits.shape[0])
+    per_row = False
 
     def __call__(self, token_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -81,6 +85,10 @@ class Stage:
 
     def reorder(self, beam_idx: np.ndarray) -> None:
         pass
+
+    def retire(self, rows) -> None:
+        """Rows whose tokens are padding from now on (a finished group of diverse beam search, a beam
+        whose score is -inf): per-row state stops following them, until a reorder fills them again."""
 
     def clone(self) -> "Stage":
         return self
@@ -195,13 +203,16 @@ class Chain:
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
 
-    def __call__(self, token_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def __call__(self, token_ids: np.ndarray, logits: np.ndarray, rows: slice | None = None) -> np.ndarray:
+        """`rows`: which rows of the per-row stages these 2-D logits are (Stage.per_row)."""
         shape, owned = logits.shape, False
         for st in self.stages:
             t0 = perf_counter_ns()
             if st.user:
                 x = logits if owned else logits.copy()  # in-place edits take effect, never on the caller's array
                 logits = _checked(st.name, st(token_ids, x), shape)
+            elif st.per_row:
+                logits = st(token_ids, logits, rows=rows)
             else:
                 logits = st(token_ids, logits)
             owned = True
@@ -262,6 +273,10 @@ class Chain:
     def reorder(self, beam_idx) -> None:
         for st in self.stages:
             st.reorder(beam_idx)
+
+    def retire(self, rows) -> None:
+        for st in self.stages:
+            st.retire(rows)
 
     def clone(self) -> "Chain":
         return Chain([st.clone() for st in self.stages])

@@ -5,8 +5,11 @@ the grammar does not allow next, on the whole vocabulary or - since a mask only 
 the graph's candidates. EOS is allowed exactly when the grammar accepts (llguidance puts the
 tokenizer's eos ids in the mask then). Each chosen token advances the matcher (`accept`), and the
 next mask is computed right then, while the model runs the next step (the loop calls `accept` after
-starting that infer). Beams get one matcher per row, reordered with the KV rows; `clone()` and
-`rollback(n)` follow the Session back (snapshots, speculative rejection).
+starting that infer). Beams get one matcher per row, reordered with the KV rows; a group of diverse
+beam search masks its own slice of them (`rows=`); a row retired (a finished group padded with eos,
+a beam whose score is -inf and whose token the mask did not allow) stops consuming tokens until a
+reorder fills it from a live row. `clone()` and `rollback(n)` follow the Session back (snapshots,
+speculative rejection).
 
 llguidance is the `structured` extra (`pip install 'ovgen[structured]'`); the core never imports it.
 The LLTokenizer is built once per tokenizer from its tokenizer.json (cached on the Tokenizer).
@@ -89,7 +92,7 @@ class GrammarMask(Stage):
     """The grammar as a mask stage (subset kind "lowers": exact on candidates). `allowed` is how
     many tokens the last mask allowed (the per-token record reports it)."""
 
-    subset, mask = "lowers", True
+    subset, mask, per_row = "lowers", True, True
 
     def __init__(self, tokenizer, grammar: str, rows: int = 1, name: str = "grammar"):
         from llguidance import LLMatcher
@@ -104,6 +107,7 @@ class GrammarMask(Stage):
     # ---- state ----------------------------------------------------------------------------------
     def reset(self) -> None:
         self.matchers = [self._template.deep_copy() for _ in range(self.rows)]
+        self.retired = np.zeros(self.rows, bool)
         self.bitmask = np.full((self.rows, (self.tokenizer.vocab_size + 31) // 32), -1, np.int32)
         self._fill(range(self.rows), dead_end="no text matches it")
 
@@ -121,43 +125,53 @@ class GrammarMask(Stage):
     def accept(self, token) -> None:
         """Advance each row's matcher by its token and compute the next masks (GIL released inside)."""
         tokens = np.atleast_1d(np.asarray(token)).tolist()
-        for r, t in enumerate(tokens):
-            m = self.matchers[r]
+        live = [r for r in range(len(tokens)) if not self.retired[r]]
+        for r in live:
+            m, t = self.matchers[r], tokens[r]
             if not m.is_stopped() and not m.consume_token(int(t)):
                 raise ValueError(f"{self.name}: token {t} is not allowed here ({m.get_error()})")
-        self._fill(range(len(tokens)))
+        self._fill(live)
 
     def rollback(self, n: int) -> None:
         """Forget the last n accepted tokens (speculative rejection, Session.rewind)."""
-        for m in self.matchers:
-            if n and not m.rollback(n):
-                raise ValueError(f"{self.name}: cannot roll back {n} tokens ({m.get_error()})")
-        self._fill(range(self.rows))
+        live = [r for r in range(self.rows) if not self.retired[r]]
+        for r in live:
+            if n and not self.matchers[r].rollback(n):
+                raise ValueError(f"{self.name}: cannot roll back {n} tokens ({self.matchers[r].get_error()})")
+        self._fill(live)
 
     def reorder(self, beam_idx) -> None:
         idx = np.asarray(beam_idx).reshape(-1).tolist()
         self.matchers = [self.matchers[i].deep_copy() for i in idx]
         self.rows = len(idx)
+        self.retired = self.retired[idx]
         self.bitmask = self.bitmask[idx].copy()
         self._bools = None
+
+    def retire(self, rows) -> None:
+        self.retired[rows] = True
 
     def clone(self) -> "GrammarMask":
         twin = object.__new__(GrammarMask)
         twin.__dict__.update(self.__dict__)
         twin.matchers = [m.deep_copy() for m in self.matchers]
         twin.bitmask = self.bitmask.copy()
+        twin.retired = self.retired.copy()
         return twin
 
     @property
     def accepting(self) -> bool:
-        return all(m.is_accepting() for m in self.matchers)
+        return all(m.is_accepting() for m, gone in zip(self.matchers, self.retired) if not gone)
 
     # ---- applying the mask ------------------------------------------------------------------------
-    def __call__(self, token_ids, logits):
+    def __call__(self, token_ids, logits, rows: slice | None = None):
         vocab = logits.shape[-1]
         if self._bools is None or self._bools.shape[-1] != vocab:
             self._bools = _unpack(self.bitmask, vocab)
-        allowed = self._bools[0] if logits.ndim == 1 else self._bools[:logits.shape[0]]
+        if logits.ndim == 1:
+            allowed = self._bools[0]
+        else:
+            allowed = self._bools[rows if rows is not None else slice(0, logits.shape[0])]
         return np.where(allowed, logits, NEG_INF)
 
     def on_subset(self, token_ids, values, ids, vocab):

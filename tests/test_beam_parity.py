@@ -10,6 +10,7 @@ beam search loop driven by the parts transformers still ships: `BeamSearchScorer
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from transformers.generation.logits_process import HammingDiversityLogitsProcess
 import ovgen
 from conftest import PROMPTS
 from ovgen.generate import prompt_ids
+from structured_cases import REGEXES, SCHEMAS
 
 EOS = 2  # <|im_end|>; also the pad token, so HF pads finished beams with it
 MAX_NEW = 32
@@ -155,14 +157,14 @@ def untrail(seq: list[int]) -> list[int]:
 
 
 def hf_group_beam_search(hf, ids, *, num_beams, groups, penalty, length_penalty=1.0, early_stopping=False,
-                         num_return_sequences=2, eos=(EOS,)):
-    """transformers 4.55 `_group_beam_search` (batch 1, diversity processor only), on the OV model;
-    `eos`: the eos ids (the first pads finished groups and shorter sequences)."""
+                         num_return_sequences=2, eos=(EOS,), processors=()):
+    """transformers 4.55 `_group_beam_search` (batch 1, the diversity processor, then `processors`), on
+    the OV model; `eos`: the eos ids (the first pads finished groups and shorter sequences)."""
     gs, plen = num_beams // groups, len(ids)
     scorer = BeamSearchScorer(batch_size=1, num_beams=num_beams, device="cpu", length_penalty=length_penalty,
                               do_early_stopping=early_stopping, num_beam_hyps_to_keep=num_return_sequences,
                               num_beam_groups=groups, max_length=plen + MAX_NEW)
-    procs = LogitsProcessorList([HammingDiversityLogitsProcessor(penalty, num_beams, groups)])
+    procs = LogitsProcessorList([HammingDiversityLogitsProcessor(penalty, num_beams, groups), *processors])
     input_ids = torch.tensor([ids] * num_beams)
     beam_scores = torch.full((num_beams,), -1e9)
     beam_scores[::gs] = 0
@@ -239,3 +241,74 @@ def test_diverse_beams_end_on_stop_strings_as_on_eos(model, hf, prompts, num_bea
             else:
                 assert s.text == full and not set(s.token_ids) & set(dots)
     assert ended >= len(prompts) // 2  # the stop string did end beams (7 of 16 sequences at 4 beams)
+
+
+class PrefixGrammar:
+    """A grammar as transformers' `prefix_allowed_tokens_fn` applies one: stateless, each row's mask
+    from a fresh llguidance matcher fed that row's generated tokens (no matcher follows a beam). A row
+    the grammar cannot follow - a finished group's eos padding, a beam run on at -inf - is left
+    unmasked: its scores never count."""
+
+    def __init__(self, model, field, value, prompt_len):
+        from llguidance import LLMatcher
+
+        from ovgen.structured import grammar_text, ll_tokenizer
+
+        self.template = LLMatcher(ll_tokenizer(model), grammar_text(field, value))
+        self.plen, self.vocab = prompt_len, model.vocab_size
+
+    def __call__(self, input_ids, scores):
+        from llguidance.numpy import fill_next_token_bitmask
+
+        bits = np.full((1, (self.vocab + 31) // 32), -1, np.int32)
+        for r, row in enumerate(input_ids[:, self.plen:].tolist()):
+            m = self.template.deep_copy()
+            if all(m.consume_token(t) for t in row):
+                fill_next_token_bitmask(m, bits, 0)
+                allowed = np.unpackbits(bits.view(np.uint8), bitorder="little")[:scores.shape[-1]].astype(bool)
+                scores[r, torch.from_numpy(~allowed)] = -float("inf")
+        return scores
+
+
+GRAMMARS = [("choices", ["yes", "no", "maybe so"], "Is the sky blue? Answer in a few words."),
+            ("regex", "(cat|dog|bird) [0-9]", "Name a pet and a number."),
+            ("regex", REGEXES[3][2], REGEXES[3][1]),  # groups finish apart: a finished one pads mid-grammar
+            ("json_schema", SCHEMAS[7][2], SCHEMAS[7][1])]  # a group's only continuations are eos: -inf beams
+
+
+@pytest.mark.parametrize("num_beams,groups,penalty,early_stopping", [(4, 2, 1.0, True), (6, 3, 0.5, False)])
+def test_diverse_beams_under_a_grammar_match_a_stateless_mask(model, hf, num_beams, groups, penalty, early_stopping,
+                                                             monkeypatch):
+    """Diverse beams with choices / regex / JSON Schema: each group masks its own rows with matchers that
+    follow its beams; the same sequences and scores as transformers' group beam search with the
+    grammar as a stateless per-row mask (`PrefixGrammar`), wherever the reference's score is finite.
+    A finished group's eos padding and the beams a group runs on at -inf take tokens the grammar does
+    not allow there: those rows are retired from the grammar (counted here: rows that were mid-grammar
+    when retired; with retire a no-op the search raised "token 2 / 0 is not allowed here")."""
+    from ovgen.structured import GrammarMask
+
+    mid_grammar = 0
+    real = GrammarMask.accept
+
+    def accept(self, token):
+        nonlocal mid_grammar
+        mid_grammar += sum(1 for r in np.flatnonzero(self.retired) if not self.matchers[r].is_stopped())
+        return real(self, token)
+
+    monkeypatch.setattr(GrammarMask, "accept", accept)
+    for field, value, question in GRAMMARS:
+        ids = prompt_ids(model, [{"role": "user", "content": question}])
+        ref, scores = hf_group_beam_search(hf, ids, num_beams=num_beams, groups=groups, penalty=penalty,
+                                           early_stopping=early_stopping, num_return_sequences=num_beams,
+                                           processors=[PrefixGrammar(model, field, value, len(ids))])
+        res = ours(model, ids, num_beams=num_beams, num_beam_groups=groups, diversity_penalty=penalty,
+                   early_stopping=early_stopping, num_return_sequences=num_beams, **{field: value})
+        finite = [i for i, s in enumerate(scores) if np.isfinite(s)]
+        assert len(finite) >= 2
+        assert [res.sequences[i].token_ids for i in finite] == [ref[i] for i in finite]
+        np.testing.assert_allclose([res.sequences[i].score for i in finite], [scores[i] for i in finite],
+                                   rtol=0, atol=1e-4)
+        for s in res.sequences:
+            if s.finish_reason == "stop" and field != "json_schema":
+                assert s.text in value if field == "choices" else re.fullmatch(value, s.text), s.text
+    assert mid_grammar > 0

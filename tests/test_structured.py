@@ -155,6 +155,31 @@ def test_rollback_and_clone_restore_the_mask(model):
     np.testing.assert_array_equal(stage.bitmask, masks[10])
 
 
+def test_retired_rows_follow_their_beams_and_a_reorder_revives_them(model):
+    """Per-row state for diverse beam search: `rows=` masks with a group's own slice of matchers; a
+    retired row skips the tokens it is given (padding, a -inf beam's pick) and stays retired through
+    a reorder; a place refilled from a live row follows the grammar again."""
+    stage = grammar_stage(model, model.generation_config.replace(regex="(cat [0-9]|dog [a-z])"), rows=3)
+    (cat,), (dog,), (space,), (seven,), (x,) = (model.tokenizer.encode(w) for w in ("cat", "dog", " ", "7", "x"))
+    eos = model.generation_config.eos_token_id[0]
+    stage.accept([cat, dog, dog])
+    stage.accept([space] * 3)  # row 0 now takes a digit, rows 1 and 2 a letter
+    logits = np.zeros((2, model.vocab_size), np.float32)
+    first, group = stage(None, logits), stage(None, logits, rows=slice(1, 3))
+    assert np.isfinite(first[:, [seven, x]]).tolist() == [[True, False], [False, True]]
+    assert np.isfinite(group[:, [seven, x]]).tolist() == [[False, True], [False, True]]
+    stage.retire([1])
+    stage.reorder([1, 0, 2])  # the retired "dog " row moves to place 0
+    assert stage.retired.tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="regex: token 2 is not allowed here"):
+        stage.clone().accept([eos, eos, x])  # a live row mid-grammar refuses eos
+    stage.accept([eos, seven, x])  # the retired place skips its eos
+    assert stage.accepting
+    stage.reorder([1, 1, 2])  # place 0 refilled from the live "cat 7" row
+    assert not stage.retired.any() and stage.accepting
+    stage.accept([eos] * 3)
+
+
 def test_the_mask_does_not_change_unconstrained_choices_it_allows(model):
     """Where the model's own top token is allowed, greedy takes it: the record says so."""
     seq = ovgen.generate(model, [{"role": "user", "content": "Name a city."}],
