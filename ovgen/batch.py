@@ -2,8 +2,10 @@
 
     prompts --left-pad--> Session.prefill_rows -> logits [B, vocab]
     per step, per row: that row's token-choice stage (its own chain, chooser and generator: a row's
-    seeded output does not depend on its neighbours; plain greedy rows: one argmax over the batch,
-    the same tokens) -> record (row = the prompt's index)
+    seeded output does not depend on its neighbours; plain greedy rows: one argmax over the batch;
+    rows sampling with the same top-k (and temperature) and nothing else: one pass over their graph
+    candidates, then each row's draw from its own generator - the same tokens either way)
+    -> record (row = the prompt's index)
     rows that finish leave the batch: Session.reorder(the rows that go on) gathers the KV rows, the
     attention mask and the padding inside the next infer, so a finished row costs nothing more
     (openvino-genai's stateful pipeline drops finished rows the same way)
@@ -29,8 +31,12 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from .choice import Choice, Greedy, TokenChoice, token_choice
+from ovgen.kernels.sampling import softmax
+
+from .backend import TOP_CANDIDATES
+from .choice import Choice, Greedy, Sampler, TokenChoice, token_choice
 from .config import GenerationConfig
+from .processors import Temperature, TopK
 from .search import Chosen, TokenRecord, _text, candidates, choose, chosen, decode
 from .session import owned
 from .stopping import StopStrings, Stopping
@@ -54,6 +60,7 @@ class _Row:
     n: int = 0
     sequence: int = 0  # which returned sequence of its prompt (num_return_sequences: one row each)
     greedy: bool = False  # plain greedy (no processors): its token is the row's argmax, taken for all such rows at once
+    draw: tuple | None = None  # a plain top-k sampler's (temperature or None, k): rows sharing it draw in one pass
 
 
 def _rows(model, index: int, ids: list[int], cfg: GenerationConfig, processors, extra) -> list[_Row] | None:
@@ -75,7 +82,20 @@ def _row_of(model, index: int, ids: list[int], cfg: GenerationConfig, choice: To
     return _Row(index, ids, cfg, choice, Stopping(eos_token_ids=cfg.eos_token_id, max_new_tokens=max_new,
                                                   max_time=cfg.max_time, ignore_eos=cfg.ignore_eos),
                 IncrementalDecoder(model.tokenizer), StopStrings(cfg.stop_strings, cfg.include_stop_str_in_output),
-                sequence=sequence, greedy=type(choice.chooser) is Greedy and not choice.chain.stages)
+                sequence=sequence, greedy=type(choice.chooser) is Greedy and not choice.chain.stages,
+                draw=_draw_key(choice))
+
+
+def _draw_key(choice: TokenChoice) -> tuple | None:
+    """(temperature or None, k) for a Sampler after only a top-k of k < the graph's candidates (and a
+    temperature): `_draw_rows` gives such rows their tokens in one pass. None for any other stage."""
+    stages = choice.chain.stages
+    if type(choice.chooser) is not Sampler or not stages or type(stages[-1]) is not TopK:
+        return None
+    k = stages[-1].width
+    if k >= TOP_CANDIDATES or len(stages) > 2 or (len(stages) == 2 and type(stages[0]) is not Temperature):
+        return None
+    return (stages[0].temperature if len(stages) == 2 else None, k)
 
 
 def _fresh(p):
@@ -173,6 +193,9 @@ def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> lis
     token-choice stage on their row."""
     t0 = perf_counter_ns()
     best = logits.argmax(axis=1).tolist() if any(row.greedy for row in live) else None
+    drawn = _draw_rows(live, tops) if tops is not None else {}
+    if drawn:
+        t0 = perf_counter_ns()  # the rows' shares of the pass are their records' chain and choice times
     picks = []
     for j, row in enumerate(live):
         row.n += 1
@@ -180,12 +203,66 @@ def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> lis
             ch = Choice(best[j], float(logits[j, best[j]] - lse[j]), False, True)
             picks.append(chosen(ch, row.choice, logits[j], lse[j], row.cfg.top_logprobs, row.stopping, row.n,
                                 t_start_ns, t0))
+        elif j in drawn:
+            ch, share = drawn[j]
+            picks.append(chosen(ch, row.choice, logits[j], lse[j], row.cfg.top_logprobs, row.stopping, row.n,
+                                t_start_ns, perf_counter_ns() - share))
         else:
             top = None if tops is None else (tops[0][j], tops[1][j])
             picks.append(choose(row.choice, session.tokens[j, int(session.pad[j]):], logits[j], lse[j], top,
                                 row.cfg.top_logprobs, row.stopping, row.n, t_start_ns))
         t0 = perf_counter_ns()  # the next row's choice starts here (the first row's includes the batch argmax)
     return picks
+
+
+def _draw_rows(live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
+    """{row: (its Choice, its share of the pass's ns)} for the rows that sample after only a top-k (and
+    a temperature) on the graph's candidates, two or more sharing the settings: one pass of the
+    chain's arithmetic and the softmax over them, then each row's draw from its own generator - the
+    very numbers Chain.on_subset and Sampler.choose give that row alone (row-wise reductions sum
+    each row as a 1-D one does). A row with a tie at the k-th place (the candidates may not decide
+    it) or a non-finite sum is left to its own stage."""
+    groups: dict[tuple, list[int]] = {}
+    for j, row in enumerate(live):
+        if row.draw is not None:
+            groups.setdefault(row.draw, []).append(j)
+    out = {}
+    for (temperature, k), js in groups.items():
+        if len(js) < 2:
+            continue
+        t0 = perf_counter_ns()
+        values, ids = tops[0][js], tops[1][js]
+        width = values.shape[1]
+        if temperature is not None:
+            values = values / temperature
+        kth = np.partition(values, width - k, axis=1)[:, width - k]
+        kept = ~(values < kth[:, None])  # apply_top_k's test (a NaN is kept, and the row's sum is then NaN)
+        # exactly k kept (no tie at the k-th place) also means some candidate is below the k-th
+        # largest: it beats the bound every outsider is under, so the top-k is decided on them
+        ok = kept.sum(axis=1) == k
+        if not ok.any():
+            continue
+        sel = np.flatnonzero(ok)
+        support = np.nonzero(kept[sel])[1].reshape(sel.size, k)  # each row's kept places, ascending
+        probs = softmax(np.take_along_axis(values[sel], support, axis=1))
+        cdf = np.cumsum(probs, axis=1)
+        total = cdf[:, -1]
+        fine = np.flatnonzero((total > 0) & (total < np.inf))  # NaN / inf logits: the row's own stage raises
+        # multinomial's draw, row by row on each row's generator: the first place whose cdf exceeds u
+        u = np.array([live[js[sel[r]]].choice.chooser.rng.random() for r in fine.tolist()]) * total[fine]
+        place = np.minimum(np.count_nonzero(cdf[fine] <= u[:, None], axis=1), k - 1)
+        for r in np.flatnonzero(probs[fine, place] == 0).tolist():  # never a zero-probability token
+            place[r] = np.flatnonzero(probs[fine[r]])[-1]
+        tokens = ids[sel[fine], support[fine, place]].tolist()
+        logprobs = np.log(probs[fine, place]).tolist()
+        share = (perf_counter_ns() - t0) // max(1, fine.size)
+        for r, token, lp in zip(fine.tolist(), tokens, logprobs):
+            row = live[js[sel[r]]]
+            row.choice.process_ns = share
+            row.choice.chain.timings_ns = {"top_k": share} if temperature is None else {
+                "temperature": share // 2, "top_k": share - share // 2}
+            out[js[sel[r]]] = (Choice(token, lp, True), share)
+    return out
 
 
 def _record(row: _Row, p: Chosen, model_ns: int, infer_start: int, overlapped: bool) -> TokenRecord:

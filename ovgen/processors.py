@@ -338,9 +338,7 @@ def warpers(c: GenerationConfig, min_tokens_to_keep: int = 1) -> list[Stage]:
     keep = min_tokens_to_keep
     out: list[Stage] = []
     if c.temperature != 1.0:
-        t = np.float32(c.temperature)
-        out.append(Kernel("temperature", "monotone", lambda ids, x: S.apply_temperature(x, t),
-                          map_bound=lambda b: float(np.float32(b) / t)))
+        out.append(Temperature(c.temperature))
     if c.top_n_sigma > 0:
         n = c.top_n_sigma
         out.append(Kernel("top_n_sigma", "distribution", lambda ids, x: S.apply_top_n_sigma(x, n)))
@@ -363,6 +361,21 @@ def warpers(c: GenerationConfig, min_tokens_to_keep: int = 1) -> list[Stage]:
 
 
 # ---- stages with parameters or state ----------------------------------------------------------------
+class Temperature(Stage):
+    """HF TemperatureLogitsWarper (`kernels.sampling.apply_temperature`); monotone: the bound maps too."""
+
+    name, subset = "temperature", "monotone"
+
+    def __init__(self, temperature: float):
+        self.temperature = np.float32(temperature)
+
+    def __call__(self, token_ids, logits):
+        return S.apply_temperature(logits, self.temperature)
+
+    def map_bound(self, bound):
+        return float(np.float32(bound) / self.temperature)
+
+
 class TopK(Stage):
     """HF TopKLogitsWarper (`kernels.sampling.apply_top_k`)."""
 

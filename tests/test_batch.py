@@ -467,6 +467,67 @@ def test_plain_greedy_rows_pick_what_their_own_stage_would(model):
         assert (p.choice.subset, p.choice.top_choice) == (a.choice.subset, a.choice.top_choice)
 
 
+def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch):
+    """Rows sampling after only a top-k (and a temperature) draw in one pass over their graph candidates
+    (batch._draw_rows): 30 steps of random logits, every row's token, log-probabilities and generator
+    state equal its own stage's on its row alone, bit for bit. Rows the pass leaves to their stage: a
+    tie at the k-th place, candidates that cannot decide the top-k (the whole vocabulary then), a
+    lone setting, top-p after top-k."""
+    from ovgen import batch
+    from ovgen.backend import TOP_CANDIDATES
+    from ovgen.search import choose
+
+    vocab, width = model.vocab_size, TOP_CANDIDATES
+    base = model.generation_config.replace(max_new_tokens=64, ignore_eos=True, do_sample=True)
+    cfgs = [base.replace(top_k=50, seed=1), base.replace(top_k=50, seed=2), base.replace(top_k=50, seed=3),
+            base.replace(top_k=20, temperature=0.7, seed=4), base.replace(top_k=20, temperature=0.7, seed=5),
+            base.replace(top_k=1, seed=6), base.replace(top_k=1, seed=7), base.replace(top_k=50, top_p=0.9, seed=8),
+            base.replace(top_k=30, seed=9)]
+    ids = [1, 7, 900, 2, 5]
+
+    class Rows:
+        pad = np.zeros(len(cfgs), np.int64)
+        tokens = np.array([ids] * len(cfgs), np.int64)
+
+    live = [batch._rows(model, i, ids, c, (), [])[0] for i, c in enumerate(cfgs)]
+    alone = [batch._rows(model, i, ids, c, (), [])[0] for i, c in enumerate(cfgs)]
+    assert [r.draw for r in live] == [(None, 50)] * 3 + [(np.float32(0.7), 20)] * 2 + [(None, 1)] * 2 + [None, (None, 30)]
+    passed = []
+    real = batch._draw_rows
+    monkeypatch.setattr(batch, "_draw_rows", lambda live, tops: passed.append(sorted(d := real(live, tops))) or d)
+    rng = np.random.default_rng(11)
+    for step in range(30):
+        logits = (rng.standard_normal((len(cfgs), vocab)) * rng.uniform(1, 4)).astype(np.float32)
+        if step % 3 == 0:
+            top = np.sort(logits[1])[::-1]
+            logits[1, logits[1] == top[50]] = top[49]  # a tie at the 50th place
+        if step % 5 == 0:
+            logits[2, :] = 0.5  # every candidate ties: the top-k is not decided on them
+        lse = np.log(np.exp(logits.astype(np.float64)).sum(axis=1)).astype(np.float32)
+        cand = np.sort(np.argpartition(-logits, width, axis=1)[:, :width], axis=1)
+        tops = (np.take_along_axis(logits, cand, axis=1), cand)
+        for r in live:
+            r.n = 0
+        picks = batch._picks(Rows, live, logits, lse, tops, 0)
+        for j, (p, r) in enumerate(zip(picks, alone, strict=True)):
+            a = choose(r.choice, Rows.tokens[j], logits[j], lse[j], (tops[0][j], tops[1][j]), 0, r.stopping, 1, 0)
+            assert (p.token, p.logprob, p.choice.logprob, p.choice.subset) == (a.token, a.logprob, a.choice.logprob,
+                                                                               a.choice.subset), (step, j)
+        assert [r.choice.chooser.rng.bit_generator.state for r in live] == \
+               [r.choice.chooser.rng.bit_generator.state for r in alone]
+    logits[4, tops[1][4, :3]] = np.nan  # NaN among a row's candidates: its own stage's error, both ways
+    tops = (np.take_along_axis(logits, cand, axis=1), cand)
+    with pytest.raises(ValueError, match="not finite"):
+        batch._picks(Rows, live, logits, lse, tops, 0)
+    with pytest.raises(ValueError, match="not finite"):
+        choose(alone[4].choice, Rows.tokens[4], logits[4], lse[4], (tops[0][4], tops[1][4]), 0, alone[4].stopping,
+               1, 0)
+    drawn = [set(d) for d in passed]
+    assert all({0, 3, 4, 5, 6} <= d and not d & {7, 8} for d in drawn[:30])
+    assert all(1 not in d for d in drawn[:30:3]) and all(2 not in d for d in drawn[:30:5])
+    assert sum(1 in d for d in drawn) >= 15 and sum(2 in d for d in drawn) >= 20 and 4 not in drawn[30]
+
+
 # ---- num_return_sequences: a prompt's sequences side by side --------------------------------------------------
 SEQ_CASES = {
     "sample": {"do_sample": True, "seed": 5, "top_k": 50, "top_p": 0.95, "temperature": 0.9, "max_new_tokens": 40,
