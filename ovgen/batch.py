@@ -189,7 +189,8 @@ def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> lis
     """Every row's token at this step (logits: [rows, vocab], their logsumexp [rows], the graph's
     top candidates per row or None). Plain greedy rows take theirs from one argmax over the whole
     batch (lowest id at ties, as Greedy's; the model's log-probability is then the processed one):
-    what each row's own stage would choose, without a stage call per row. The others run their
+    what each row's own stage would choose, without a stage call per row; so do the rows sampling
+    with a shared top-k (and temperature), drawn in one pass (`_draw_rows`). The others run their
     token-choice stage on their row."""
     t0 = perf_counter_ns()
     best = logits.argmax(axis=1).tolist() if any(row.greedy for row in live) else None
