@@ -178,14 +178,19 @@ def multinomial(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray | int
         return i if probs[i] != 0 else int(np.flatnonzero(probs)[-1])
     flat = probs.reshape(-1, probs.shape[-1])
     cdf = np.cumsum(flat, axis=-1)
-    u = rng.random(flat.shape[0]) * cdf[:, -1]
-    idx = np.array([min(int(np.searchsorted(cdf[r], u[r], side="right")), flat.shape[1] - 1)
-                    for r in range(flat.shape[0])])
-    # Never pick a zero-probability token (possible only at float edges of the cdf).
-    for r, i in enumerate(idx):
-        if flat[r, i] == 0:
-            idx[r] = int(np.flatnonzero(flat[r])[-1])
-    return int(idx[0]) if probs.ndim == 1 else idx.reshape(probs.shape[:-1])
+    return pick(flat, cdf, rng.random(flat.shape[0]) * cdf[:, -1]).reshape(probs.shape[:-1])
+
+
+def pick(probs: np.ndarray, cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """`multinomial`'s choice per row of `probs` / its cumulative sum `cdf` ([rows, n]), given `u`
+    ([rows]: a uniform times the row's total): the first index whose cdf exceeds u (searchsorted's
+    side="right", a NaN last as there), at most n - 1, and never a zero-probability index (possible
+    only at float edges of the cdf: the last non-zero one then). The uniforms are the caller's, so
+    rows may draw them from generators of their own (batched rows, ovgen/batch.py)."""
+    idx = np.minimum(np.count_nonzero(~(cdf > u[:, None]), axis=1), cdf.shape[1] - 1)
+    for r in np.flatnonzero(probs[np.arange(idx.size), idx] == 0).tolist():
+        idx[r] = np.flatnonzero(probs[r])[-1]
+    return idx
 
 
 def apply_top_n_sigma(logits: np.ndarray, n: float) -> np.ndarray:

@@ -31,7 +31,7 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from ovgen.kernels.sampling import softmax
+from ovgen.kernels.sampling import pick, softmax
 
 from .backend import TOP_CANDIDATES
 from .choice import Choice, Greedy, Sampler, TokenChoice, token_choice
@@ -249,11 +249,9 @@ def _draw_rows(live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
         cdf = np.cumsum(probs, axis=1)
         total = cdf[:, -1]
         fine = np.flatnonzero((total > 0) & (total < np.inf))  # NaN / inf logits: the row's own stage raises
-        # multinomial's draw, row by row on each row's generator: the first place whose cdf exceeds u
+        # multinomial's draw with each row's uniform from the row's own generator
         u = np.array([live[js[sel[r]]].choice.chooser.rng.random() for r in fine.tolist()]) * total[fine]
-        place = np.minimum(np.count_nonzero(cdf[fine] <= u[:, None], axis=1), k - 1)
-        for r in np.flatnonzero(probs[fine, place] == 0).tolist():  # never a zero-probability token
-            place[r] = np.flatnonzero(probs[fine[r]])[-1]
+        place = pick(probs[fine], cdf[fine], u)
         tokens = ids[sel[fine], support[fine, place]].tolist()
         logprobs = np.log(probs[fine, place]).tolist()
         share = (perf_counter_ns() - t0) // max(1, fine.size)
