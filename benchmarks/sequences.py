@@ -4,7 +4,8 @@ against ovgen's sequences one after another (as ovgen ran them before: the promp
 restored per sequence) and openvino-genai's `generate(ids, num_return_sequences=N)` on the same IR,
 ids and compile properties.
 
-Sampling with top_k 50 at temperature 1, `--new-tokens` per sequence (ignore_eos), one seed. The
+Sampling with top_k 50 at temperature 1 (`--temperature`, `--top-p`: both runtimes take them),
+`--new-tokens` per sequence (ignore_eos), one seed. The
 runtimes alternate in a balanced order, `--pairs` timed runs each per N (after a warm-up); ratios
 are medians of the per-round ratios. ovgen's two ways must give the same sequences (each sequence's
 own generator; `same_sequences` counts those equal, a batched infer's f32 sums may flip a draw that
@@ -47,12 +48,13 @@ def one_after_another():
         gen.side_by_side = real
 
 
-def _sampling(count: int, n: int) -> dict:
+def _sampling(count: int, n: int, warp: dict) -> dict:
+    """ovgen's settings; `warp`: temperature and top_p."""
     return {"do_sample": True, "top_k": 50, "seed": 7, "max_new_tokens": n, "ignore_eos": True,
-            "num_return_sequences": count}
+            "num_return_sequences": count, **warp}
 
 
-def _genai(model, ids: list[list[int]], count: int, n: int):
+def _genai(model, ids: list[list[int]], count: int, n: int, warp: dict):
     """A callable running openvino-genai's `generate` on the prompts `ids` (left-padded into one batch,
     as genai's tokenizer pads one) with the same sampling settings, returning every sequence's tokens."""
     import openvino as ov
@@ -62,6 +64,7 @@ def _genai(model, ids: list[list[int]], count: int, n: int):
     gcfg = og.GenerationConfig()
     gcfg.max_new_tokens, gcfg.ignore_eos, gcfg.do_sample = n, True, True
     gcfg.top_k, gcfg.rng_seed, gcfg.num_return_sequences = 50, 7, count
+    gcfg.temperature, gcfg.top_p = warp["temperature"], warp["top_p"]
     width = max(len(p) for p in ids)
     tensor = np.array([[0] * (width - len(p)) + p for p in ids], np.int64)
     mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in ids], np.int64)
@@ -72,13 +75,13 @@ def _genai(model, ids: list[list[int]], count: int, n: int):
     return genai
 
 
-def runners(model, count: int, n: int) -> dict:
+def runners(model, count: int, n: int, warp: dict) -> dict:
     """name -> a callable generating `count` sequences of n tokens, returning them."""
     import ovgen
     from ovgen.generate import prompt_ids
 
     ids = prompt_ids(model, PROMPT)
-    cfg = _sampling(count, n)
+    cfg = _sampling(count, n, warp)
 
     def side():
         return [s.token_ids for s in ovgen.generate(model, ids, cfg).sequences]
@@ -87,7 +90,7 @@ def runners(model, count: int, n: int) -> dict:
         with one_after_another():
             return side()
 
-    return {"side_by_side": side, "one_after_another": serial, "genai": _genai(model, [ids], count, n)}
+    return {"side_by_side": side, "one_after_another": serial, "genai": _genai(model, [ids], count, n, warp)}
 
 
 DATASET = ["Write a short story about a lighthouse keeper.", "Describe a walk in the rain.",
@@ -95,13 +98,13 @@ DATASET = ["Write a short story about a lighthouse keeper.", "Describe a walk in
            "Describe your ideal breakfast.", "Write a letter to a future self.", "Explain why the sea is salty."]
 
 
-def dataset_runners(model, prompts: int, count: int, n: int) -> dict:
+def dataset_runners(model, prompts: int, count: int, n: int, warp: dict) -> dict:
     """name -> a callable generating `count` sequences of n tokens for each of `prompts` prompts."""
     import ovgen
     from ovgen.generate import prompt_ids
 
     ids = [prompt_ids(model, [{"role": "user", "content": q}]) for q in DATASET[:prompts]]
-    cfg = _sampling(count, n)
+    cfg = _sampling(count, n, warp)
 
     def joined():
         return [s.token_ids for r in ovgen.generate(model, ids, cfg, batch_size=len(ids) * count)
@@ -110,7 +113,7 @@ def dataset_runners(model, prompts: int, count: int, n: int) -> dict:
     def one_by_one():
         return [s.token_ids for p in ids for s in ovgen.generate(model, p, cfg).sequences]
 
-    return {"joined": joined, "one_by_one": one_by_one, "genai": _genai(model, ids, count, n)}
+    return {"joined": joined, "one_by_one": one_by_one, "genai": _genai(model, ids, count, n, warp)}
 
 
 def measure(runs: dict, pairs: int, sequences: int, n: int, ours: str, before: str) -> dict:
@@ -128,17 +131,23 @@ def measure(runs: dict, pairs: int, sequences: int, n: int, ours: str, before: s
 def dataset(model, args) -> None:
     rows = {}
     for count in (2, 4):
-        runs = dataset_runners(model, args.prompts, count, args.new_tokens)
+        runs = dataset_runners(model, args.prompts, count, args.new_tokens, _warp(args))
         rows[count] = measure(runs, args.pairs, args.prompts * count, args.new_tokens, "joined", "one_by_one")
         print(count, json.dumps(rows[count]), flush=True)
     save_result(args.out or default_path("sequences_batch"), "sequences_batch", pairs=args.pairs,
-                new_tokens=args.new_tokens, prompts=args.prompts, report=model.report, results=rows)
+                new_tokens=args.new_tokens, prompts=args.prompts, warp=_warp(args), report=model.report, results=rows)
+
+
+def _warp(args) -> dict:
+    return {"temperature": args.temperature, "top_p": args.top_p}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--prompts", type=int, default=0, help="a dataset's case: this many prompts (at most 8)")
     ap.add_argument("--out", default=None, help="default: results/sequences.json (sequences_batch.json with --prompts)")
     args = ap.parse_args()
@@ -152,11 +161,11 @@ def main() -> None:
         return dataset(model, args)
     rows = {}
     for count in COUNTS:
-        runs = runners(model, count, args.new_tokens)
+        runs = runners(model, count, args.new_tokens, _warp(args))
         rows[count] = measure(runs, args.pairs, count, args.new_tokens, "side_by_side", "one_after_another")
         print(count, json.dumps(rows[count]), flush=True)
     save_result(args.out or default_path("sequences"), "sequences", pairs=args.pairs, new_tokens=args.new_tokens,
-                report=model.report, results=rows)
+                warp=_warp(args), report=model.report, results=rows)
 
 
 if __name__ == "__main__":

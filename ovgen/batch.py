@@ -31,12 +31,13 @@ from time import perf_counter_ns
 
 import numpy as np
 
+from ovgen.kernels.sampling import NEG_INF as S_NEG_INF
 from ovgen.kernels.sampling import pick, softmax
 
 from .backend import TOP_CANDIDATES
 from .choice import Choice, Greedy, Sampler, TokenChoice, token_choice
 from .config import GenerationConfig
-from .processors import Temperature, TopK
+from .processors import MinP, Temperature, TopK, TopP
 from .search import Chosen, TokenRecord, _text, candidates, choose, chosen, decode
 from .session import owned
 from .stopping import StopStrings, Stopping
@@ -87,15 +88,23 @@ def _row_of(model, index: int, ids: list[int], cfg: GenerationConfig, choice: To
 
 
 def _draw_key(choice: TokenChoice) -> tuple | None:
-    """(temperature or None, k) for a Sampler after only a top-k of k < the graph's candidates (and a
-    temperature): `_draw_rows` gives such rows their tokens in one pass. None for any other stage."""
+    """(temperature, k, top_p, min_p), None for an absent one, for a Sampler after a top-k of k < the
+    graph's candidates, alone or with a temperature before it and a top-p and / or a min-p after it
+    (HF's order; every stage keeping one token at least): `_draw_rows` gives such rows their tokens in
+    one pass. None for any other chain."""
     stages = choice.chain.stages
-    if type(choice.chooser) is not Sampler or not stages or type(stages[-1]) is not TopK:
+    if type(choice.chooser) is not Sampler:
         return None
-    k = stages[-1].width
-    if k >= TOP_CANDIDATES or len(stages) > 2 or (len(stages) == 2 and type(stages[0]) is not Temperature):
+    kinds = [type(st) for st in stages]
+    temperature = stages[0].temperature if kinds[:1] == [Temperature] else None
+    at = int(temperature is not None)
+    if kinds[at:at + 1] != [TopK] or stages[at].width >= TOP_CANDIDATES:
         return None
-    return (stages[0].temperature if len(stages) == 2 else None, k)
+    after = {t: st for t, st in zip(kinds[at + 1:], stages[at + 1:])}
+    if kinds[at + 1:] not in ([], [TopP], [MinP], [TopP, MinP]) or any(st.keep != 1 for st in after.values()):
+        return None
+    return (temperature, stages[at].width, after[TopP].p if TopP in after else None,
+            after[MinP].p if MinP in after else None)
 
 
 def _fresh(p):
@@ -217,18 +226,18 @@ def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> lis
 
 
 def _draw_rows(live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
-    """{row: (its Choice, its share of the pass's ns)} for the rows that sample after only a top-k (and
-    a temperature) on the graph's candidates, two or more sharing the settings: one pass of the
-    chain's arithmetic and the softmax over them, then each row's draw from its own generator - the
-    very numbers Chain.on_subset and Sampler.choose give that row alone (row-wise reductions sum
-    each row as a 1-D one does). A row with a tie at the k-th place (the candidates may not decide
-    it) or a non-finite sum is left to its own stage."""
+    """{row: (its Choice, its share of the pass's ns)} for the rows that sample after a top-k (with a
+    temperature before it, a top-p and a min-p after it: `_draw_key`) on the graph's candidates, two
+    or more sharing the settings: one pass of the chain's arithmetic and the softmax over them, then
+    each row's draw from its own generator - the very numbers Chain.on_subset and Sampler.choose give
+    that row alone (row-wise reductions sum each row as a 1-D one does). A row with a tie at the k-th
+    place (the candidates may not decide it) or a non-finite candidate kept is left to its own stage."""
     groups: dict[tuple, list[int]] = {}
     for j, row in enumerate(live):
         if row.draw is not None:
             groups.setdefault(row.draw, []).append(j)
     out = {}
-    for (temperature, k), js in groups.items():
+    for (temperature, k, top_p, min_p), js in groups.items():
         if len(js) < 2:
             continue
         t0 = perf_counter_ns()
@@ -237,31 +246,65 @@ def _draw_rows(live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
         if temperature is not None:
             values = values / temperature
         kth = np.partition(values, width - k, axis=1)[:, width - k]
-        kept = ~(values < kth[:, None])  # apply_top_k's test (a NaN is kept, and the row's sum is then NaN)
+        kept = ~(values < kth[:, None])  # apply_top_k's test (a NaN is kept)
         # exactly k kept (no tie at the k-th place) also means some candidate is below the k-th
         # largest: it beats the bound every outsider is under, so the top-k is decided on them
         ok = kept.sum(axis=1) == k
-        if not ok.any():
-            continue
         sel = np.flatnonzero(ok)
         support = np.nonzero(kept[sel])[1].reshape(sel.size, k)  # each row's kept places, ascending
-        probs = softmax(np.take_along_axis(values[sel], support, axis=1))
+        top = np.take_along_axis(values[sel], support, axis=1)
+        fine = np.isfinite(top).all(axis=1)  # NaN / inf: the row's own stage raises (or copes)
+        sel, support, top = sel[fine], support[fine], top[fine]
+        if sel.size == 0:
+            continue
+        if top_p is not None:  # _top_p_row on the k survivors: descending (stable), mass above < top_p
+            order = np.argsort(-top, axis=1, kind="stable")
+            desc = np.take_along_axis(top, order, axis=1).astype(np.float64)
+            probs = np.exp(desc - desc[:, :1])
+            probs /= probs.sum(axis=1, keepdims=True)
+            nucleus = np.empty_like(order, dtype=bool)
+            np.put_along_axis(nucleus, order, np.cumsum(probs, axis=1) - probs < top_p, axis=1)
+            top = np.where(nucleus, top, S_NEG_INF)
+        if min_p is not None:  # apply_min_p on the stage's whole row: the candidates, the masked ones -inf
+            row = np.full((sel.size, width), S_NEG_INF, np.float32)
+            np.put_along_axis(row, support, top, axis=1)
+            probs = softmax(row)
+            gone = probs < min_p * probs.max(axis=-1, keepdims=True)
+            top = np.where(np.take_along_axis(gone, support, axis=1), S_NEG_INF, top)
+        # Sampler.choose: softmax over the survivors, multinomial's draw with the row's own uniform
+        probs = top.astype(np.float64)
+        probs -= probs.max(axis=1, keepdims=True)
+        np.exp(probs, out=probs)  # -inf: 0, which leaves the cumulative sums below as they are unpadded
+        probs /= _survivor_sums(probs, top != S_NEG_INF)[:, None]
         cdf = np.cumsum(probs, axis=1)
-        total = cdf[:, -1]
-        fine = np.flatnonzero((total > 0) & (total < np.inf))  # NaN / inf logits: the row's own stage raises
-        # multinomial's draw with each row's uniform from the row's own generator
-        u = np.array([live[js[sel[r]]].choice.chooser.rng.random() for r in fine.tolist()]) * total[fine]
-        place = pick(probs[fine], cdf[fine], u)
-        tokens = ids[sel[fine], support[fine, place]].tolist()
-        logprobs = np.log(probs[fine, place]).tolist()
-        share = (perf_counter_ns() - t0) // max(1, fine.size)
-        for r, token, lp in zip(fine.tolist(), tokens, logprobs):
-            row = live[js[sel[r]]]
+        u = np.array([live[js[r]].choice.chooser.rng.random() for r in sel.tolist()]) * cdf[:, -1]
+        place = pick(probs, cdf, u)
+        tokens = ids[sel, support[np.arange(sel.size), place]].tolist()
+        logprobs = np.log(probs[np.arange(sel.size), place]).tolist()
+        share = (perf_counter_ns() - t0) // sel.size
+        names = [n for n, on in (("temperature", temperature), ("top_k", k), ("top_p", top_p), ("min_p", min_p))
+                 if on is not None]
+        timings = {n: share // len(names) for n in names}
+        for r, token, lp in zip(sel.tolist(), tokens, logprobs):
+            row = live[js[r]]
             row.choice.process_ns = share
-            row.choice.chain.timings_ns = {"top_k": share} if temperature is None else {
-                "temperature": share // 2, "top_k": share - share // 2}
-            out[js[sel[r]]] = (Choice(token, lp, True), share)
+            row.choice.chain.timings_ns = dict(timings)
+            out[js[r]] = (Choice(token, lp, True), share)
     return out
+
+
+def _survivor_sums(x, kept):
+    """Each row's sum of x over its kept places, as softmax sums them unpadded (pairwise: its rounding
+    depends on how many terms there are and where): rows with as many survivors summed together."""
+    count = kept.sum(axis=1)
+    if (count == x.shape[1]).all():
+        return x.sum(axis=1)
+    packed = np.take_along_axis(x, np.argsort(~kept, axis=1, kind="stable"), axis=1)  # survivors first, in order
+    sums = np.empty(x.shape[0])
+    for n in np.unique(count).tolist():
+        rows = np.flatnonzero(count == n)
+        sums[rows] = packed[rows, :n].sum(axis=1)
+    return sums
 
 
 def _record(row: _Row, p: Chosen, model_ns: int, infer_start: int, overlapped: bool) -> TokenRecord:

@@ -345,9 +345,9 @@ def warpers(c: GenerationConfig, min_tokens_to_keep: int = 1) -> list[Stage]:
     if c.top_k:
         out.append(TopK(c.top_k, keep))
     if c.top_p < 1.0:
-        out.append(Kernel("top_p", "distribution", lambda ids, x, p=c.top_p: S.apply_top_p(x, p, keep)))
+        out.append(TopP(c.top_p, keep))
     if c.min_p is not None:
-        out.append(Kernel("min_p", "distribution", lambda ids, x, p=c.min_p: S.apply_min_p(x, p, keep)))
+        out.append(MinP(c.min_p, keep))
     if c.typical_p < 1.0:
         out.append(Kernel("typical_p", "distribution", lambda ids, x, m=c.typical_p: S.apply_typical_p(x, m, keep)))
     if c.epsilon_cutoff > 0:
@@ -390,6 +390,30 @@ class TopK(Stage):
 
     def on_subset(self, token_ids, values, ids, vocab):
         return S.apply_top_k(values, self.k, self.keep)
+
+
+class TopP(Stage):
+    """HF TopPLogitsWarper (`kernels.sampling.apply_top_p`)."""
+
+    name, subset = "top_p", "distribution"
+
+    def __init__(self, p: float, min_tokens_to_keep: int = 1):
+        self.p, self.keep = p, min_tokens_to_keep
+
+    def __call__(self, token_ids, logits):
+        return S.apply_top_p(logits, self.p, self.keep)
+
+
+class MinP(Stage):
+    """HF MinPLogitsWarper (`kernels.sampling.apply_min_p`)."""
+
+    name, subset = "min_p", "distribution"
+
+    def __init__(self, p: float, min_tokens_to_keep: int = 1):
+        self.p, self.keep = p, min_tokens_to_keep
+
+    def __call__(self, token_ids, logits):
+        return S.apply_min_p(logits, self.p, self.keep)
 
 
 class RepetitionPenalty(Stage):

@@ -468,21 +468,25 @@ def test_plain_greedy_rows_pick_what_their_own_stage_would(model):
 
 
 def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch):
-    """Rows sampling after only a top-k (and a temperature) draw in one pass over their graph candidates
-    (batch._draw_rows): 30 steps of random logits, every row's token, log-probabilities and generator
-    state equal its own stage's on its row alone, bit for bit. Rows the pass leaves to their stage: a
-    tie at the k-th place, candidates that cannot decide the top-k (the whole vocabulary then), a
-    lone setting, top-p after top-k."""
+    """Rows sampling after a top-k (with a temperature before it, a top-p and / or a min-p after it)
+    draw in one pass over their graph candidates (batch._draw_rows): 30 steps of random logits, every
+    row's token, log-probabilities and generator state equal its own stage's on its row alone, bit for
+    bit. Rows the pass leaves to their stage: a tie at the k-th place, candidates that cannot decide
+    the top-k (the whole vocabulary then), a lone setting, a stage the pass does not do (typical_p)."""
     from ovgen import batch
     from ovgen.backend import TOP_CANDIDATES
     from ovgen.search import choose
 
     vocab, width = model.vocab_size, TOP_CANDIDATES
     base = model.generation_config.replace(max_new_tokens=64, ignore_eos=True, do_sample=True)
+    nucleus = dict(top_k=40, temperature=0.8, top_p=0.8, min_p=0.05)
     cfgs = [base.replace(top_k=50, seed=1), base.replace(top_k=50, seed=2), base.replace(top_k=50, seed=3),
             base.replace(top_k=20, temperature=0.7, seed=4), base.replace(top_k=20, temperature=0.7, seed=5),
             base.replace(top_k=1, seed=6), base.replace(top_k=1, seed=7), base.replace(top_k=50, top_p=0.9, seed=8),
-            base.replace(top_k=30, seed=9)]
+            base.replace(top_k=30, seed=9), base.replace(top_k=50, top_p=0.9, seed=10),
+            base.replace(**nucleus, seed=11), base.replace(**nucleus, seed=12), base.replace(**nucleus, seed=13),
+            base.replace(top_k=20, min_p=0.2, seed=14), base.replace(top_k=20, min_p=0.2, seed=15),
+            base.replace(top_k=50, typical_p=0.9, seed=16), base.replace(top_k=50, typical_p=0.9, seed=17)]
     ids = [1, 7, 900, 2, 5]
 
     class Rows:
@@ -491,7 +495,11 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
 
     live = [batch._rows(model, i, ids, c, (), [])[0] for i, c in enumerate(cfgs)]
     alone = [batch._rows(model, i, ids, c, (), [])[0] for i, c in enumerate(cfgs)]
-    assert [r.draw for r in live] == [(None, 50)] * 3 + [(np.float32(0.7), 20)] * 2 + [(None, 1)] * 2 + [None, (None, 30)]
+    t7, t8 = np.float32(0.7), np.float32(0.8)
+    assert [r.draw for r in live] == ([(None, 50, None, None)] * 3 + [(t7, 20, None, None)] * 2
+                                      + [(None, 1, None, None)] * 2 + [(None, 50, 0.9, None), (None, 30, None, None),
+                                                                       (None, 50, 0.9, None)]
+                                      + [(t8, 40, 0.8, 0.05)] * 3 + [(None, 20, None, 0.2)] * 2 + [None] * 2)
     passed = []
     real = batch._draw_rows
     monkeypatch.setattr(batch, "_draw_rows", lambda live, tops: passed.append(sorted(d := real(live, tops))) or d)
@@ -503,6 +511,14 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
             logits[1, logits[1] == top[50]] = top[49]  # a tie at the 50th place
         if step % 5 == 0:
             logits[2, :] = 0.5  # every candidate ties: the top-k is not decided on them
+        if step % 2 == 0:  # ties inside the top-k: the nucleus's order among them is its stable sort's
+            for j in (7, 10, 11):
+                top = np.sort(logits[j])[::-1]
+                logits[j, np.isin(logits[j], top[1:4])] = top[1]
+        else:  # a tie the nucleus's cut falls inside: which of them it keeps is its stable sort's choice
+            for j in (7, 9, 10, 11, 12):
+                picked = rng.choice(vocab, 17, replace=False)
+                logits[j], logits[j, picked[0]], logits[j, picked[1:]] = rng.standard_normal(vocab), 7.0, 6.0
         lse = np.log(np.exp(logits.astype(np.float64)).sum(axis=1)).astype(np.float32)
         cand = np.sort(np.argpartition(-logits, width, axis=1)[:, :width], axis=1)
         tops = (np.take_along_axis(logits, cand, axis=1), cand)
@@ -523,7 +539,7 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
         choose(alone[4].choice, Rows.tokens[4], logits[4], lse[4], (tops[0][4], tops[1][4]), 0, alone[4].stopping,
                1, 0)
     drawn = [set(d) for d in passed]
-    assert all({0, 3, 4, 5, 6} <= d and not d & {7, 8} for d in drawn[:30])
+    assert all({0, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14} <= d and not d & {8, 15, 16} for d in drawn[:30])
     assert all(1 not in d for d in drawn[:30:3]) and all(2 not in d for d in drawn[:30:5])
     assert sum(1 in d for d in drawn) >= 15 and sum(2 in d for d in drawn) >= 20 and 4 not in drawn[30]
 
