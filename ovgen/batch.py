@@ -3,8 +3,9 @@
     prompts --left-pad--> Session.prefill_rows -> logits [B, vocab]
     per step, per row: that row's token-choice stage (its own chain, chooser and generator: a row's
     seeded output does not depend on its neighbours; plain greedy rows: one argmax over the batch;
-    rows sampling with the same top-k (and temperature) and nothing else: one pass over their graph
-    candidates, then each row's draw from its own generator - the same tokens either way)
+    rows sampling with the same top-k (a temperature before it, a top-p and a min-p after it; nothing
+    else): one pass over their graph candidates, then each row's draw from its own generator - the
+    same tokens either way)
     -> record (row = the prompt's index)
     rows that finish leave the batch: Session.reorder(the rows that go on) gathers the KV rows, the
     attention mask and the padding inside the next infer, so a finished row costs nothing more
@@ -37,7 +38,7 @@ from ovgen.kernels.sampling import pick, softmax
 from .backend import TOP_CANDIDATES
 from .choice import Choice, Greedy, Sampler, TokenChoice, token_choice
 from .config import GenerationConfig
-from .processors import MinP, Temperature, TopK, TopP
+from .processors import MinP, RepetitionPenalty, Temperature, TopK, TopP
 from .search import Chosen, TokenRecord, _text, candidates, choose, chosen, decode
 from .session import owned
 from .stopping import StopStrings, Stopping
@@ -88,23 +89,22 @@ def _row_of(model, index: int, ids: list[int], cfg: GenerationConfig, choice: To
 
 
 def _draw_key(choice: TokenChoice) -> tuple | None:
-    """(temperature, k, top_p, min_p), None for an absent one, for a Sampler after a top-k of k < the
-    graph's candidates, alone or with a temperature before it and a top-p and / or a min-p after it
-    (HF's order; every stage keeping one token at least): `_draw_rows` gives such rows their tokens in
-    one pass. None for any other chain."""
-    stages = choice.chain.stages
+    """(repetition_penalty, temperature, k, top_p, min_p), None for an absent one, for a Sampler after
+    a top-k of k < the graph's candidates, alone or with a repetition penalty (>= 1) and a temperature
+    before it and a top-p and / or a min-p after it (HF's order; every stage keeping one token at
+    least): `_draw_rows` gives such rows their tokens in one pass. None for any other chain."""
     if type(choice.chooser) is not Sampler:
         return None
-    kinds = [type(st) for st in stages]
-    temperature = stages[0].temperature if kinds[:1] == [Temperature] else None
-    at = int(temperature is not None)
-    if kinds[at:at + 1] != [TopK] or stages[at].width >= TOP_CANDIDATES:
+    stages = {type(st): st for st in choice.chain.stages}
+    kinds = [type(st) for st in choice.chain.stages]
+    head = [t for t in (RepetitionPenalty, Temperature) if t in stages]
+    if (kinds not in ([*head, TopK, *tail] for tail in ([], [TopP], [MinP], [TopP, MinP]))
+            or stages[TopK].width >= TOP_CANDIDATES or any(stages[t].keep != 1 for t in (TopP, MinP) if t in stages)
+            or (RepetitionPenalty in stages and not stages[RepetitionPenalty].penalty >= 1.0)):
         return None
-    after = {t: st for t, st in zip(kinds[at + 1:], stages[at + 1:])}
-    if kinds[at + 1:] not in ([], [TopP], [MinP], [TopP, MinP]) or any(st.keep != 1 for st in after.values()):
-        return None
-    return (temperature, stages[at].width, after[TopP].p if TopP in after else None,
-            after[MinP].p if MinP in after else None)
+    return (stages[RepetitionPenalty].penalty if RepetitionPenalty in stages else None,
+            stages[Temperature].temperature if Temperature in stages else None, stages[TopK].width,
+            stages[TopP].p if TopP in stages else None, stages[MinP].p if MinP in stages else None)
 
 
 def _fresh(p):
@@ -199,11 +199,11 @@ def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> lis
     top candidates per row or None). Plain greedy rows take theirs from one argmax over the whole
     batch (lowest id at ties, as Greedy's; the model's log-probability is then the processed one):
     what each row's own stage would choose, without a stage call per row; so do the rows sampling
-    with a shared top-k (and temperature), drawn in one pass (`_draw_rows`). The others run their
+    with the same top-k (temperature, top-p, min-p), drawn in one pass (`_draw_rows`). The others run their
     token-choice stage on their row."""
     t0 = perf_counter_ns()
     best = logits.argmax(axis=1).tolist() if any(row.greedy for row in live) else None
-    drawn = _draw_rows(live, tops) if tops is not None else {}
+    drawn = _draw_rows(session, live, tops) if tops is not None else {}
     if drawn:
         t0 = perf_counter_ns()  # the rows' shares of the pass are their records' chain and choice times
     picks = []
@@ -225,31 +225,38 @@ def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> lis
     return picks
 
 
-def _draw_rows(live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
+def _draw_rows(session, live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
     """{row: (its Choice, its share of the pass's ns)} for the rows that sample after a top-k (with a
-    temperature before it, a top-p and a min-p after it: `_draw_key`) on the graph's candidates, two
-    or more sharing the settings: one pass of the chain's arithmetic and the softmax over them, then
+    repetition penalty and a temperature before it, a top-p and a min-p after it: `_draw_key`) on the
+    graph's candidates, two or more sharing the settings: one pass of the chain's arithmetic and the
+    softmax over them (each row's penalty on the tokens of its own history), then
     each row's draw from its own generator - the very numbers Chain.on_subset and Sampler.choose give
-    that row alone (row-wise reductions sum each row as a 1-D one does). A row with a tie at the k-th
-    place (the candidates may not decide it) or a non-finite candidate kept is left to its own stage."""
+    that row alone (row-wise reductions sum each row as a 1-D one does). A row whose top-k the
+    candidates do not decide (a tie at the k-th place; a penalty that lowered the k-th largest to the
+    bound outsiders are under) or with a non-finite candidate kept is left to its own stage."""
     groups: dict[tuple, list[int]] = {}
     for j, row in enumerate(live):
         if row.draw is not None:
             groups.setdefault(row.draw, []).append(j)
     out = {}
-    for (temperature, k, top_p, min_p), js in groups.items():
+    for (penalty, temperature, k, top_p, min_p), js in groups.items():
         if len(js) < 2:
             continue
         t0 = perf_counter_ns()
         values, ids = tops[0][js], tops[1][js]
         width = values.shape[1]
+        bound = values.min(axis=1)  # every outsider's logit is at most its row's smallest candidate
+        if penalty is not None:  # apply_repetition_penalty_on, in float32 (its Python floats round to these)
+            hit = _held(session, js, ids)
+            p = np.float32(penalty)
+            values = np.where(hit, np.where(values < 0, values * p, values / p), values)  # it only lowers them
         if temperature is not None:
-            values = values / temperature
+            values, bound = values / temperature, bound / temperature  # the bound maps as Temperature's
         kth = np.partition(values, width - k, axis=1)[:, width - k]
         kept = ~(values < kth[:, None])  # apply_top_k's test (a NaN is kept)
-        # exactly k kept (no tie at the k-th place) also means some candidate is below the k-th
-        # largest: it beats the bound every outsider is under, so the top-k is decided on them
-        ok = kept.sum(axis=1) == k
+        # the top-k is decided on the candidates when the k-th largest beats the bound (Chain.on_subset),
+        # and exactly k are kept (no tie at the k-th place)
+        ok = (kept.sum(axis=1) == k) & (kth > bound)
         sel = np.flatnonzero(ok)
         support = np.nonzero(kept[sel])[1].reshape(sel.size, k)  # each row's kept places, ascending
         top = np.take_along_axis(values[sel], support, axis=1)
@@ -282,8 +289,8 @@ def _draw_rows(live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
         tokens = ids[sel, support[np.arange(sel.size), place]].tolist()
         logprobs = np.log(probs[np.arange(sel.size), place]).tolist()
         share = (perf_counter_ns() - t0) // sel.size
-        names = [n for n, on in (("temperature", temperature), ("top_k", k), ("top_p", top_p), ("min_p", min_p))
-                 if on is not None]
+        names = [n for n, on in (("repetition_penalty", penalty), ("temperature", temperature), ("top_k", k),
+                                 ("top_p", top_p), ("min_p", min_p)) if on is not None]
         timings = {n: share // len(names) for n in names}
         for r, token, lp in zip(sel.tolist(), tokens, logprobs):
             row = live[js[r]]
@@ -291,6 +298,17 @@ def _draw_rows(live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
             row.choice.chain.timings_ns = dict(timings)
             out[js[r]] = (Choice(token, lp, True), share)
     return out
+
+
+def _held(session, js: list[int], ids: np.ndarray) -> np.ndarray:
+    """[rows, candidates] bool: whether each candidate token is in its row's history (session rows
+    `js`, their left padding left out): the tokens RepetitionPenalty penalises, set(token_ids)."""
+    hist, pad = session.tokens[js], session.pad[js]
+    vocab = session.model.vocab_size
+    mark = np.zeros((len(js), vocab + 1), bool)  # the last column: where left padding goes
+    r = np.arange(len(js))[:, None]
+    mark[r, np.where(np.arange(hist.shape[1]) < pad[:, None], vocab, hist)] = True
+    return mark[r, ids]
 
 
 def _survivor_sums(x, kept):

@@ -468,11 +468,12 @@ def test_plain_greedy_rows_pick_what_their_own_stage_would(model):
 
 
 def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch):
-    """Rows sampling after a top-k (with a temperature before it, a top-p and / or a min-p after it)
-    draw in one pass over their graph candidates (batch._draw_rows): 30 steps of random logits, every
-    row's token, log-probabilities and generator state equal its own stage's on its row alone, bit for
-    bit. Rows the pass leaves to their stage: a tie at the k-th place, candidates that cannot decide
-    the top-k (the whole vocabulary then), a lone setting, a stage the pass does not do (typical_p)."""
+    """Rows sampling after a top-k (with a repetition penalty and a temperature before it, a top-p and /
+    or a min-p after it) draw in one pass over their graph candidates (batch._draw_rows): 30 steps of
+    random logits, every row's token, log-probabilities and generator state equal its own stage's on
+    its row alone, bit for bit. Rows the pass leaves to their stage: a tie at the k-th place,
+    candidates that cannot decide the top-k (the whole vocabulary then: all tied, or a penalty that
+    sank the k-th largest under the bound), a lone setting, a stage the pass does not do (typical_p)."""
     from ovgen import batch
     from ovgen.backend import TOP_CANDIDATES
     from ovgen.search import choose
@@ -486,23 +487,30 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
             base.replace(top_k=30, seed=9), base.replace(top_k=50, top_p=0.9, seed=10),
             base.replace(**nucleus, seed=11), base.replace(**nucleus, seed=12), base.replace(**nucleus, seed=13),
             base.replace(top_k=20, min_p=0.2, seed=14), base.replace(top_k=20, min_p=0.2, seed=15),
-            base.replace(top_k=50, typical_p=0.9, seed=16), base.replace(top_k=50, typical_p=0.9, seed=17)]
-    ids = [1, 7, 900, 2, 5]
+            base.replace(top_k=50, typical_p=0.9, seed=16), base.replace(top_k=50, typical_p=0.9, seed=17),
+            base.replace(**nucleus, repetition_penalty=1.3, seed=18), base.replace(**nucleus, repetition_penalty=1.3,
+                                                                                seed=19),
+            base.replace(top_k=40, repetition_penalty=3.0, seed=20), base.replace(top_k=40, repetition_penalty=3.0,
+                                                                                seed=21)]
+    ids = [1, 7, 900, 2, 5] + list(range(1000, 1100))  # the penalised history
 
-    class Rows:
-        pad = np.zeros(len(cfgs), np.int64)
-        tokens = np.array([ids] * len(cfgs), np.int64)
+    class Rows:  # what _picks reads of a session; rows 18 and 20 left-padded with tokens a history must not hold
+        pad = np.array([3 if j in (18, 20) else 0 for j in range(len(cfgs))], np.int64)
+        tokens = np.array([[40000, 40001, 40002] + ids] * len(cfgs), np.int64)
+        tokens[np.flatnonzero(pad == 0), :3] = ids[:3]
+    Rows.model = model
 
     live = [batch._rows(model, i, ids, c, (), [])[0] for i, c in enumerate(cfgs)]
     alone = [batch._rows(model, i, ids, c, (), [])[0] for i, c in enumerate(cfgs)]
     t7, t8 = np.float32(0.7), np.float32(0.8)
-    assert [r.draw for r in live] == ([(None, 50, None, None)] * 3 + [(t7, 20, None, None)] * 2
-                                      + [(None, 1, None, None)] * 2 + [(None, 50, 0.9, None), (None, 30, None, None),
-                                                                       (None, 50, 0.9, None)]
-                                      + [(t8, 40, 0.8, 0.05)] * 3 + [(None, 20, None, 0.2)] * 2 + [None] * 2)
+    keys = ([(None, 50, None, None)] * 3 + [(t7, 20, None, None)] * 2 + [(None, 1, None, None)] * 2
+            + [(None, 50, 0.9, None), (None, 30, None, None), (None, 50, 0.9, None)] + [(t8, 40, 0.8, 0.05)] * 3
+            + [(None, 20, None, 0.2)] * 2)
+    assert [r.draw for r in live] == ([(None, *key) for key in keys] + [None] * 2 + [(1.3, t8, 40, 0.8, 0.05)] * 2
+                                      + [(3.0, None, 40, None, None)] * 2)
     passed = []
     real = batch._draw_rows
-    monkeypatch.setattr(batch, "_draw_rows", lambda live, tops: passed.append(sorted(d := real(live, tops))) or d)
+    monkeypatch.setattr(batch, "_draw_rows", lambda *a: passed.append(sorted(d := real(*a))) or d)
     rng = np.random.default_rng(11)
     for step in range(30):
         logits = (rng.standard_normal((len(cfgs), vocab)) * rng.uniform(1, 4)).astype(np.float32)
@@ -519,6 +527,15 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
             for j in (7, 9, 10, 11, 12):
                 picked = rng.choice(vocab, 17, replace=False)
                 logits[j], logits[j, picked[0]], logits[j, picked[1:]] = rng.standard_normal(vocab), 7.0, 6.0
+        for j in (17, 18, 19, 20):  # history tokens among the candidates: penalised (the padding's: not)
+            logits[j, rng.choice(ids, 12, replace=False)] = np.sort(logits[j])[-30:-18]
+            logits[j, Rows.tokens[j, :3]] = np.sort(logits[j])[-40:-37]
+        if step % 4 == 1:  # every logit negative: the penalty multiplies
+            logits[17:19] -= 30
+        if step % 3 == 2:  # the penalty sinks the history's 60 leaders under the other candidates' floor
+            for j in (19, 20):
+                logits[j] = rng.standard_normal(vocab)
+                logits[j, ids[5:65]] = 5 + rng.random(60)
         lse = np.log(np.exp(logits.astype(np.float64)).sum(axis=1)).astype(np.float32)
         cand = np.sort(np.argpartition(-logits, width, axis=1)[:, :width], axis=1)
         tops = (np.take_along_axis(logits, cand, axis=1), cand)
@@ -526,7 +543,8 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
             r.n = 0
         picks = batch._picks(Rows, live, logits, lse, tops, 0)
         for j, (p, r) in enumerate(zip(picks, alone, strict=True)):
-            a = choose(r.choice, Rows.tokens[j], logits[j], lse[j], (tops[0][j], tops[1][j]), 0, r.stopping, 1, 0)
+            a = choose(r.choice, Rows.tokens[j, Rows.pad[j]:], logits[j], lse[j], (tops[0][j], tops[1][j]), 0,
+                       r.stopping, 1, 0)
             assert (p.token, p.logprob, p.choice.logprob, p.choice.subset) == (a.token, a.logprob, a.choice.logprob,
                                                                                a.choice.subset), (step, j)
         assert [r.choice.chooser.rng.bit_generator.state for r in live] == \
@@ -539,7 +557,8 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
         choose(alone[4].choice, Rows.tokens[4], logits[4], lse[4], (tops[0][4], tops[1][4]), 0, alone[4].stopping,
                1, 0)
     drawn = [set(d) for d in passed]
-    assert all({0, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14} <= d and not d & {8, 15, 16} for d in drawn[:30])
+    assert all({0, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 17, 18} <= d and not d & {8, 15, 16} for d in drawn[:30])
+    assert all(({19, 20} & d == set()) == (step % 3 == 2) for step, d in enumerate(drawn[:30]))
     assert all(1 not in d for d in drawn[:30:3]) and all(2 not in d for d in drawn[:30:5])
     assert sum(1 in d for d in drawn) >= 15 and sum(2 in d for d in drawn) >= 20 and 4 not in drawn[30]
 
@@ -550,6 +569,8 @@ SEQ_CASES = {
                "stop_strings": ["."]},
     "penalties": {"do_sample": True, "seed": 8, "repetition_penalty": 1.3, "no_repeat_ngram_size": 3,
                   "max_new_tokens": 24, "ignore_eos": True},
+    "penalty_nucleus": {"do_sample": True, "seed": 4, "repetition_penalty": 1.2, "temperature": 0.8, "top_k": 40,
+                        "top_p": 0.9, "min_p": 0.02, "max_new_tokens": 32, "ignore_eos": True},  # batch._draw_rows
     "schema": {"do_sample": True, "seed": 6, "max_new_tokens": 48,
                "json_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
                                "required": ["city"], "additionalProperties": False}},
