@@ -17,8 +17,12 @@ def default_path(benchmark: str) -> str:
 
 
 def save_result(path: str | Path, benchmark: str, **fields) -> None:
-    """Write {"benchmark", "date", **fields, "machine"} to `path` and say so."""
-    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+    """Write {"benchmark", "date", **fields, "machine"} to `path` and say so (the machine names its CPU)."""
+    from ovgen.runtime import cpu_flags, cpu_model
+
+    # which CPU: the same model of one IR infers in bf16 on some, f32 on others, at other speeds
+    machine = {"cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
+               "platform": platform.platform(), "processor": platform.processor(),
                "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}
     out = {"benchmark": benchmark, "date": time.strftime("%Y-%m-%d %H:%M"), **fields, "machine": machine}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
