@@ -3,9 +3,9 @@
     prompts --left-pad--> Session.prefill_rows -> logits [B, vocab]
     per step, per row: that row's token-choice stage (its own chain, chooser and generator: a row's
     seeded output does not depend on its neighbours; plain greedy rows: one argmax over the batch;
-    rows sampling with the same top-k (a temperature before it, a top-p and a min-p after it; nothing
-    else): one pass over their graph candidates, then each row's draw from its own generator - the
-    same tokens either way)
+    rows sampling with the same top-k (a repetition penalty and a temperature before it, a top-p and a
+    min-p after it; nothing else): one pass over their graph candidates, then each row's draw from its
+    own generator - the same tokens either way)
     -> record (row = the prompt's index)
     rows that finish leave the batch: Session.reorder(the rows that go on) gathers the KV rows, the
     attention mask and the padding inside the next infer, so a finished row costs nothing more
@@ -199,8 +199,8 @@ def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> lis
     top candidates per row or None). Plain greedy rows take theirs from one argmax over the whole
     batch (lowest id at ties, as Greedy's; the model's log-probability is then the processed one):
     what each row's own stage would choose, without a stage call per row; so do the rows sampling
-    with the same top-k (temperature, top-p, min-p), drawn in one pass (`_draw_rows`). The others run their
-    token-choice stage on their row."""
+    with the same top-k (repetition penalty, temperature, top-p, min-p), drawn in one pass
+    (`_draw_rows`). The others run their token-choice stage on their row."""
     t0 = perf_counter_ns()
     best = logits.argmax(axis=1).tolist() if any(row.greedy for row in live) else None
     drawn = _draw_rows(session, live, tops) if tops is not None else {}
