@@ -392,28 +392,29 @@ class TopK(Stage):
         return S.apply_top_k(values, self.k, self.keep)
 
 
-class TopP(Stage):
+class Cutoff(Stage):
+    """A warper masking the unlikely tokens by a threshold `p` (keeping `min_tokens_to_keep` at least):
+    `kernel(logits, p, keep)`."""
+
+    subset = "distribution"
+
+    def __init__(self, p: float, min_tokens_to_keep: int = 1):
+        self.p, self.keep = p, min_tokens_to_keep
+
+    def __call__(self, token_ids, logits):
+        return self.kernel(logits, self.p, self.keep)
+
+
+class TopP(Cutoff):
     """HF TopPLogitsWarper (`kernels.sampling.apply_top_p`)."""
 
-    name, subset = "top_p", "distribution"
-
-    def __init__(self, p: float, min_tokens_to_keep: int = 1):
-        self.p, self.keep = p, min_tokens_to_keep
-
-    def __call__(self, token_ids, logits):
-        return S.apply_top_p(logits, self.p, self.keep)
+    name, kernel = "top_p", staticmethod(S.apply_top_p)
 
 
-class MinP(Stage):
+class MinP(Cutoff):
     """HF MinPLogitsWarper (`kernels.sampling.apply_min_p`)."""
 
-    name, subset = "min_p", "distribution"
-
-    def __init__(self, p: float, min_tokens_to_keep: int = 1):
-        self.p, self.keep = p, min_tokens_to_keep
-
-    def __call__(self, token_ids, logits):
-        return S.apply_min_p(logits, self.p, self.keep)
+    name, kernel = "min_p", staticmethod(S.apply_min_p)
 
 
 class RepetitionPenalty(Stage):
