@@ -228,30 +228,36 @@ def _picks(session, live: list[_Row], logits, lse, tops, t_start_ns: int) -> lis
 def _draw_rows(session, live: list[_Row], tops) -> dict[int, tuple[Choice, int]]:
     """{row: (its Choice, its share of the pass's ns)} for the rows that sample after a top-k (with a
     repetition penalty and a temperature before it, a top-p and a min-p after it: `_draw_key`) on the
-    graph's candidates, two or more sharing the settings: one pass of the chain's arithmetic and the
-    softmax over them (each row's penalty on the tokens of its own history), then
-    each row's draw from its own generator - the very numbers Chain.on_subset and Sampler.choose give
+    graph's candidates, two or more with the same stages and k (each with its own settings: a
+    temperature sweep shares a pass): one pass of the chain's arithmetic and the softmax over them
+    (each row's penalty on the tokens of its own history), then each row's draw from its own
+    generator - the very numbers Chain.on_subset and Sampler.choose give
     that row alone (row-wise reductions sum each row as a 1-D one does). A row whose top-k the
     candidates do not decide (a tie at the k-th place; a penalty that lowered the k-th largest to the
     bound outsiders are under) or with a non-finite candidate kept is left to its own stage."""
     groups: dict[tuple, list[int]] = {}
     for j, row in enumerate(live):
-        if row.draw is not None:
-            groups.setdefault(row.draw, []).append(j)
+        if row.draw is not None:  # grouped by k and which stages are there
+            penalty, temperature, k, top_p, min_p = row.draw
+            key = (k, penalty is not None, temperature is not None, top_p is not None, min_p is not None)
+            groups.setdefault(key, []).append(j)
     out = {}
-    for (penalty, temperature, k, top_p, min_p), js in groups.items():
+    for (k, penalty, temperature, top_p, min_p), js in groups.items():
         if len(js) < 2:
             continue
+
+        def setting(i: int, dtype) -> np.ndarray:  # each row's setting i of its draw key, [rows, 1]
+            return np.array([live[j].draw[i] for j in js], dtype)[:, None]
         t0 = perf_counter_ns()
         values, ids = tops[0][js], tops[1][js]
         width = values.shape[1]
         bound = values.min(axis=1)  # every outsider's logit is at most its row's smallest candidate
-        if penalty is not None:  # apply_repetition_penalty_on, in float32 (its Python floats round to these)
-            hit = _held(session, js, ids)
-            p = np.float32(penalty)
+        if penalty:  # apply_repetition_penalty_on, in float32 (its Python floats round to these)
+            hit, p = _held(session, js, ids), setting(0, np.float32)
             values = np.where(hit, np.where(values < 0, values * p, values / p), values)  # it only lowers them
-        if temperature is not None:
-            values, bound = values / temperature, bound / temperature  # the bound maps as Temperature's
+        if temperature:
+            t = setting(1, np.float32)
+            values, bound = values / t, bound / t[:, 0]  # the bound maps as Temperature's
         kth = np.partition(values, width - k, axis=1)[:, width - k]
         kept = ~(values < kth[:, None])  # apply_top_k's test (a NaN is kept)
         # the top-k is decided on the candidates when the k-th largest beats the bound (Chain.on_subset),
@@ -264,19 +270,19 @@ def _draw_rows(session, live: list[_Row], tops) -> dict[int, tuple[Choice, int]]
         sel, support, top = sel[fine], support[fine], top[fine]
         if sel.size == 0:
             continue
-        if top_p is not None:  # _top_p_row on the k survivors: descending (stable), mass above < top_p
+        if top_p:  # _top_p_row on the k survivors: descending (stable), mass above < top_p
             order = np.argsort(-top, axis=1, kind="stable")
             desc = np.take_along_axis(top, order, axis=1).astype(np.float64)
             probs = np.exp(desc - desc[:, :1])
             probs /= probs.sum(axis=1, keepdims=True)
             nucleus = np.empty_like(order, dtype=bool)
-            np.put_along_axis(nucleus, order, np.cumsum(probs, axis=1) - probs < top_p, axis=1)
+            np.put_along_axis(nucleus, order, np.cumsum(probs, axis=1) - probs < setting(3, np.float64)[sel], axis=1)
             top = np.where(nucleus, top, S_NEG_INF)
-        if min_p is not None:  # apply_min_p on the stage's whole row: the candidates, the masked ones -inf
+        if min_p:  # apply_min_p on the stage's whole row: the candidates, the masked ones -inf
             row = np.full((sel.size, width), S_NEG_INF, np.float32)
             np.put_along_axis(row, support, top, axis=1)
             probs = softmax(row)
-            gone = probs < min_p * probs.max(axis=-1, keepdims=True)
+            gone = probs < setting(4, np.float64)[sel] * probs.max(axis=-1, keepdims=True)
             top = np.where(np.take_along_axis(gone, support, axis=1), S_NEG_INF, top)
         # Sampler.choose: softmax over the survivors, multinomial's draw with the row's own uniform
         probs = top.astype(np.float64)
@@ -289,8 +295,8 @@ def _draw_rows(session, live: list[_Row], tops) -> dict[int, tuple[Choice, int]]
         tokens = ids[sel, support[np.arange(sel.size), place]].tolist()
         logprobs = np.log(probs[np.arange(sel.size), place]).tolist()
         share = (perf_counter_ns() - t0) // sel.size
-        names = [n for n, on in (("repetition_penalty", penalty), ("temperature", temperature), ("top_k", k),
-                                 ("top_p", top_p), ("min_p", min_p)) if on is not None]
+        names = [n for n, on in (("repetition_penalty", penalty), ("temperature", temperature), ("top_k", True),
+                                 ("top_p", top_p), ("min_p", min_p)) if on]
         timings = {n: share // len(names) for n in names}
         for r, token, lp in zip(sel.tolist(), tokens, logprobs):
             row = live[js[r]]

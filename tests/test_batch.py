@@ -491,7 +491,12 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
             base.replace(**nucleus, repetition_penalty=1.3, seed=18), base.replace(**nucleus, repetition_penalty=1.3,
                                                                                 seed=19),
             base.replace(top_k=40, repetition_penalty=3.0, seed=20), base.replace(top_k=40, repetition_penalty=3.0,
-                                                                                seed=21)]
+                                                                                seed=21),
+            # a sweep: the same stages, each row its own settings (rows 3, 4, 13, 14, 19, 20 join them)
+            base.replace(top_k=40, temperature=0.6, top_p=0.7, seed=22),
+            base.replace(top_k=40, temperature=0.9, top_p=0.85, seed=23),
+            base.replace(top_k=40, temperature=1.3, top_p=0.95, seed=24),
+            base.replace(top_k=20, temperature=1.5, seed=25), base.replace(top_k=20, min_p=0.05, seed=26), base.replace(top_k=40, repetition_penalty=1.05, seed=27)]
     ids = [1, 7, 900, 2, 5] + list(range(1000, 1100))  # the penalised history
 
     class Rows:  # what _picks reads of a session; rows 18 and 20 left-padded with tokens a history must not hold
@@ -507,7 +512,11 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
             + [(None, 50, 0.9, None), (None, 30, None, None), (None, 50, 0.9, None)] + [(t8, 40, 0.8, 0.05)] * 3
             + [(None, 20, None, 0.2)] * 2)
     assert [r.draw for r in live] == ([(None, *key) for key in keys] + [None] * 2 + [(1.3, t8, 40, 0.8, 0.05)] * 2
-                                      + [(3.0, None, 40, None, None)] * 2)
+                                      + [(3.0, None, 40, None, None)] * 2
+                                      + [(None, np.float32(t), 40, p, None)
+                                         for t, p in ((0.6, 0.7), (0.9, 0.85), (1.3, 0.95))]
+                                      + [(None, np.float32(1.5), 20, None, None), (None, None, 20, None, 0.05),
+                                         (1.05, None, 40, None, None)])
     passed = []
     real = batch._draw_rows
     monkeypatch.setattr(batch, "_draw_rows", lambda *a: passed.append(sorted(d := real(*a))) or d)
@@ -527,7 +536,7 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
             for j in (7, 9, 10, 11, 12):
                 picked = rng.choice(vocab, 17, replace=False)
                 logits[j], logits[j, picked[0]], logits[j, picked[1:]] = rng.standard_normal(vocab), 7.0, 6.0
-        for j in (17, 18, 19, 20):  # history tokens among the candidates: penalised (the padding's: not)
+        for j in (17, 18, 19, 20, 26):  # history tokens among the candidates: penalised (the padding's: not)
             logits[j, rng.choice(ids, 12, replace=False)] = np.sort(logits[j])[-30:-18]
             logits[j, Rows.tokens[j, :3]] = np.sort(logits[j])[-40:-37]
         if step % 4 == 1:  # every logit negative: the penalty multiplies
@@ -557,7 +566,8 @@ def test_sampled_rows_drawn_in_one_pass_equal_their_own_stage(model, monkeypatch
         choose(alone[4].choice, Rows.tokens[4], logits[4], lse[4], (tops[0][4], tops[1][4]), 0, alone[4].stopping,
                1, 0)
     drawn = [set(d) for d in passed]
-    assert all({0, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 17, 18} <= d and not d & {8, 15, 16} for d in drawn[:30])
+    assert all({0, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 17, 18, 21, 22, 23, 24, 25, 26} <= d and not d & {8, 15, 16}
+               for d in drawn[:30])
     assert all(({19, 20} & d == set()) == (step % 3 == 2) for step, d in enumerate(drawn[:30]))
     assert all(1 not in d for d in drawn[:30:3]) and all(2 not in d for d in drawn[:30:5])
     assert sum(1 in d for d in drawn) >= 15 and sum(2 in d for d in drawn) >= 20 and 4 not in drawn[30]
