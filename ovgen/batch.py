@@ -231,8 +231,8 @@ def _draw_rows(session, live: list[_Row], tops) -> dict[int, tuple[Choice, int]]
     graph's candidates, two or more with the same stages and k (each with its own settings: a
     temperature sweep shares a pass): one pass of the chain's arithmetic and the softmax over them
     (each row's penalty on the tokens of its own history), then each row's draw from its own
-    generator - the very numbers Chain.on_subset and Sampler.choose give
-    that row alone (row-wise reductions sum each row as a 1-D one does). A row whose top-k the
+    generator - the very numbers Chain.on_subset and Sampler.choose give that row alone (row-wise
+    reductions sum each row as a 1-D one does). A row whose top-k the
     candidates do not decide (a tie at the k-th place; a penalty that lowered the k-th largest to the
     bound outsiders are under) or with a non-finite candidate kept is left to its own stage."""
     groups: dict[tuple, list[int]] = {}
@@ -245,18 +245,15 @@ def _draw_rows(session, live: list[_Row], tops) -> dict[int, tuple[Choice, int]]
     for (k, penalty, temperature, top_p, min_p), js in groups.items():
         if len(js) < 2:
             continue
-
-        def setting(i: int, dtype) -> np.ndarray:  # each row's setting i of its draw key, [rows, 1]
-            return np.array([live[j].draw[i] for j in js], dtype)[:, None]
         t0 = perf_counter_ns()
         values, ids = tops[0][js], tops[1][js]
         width = values.shape[1]
         bound = values.min(axis=1)  # every outsider's logit is at most its row's smallest candidate
         if penalty:  # apply_repetition_penalty_on, in float32 (its Python floats round to these)
-            hit, p = _held(session, js, ids), setting(0, np.float32)
+            hit, p = _held(session, js, ids), _setting(live, js, 0, np.float32)
             values = np.where(hit, np.where(values < 0, values * p, values / p), values)  # it only lowers them
         if temperature:
-            t = setting(1, np.float32)
+            t = _setting(live, js, 1, np.float32)
             values, bound = values / t, bound / t[:, 0]  # the bound maps as Temperature's
         kth = np.partition(values, width - k, axis=1)[:, width - k]
         kept = ~(values < kth[:, None])  # apply_top_k's test (a NaN is kept)
@@ -275,14 +272,15 @@ def _draw_rows(session, live: list[_Row], tops) -> dict[int, tuple[Choice, int]]
             desc = np.take_along_axis(top, order, axis=1).astype(np.float64)
             probs = np.exp(desc - desc[:, :1])
             probs /= probs.sum(axis=1, keepdims=True)
+            above = np.cumsum(probs, axis=1) - probs  # the mass above each candidate
             nucleus = np.empty_like(order, dtype=bool)
-            np.put_along_axis(nucleus, order, np.cumsum(probs, axis=1) - probs < setting(3, np.float64)[sel], axis=1)
+            np.put_along_axis(nucleus, order, above < _setting(live, js, 3, np.float64)[sel], axis=1)
             top = np.where(nucleus, top, S_NEG_INF)
         if min_p:  # apply_min_p on the stage's whole row: the candidates, the masked ones -inf
             row = np.full((sel.size, width), S_NEG_INF, np.float32)
             np.put_along_axis(row, support, top, axis=1)
             probs = softmax(row)
-            gone = probs < setting(4, np.float64)[sel] * probs.max(axis=-1, keepdims=True)
+            gone = probs < _setting(live, js, 4, np.float64)[sel] * probs.max(axis=-1, keepdims=True)
             top = np.where(np.take_along_axis(gone, support, axis=1), S_NEG_INF, top)
         # Sampler.choose: softmax over the survivors, multinomial's draw with the row's own uniform
         probs = top.astype(np.float64)
@@ -304,6 +302,11 @@ def _draw_rows(session, live: list[_Row], tops) -> dict[int, tuple[Choice, int]]
             row.choice.chain.timings_ns = dict(timings)
             out[js[r]] = (Choice(token, lp, True), share)
     return out
+
+
+def _setting(live: list[_Row], js: list[int], i: int, dtype) -> np.ndarray:
+    """Setting i of the draw key (`_draw_key`) of rows `js`, one per row: [rows, 1] of `dtype`."""
+    return np.array([live[j].draw[i] for j in js], dtype)[:, None]
 
 
 def _held(session, js: list[int], ids: np.ndarray) -> np.ndarray:
