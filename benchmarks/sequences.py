@@ -54,9 +54,11 @@ def _sampling(count: int, n: int, warp: dict) -> dict:
             "num_return_sequences": count, **warp}
 
 
-def _genai(model, ids: list[list[int]], count: int, n: int, warp: dict):
+def _genai(model, ids: list[list[int]], count: int, n: int, warp: dict, steps: dict | None = None):
     """A callable running openvino-genai's `generate` on the prompts `ids` (left-padded into one batch,
-    as genai's tokenizer pads one) with the same sampling settings, returning every sequence's tokens."""
+    as genai's tokenizer pads one) with the same sampling settings, returning every sequence's tokens.
+    `steps`: its per-step infer and sampling times (medians over the decode steps, ms) go to
+    steps["genai_infer"] / steps["genai_host"], one entry per call (from its raw perf metrics)."""
     import openvino as ov
     import openvino_genai as og
 
@@ -71,6 +73,10 @@ def _genai(model, ids: list[list[int]], count: int, n: int, warp: dict):
 
     def genai():
         out = pipe.generate(og.TokenizedInputs(ov.Tensor(tensor), ov.Tensor(mask)), gcfg)
+        if steps is not None:  # [0] is the prompt's infer
+            raw = out.perf_metrics.raw_metrics
+            steps["genai_infer"].append(float(np.median(np.array(raw.token_infer_durations)[1:])) / 1e3)
+            steps["genai_host"].append(float(np.median(np.array(raw.sampling_durations)[1:])) / 1e3)
         return [[int(t) for t in row] for row in out.tokens]
     return genai
 
@@ -98,8 +104,9 @@ DATASET = ["Write a short story about a lighthouse keeper.", "Describe a walk in
            "Describe your ideal breakfast.", "Write a letter to a future self.", "Explain why the sea is salty."]
 
 
-def dataset_runners(model, prompts: int, count: int, n: int, warp: dict) -> dict:
-    """name -> a callable generating `count` sequences of n tokens for each of `prompts` prompts."""
+def dataset_runners(model, prompts: int, count: int, n: int, warp: dict, steps: dict | None = None) -> dict:
+    """name -> a callable generating `count` sequences of n tokens for each of `prompts` prompts.
+    `steps`: where the list's and genai's per-step times go (`step_times`, `_genai`)."""
     import ovgen
     from ovgen.generate import prompt_ids
 
@@ -107,13 +114,27 @@ def dataset_runners(model, prompts: int, count: int, n: int, warp: dict) -> dict
     cfg = _sampling(count, n, warp)
 
     def joined():
-        return [s.token_ids for r in ovgen.generate(model, ids, cfg, batch_size=len(ids) * count)
-                for s in r.sequences]
+        res = ovgen.generate(model, ids, cfg, batch_size=len(ids) * count)
+        if steps is not None:
+            infer, host = step_times([rec for r in res for s in r.sequences for rec in s.records])
+            steps["ovgen_infer"].append(infer)
+            steps["ovgen_host"].append(host)
+        return [s.token_ids for r in res for s in r.sequences]
 
     def one_by_one():
         return [s.token_ids for p in ids for s in ovgen.generate(model, p, cfg).sequences]
 
-    return {"joined": joined, "one_by_one": one_by_one, "genai": _genai(model, ids, count, n, warp)}
+    return {"joined": joined, "one_by_one": one_by_one, "genai": _genai(model, ids, count, n, warp, steps)}
+
+
+def step_times(records) -> tuple[float, float]:
+    """Medians (ms) over a batch's decode steps of its infer and of the host's time from one infer's
+    end to the next one's start (the rows' token choice and the next inputs: the step's critical
+    path, as genai's sampling is its), from the records (a step's rows share its infer)."""
+    steps = sorted({(r.infer_start_ns, r.model_ns) for r in records if r.index > 0})
+    infer = np.array([m for _, m in steps], np.float64)
+    between = np.diff([s for s, _ in steps]) - infer[:-1]
+    return float(np.median(infer)) / 1e6, float(np.median(between)) / 1e6
 
 
 def measure(runs: dict, pairs: int, sequences: int, n: int, ours: str, before: str) -> dict:
@@ -131,8 +152,15 @@ def measure(runs: dict, pairs: int, sequences: int, n: int, ours: str, before: s
 def dataset(model, args) -> None:
     rows = {}
     for count in (2, 4):
-        runs = dataset_runners(model, args.prompts, count, args.new_tokens, _warp(args))
+        steps = {k: [] for k in ("ovgen_infer", "ovgen_host", "genai_infer", "genai_host")}
+        runs = dataset_runners(model, args.prompts, count, args.new_tokens, _warp(args), steps)
         rows[count] = measure(runs, args.pairs, args.prompts * count, args.new_tokens, "joined", "one_by_one")
+        # per decode step, ms (medians over the timed calls; the warm-up call's entry dropped), and the
+        # infers' ratio per round: where a gap between the two runtimes' throughput sits
+        timed = {k: v[1:] for k, v in steps.items()}
+        rows[count]["step_ms"] = {k: float(np.median(v)) for k, v in timed.items()}
+        rows[count]["step_infer_ovgen_over_genai"] = float(np.median(np.array(timed["ovgen_infer"])
+                                                                     / np.array(timed["genai_infer"])))
         print(count, json.dumps(rows[count]), flush=True)
     save_result(args.out or default_path("sequences_batch"), "sequences_batch", pairs=args.pairs,
                 new_tokens=args.new_tokens, prompts=args.prompts, warp=_warp(args), report=model.report, results=rows)

@@ -168,6 +168,45 @@ def test_graph_topk_output_holds_the_largest_logits(model):
     np.testing.assert_array_equal(s.top[0], values)
 
 
+@pytest.mark.parametrize("vocab", [49152, 32064, 16385])
+def test_block_topk_keeps_the_k_largest_as_a_flat_topk_does(vocab):
+    """kernels.graph._block_topk (the candidates over a large vocabulary): ids ascending, values the
+    logits at those ids, and the same values as the k largest (a flat TopK's, and NumPy's) - with
+    ties at the k-th place, more than k tied maxima, the largest logits in the -inf-padded last
+    block, several rows and positions."""
+    import openvino as ov
+    from openvino import opset11, opset13
+
+    from ovgen.kernels.graph import BLOCK, top_candidates
+
+    k = 64
+    assert -(-vocab // BLOCK) >= 4 * k  # the block path, not the flat fallback
+    x = opset13.parameter([-1, -1, vocab], ov.Type.f32)
+    flat = opset11.topk(x, np.array(k, np.int64), -1, "max", "index", "i64", stable=False)
+    core = ov.Core()
+    block = core.compile_model(ov.Model([opset13.result(p) for p in top_candidates(x.output(0), k)], [x]), "CPU")
+    plain = core.compile_model(ov.Model([opset13.result(p) for p in flat.outputs()], [x]), "CPU")
+    rng = np.random.default_rng(vocab)
+    for trial in range(12):
+        rows, positions = [(1, 1), (16, 1), (3, 5), (2, 11)][trial % 4]
+        logits = (rng.standard_normal((rows, positions, vocab)) * 3).astype(np.float32)
+        if trial % 3 == 1:
+            logits = np.round(logits)  # thousands of ties, at the k-th place too
+        if trial % 3 == 2:
+            logits[..., rng.integers(0, vocab, 100)] = logits.max() + 1  # ~100 tied maxima: more than k
+        if trial % 4 == 3:
+            logits[..., -3:] = logits.max() + 2  # the largest in the last block (padded when vocab % BLOCK)
+        values, ids = (a.copy() for a in block(logits).values())
+        ref = plain(logits)[1]
+        for r in range(rows):
+            for t in range(positions):
+                row = logits[r, t]
+                assert (np.diff(ids[r, t]) > 0).all() and ids[r, t].max() < vocab
+                np.testing.assert_array_equal(values[r, t], row[ids[r, t]])
+                np.testing.assert_array_equal(np.sort(values[r, t]), np.sort(row)[-k:])
+                np.testing.assert_array_equal(np.sort(values[r, t]), np.sort(row[ref[r, t]]))
+
+
 @pytest.mark.parametrize("settings", CONFIGS + MORE[:2])
 def test_generation_on_candidates_matches_the_whole_vocabulary(model, settings):
     """The real model: the same seeds give the same tokens and processed log-probabilities with the
