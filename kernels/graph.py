@@ -172,12 +172,13 @@ BLOCK = 64  # logits per block of `_block_topk`
 
 
 def top_candidates(logits, k: int) -> list:
-    """(values, ids) ports of the k largest of `logits: [batch, seq, vocab]` along the vocabulary, ids
-    ascending: `_block_topk` where the vocabulary holds 4k blocks or more, a flat TopK otherwise."""
+    """(values, ids) ports of the k largest of `logits` along the vocabulary (the last axis), ids
+    ascending: `_block_topk` for [batch, seq, vocab] logits whose vocabulary holds 4k blocks or
+    more, a flat TopK otherwise."""
     from openvino import opset11
 
-    vocab = logits.get_partial_shape()[-1].get_length()
-    if -(-vocab // BLOCK) >= 4 * k:
+    shape = logits.get_partial_shape()
+    if shape.rank.is_static and shape.rank.get_length() == 3 and -(-shape[-1].get_length() // BLOCK) >= 4 * k:
         return _block_topk(logits, k)
     return opset11.topk(logits, np.array(k, np.int64), -1, "max", "index", "i64", stable=False).outputs()
 
@@ -197,7 +198,7 @@ def _block_topk(logits, k: int) -> list:
     x = logits
     if blocks * BLOCK != vocab:
         x = opset13.pad(x, np.zeros(3, np.int64), np.array([0, 0, blocks * BLOCK - vocab], np.int64), "constant",
-                        opset13.constant(np.array(-np.inf, np.float32)))
+                        opset13.constant(np.array(-np.inf, logits.get_element_type().to_dtype())))
     lead = opset8.slice(opset13.shape_of(x, "i64"), np.array([0], np.int64), np.array([2], np.int64),
                         np.array([1], np.int64))  # [batch, seq]
     tiles = opset13.reshape(x, opset13.concat([lead, opset13.constant(np.array([blocks, BLOCK], np.int64))], 0), False)
