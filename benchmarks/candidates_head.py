@@ -12,8 +12,9 @@ order, ratios to "no heads" are medians of per-round ratios.
 
 Then the sharper number (a whole step's time drifts by more than these heads cost on a shared
 2-core machine): the time of the nodes that compute the candidates, from the CPU plugin's per-node
-profile (PERF_COUNT), in ovgen's own IR at 1 / 4 / 16 rows - behind its `topk_on` If (gate on and
-off, the If's own time and its body's counted) and without the If (always computed).
+profile (PERF_COUNT), in ovgen's own IR at 1 / 4 / 16 rows of one token and at one row of 4 / 11
+tokens (a verification keeps every position's logits) - behind its `topk_on` If (gate on and off,
+the If's own time and its body's counted) and without the If (always computed).
 
     python benchmarks/candidates_head.py [--rounds 8] [--new-tokens 48]
 """
@@ -79,14 +80,15 @@ def _ancestors(nodes) -> set[str]:
     return seen
 
 
-def node_cost(model, rows: int, steps: int = 40) -> dict[str, float]:
-    """us per decode step of the candidate nodes (median), ovgen's IR gated (on / off) and ungated."""
+def node_cost(model, rows: int, positions: int = 1, steps: int = 40) -> dict[str, float]:
+    """us per infer of `positions` new tokens per row (every position's logits kept, as a verification
+    keeps them) of the candidate nodes (median over the steps), ovgen's IR gated (on / off) and ungated."""
     from ovgen.backend import TOP_CANDIDATES, TOP_GATE
     from ovgen.kernels import graph
     from ovgen.model import read_ir
     from ovgen.runtime import core
 
-    rng = np.random.default_rng(rows)
+    rng = np.random.default_rng(rows * 100 + positions)
     out = {}
     for gated in (True, False):
         ir = read_ir(model.path)
@@ -99,15 +101,18 @@ def node_cost(model, rows: int, steps: int = 40) -> dict[str, float]:
         compiled = core().compile_model(ir, model.device, {**model.ov_config, "PERF_COUNT": True})
         for on in ((True, False) if gated else (True,)):
             req = compiled.create_infer_request()
-            fixed = {"logits_to_keep": np.ones(1, np.int64), "beam_idx": np.arange(rows, dtype=np.int32),
-                     **({TOP_GATE: np.array(on)} if gated else {})}
-            width = 38
-            req.infer({"input_ids": rng.integers(100, 40000, (rows, width)), "position_ids": np.tile(np.arange(width), (rows, 1)),
-                       "attention_mask": np.ones((rows, width), np.int64), **fixed}, share_inputs=True)
+            fixed = {"beam_idx": np.arange(rows, dtype=np.int32), **({TOP_GATE: np.array(on)} if gated else {})}
+            past = 38
+            req.infer({"input_ids": rng.integers(100, 40000, (rows, past)), "position_ids": np.tile(np.arange(past), (rows, 1)),
+                       "attention_mask": np.ones((rows, past), np.int64), "logits_to_keep": np.ones(1, np.int64), **fixed},
+                      share_inputs=True)
             us = []
             for s in range(steps):
-                req.infer({"input_ids": rng.integers(100, 40000, (rows, 1)), "position_ids": np.full((rows, 1), width + s),
-                           "attention_mask": np.ones((rows, width + s + 1), np.int64), **fixed}, share_inputs=True)
+                req.infer({"input_ids": rng.integers(100, 40000, (rows, positions)),
+                           "position_ids": np.tile(np.arange(past, past + positions), (rows, 1)),
+                           "attention_mask": np.ones((rows, past + positions), np.int64),
+                           "logits_to_keep": np.array([positions], np.int64), **fixed}, share_inputs=True)
+                past += positions
                 if s >= 8:  # the If's body nodes are named "<If>.<branch>.<node>"
                     us.append(sum(p.real_time.total_seconds() * 1e6 for p in req.profiling_info
                                   if p.node_name.split(".")[0] in head))
@@ -167,9 +172,10 @@ def main() -> None:
                       flush=True)
         del pipes
     nodes = {}
-    for rows in (1, 4, 16):
-        nodes[rows] = node_cost(model, rows)
-        print(f"{rows:>2} rows  candidate nodes, us per step: " + ", ".join(f"{k} {v:.0f}" for k, v in nodes[rows].items()),
+    for rows, positions in ((1, 1), (4, 1), (16, 1), (1, 4), (1, 11)):
+        key = f"{rows} rows x {positions} positions"
+        nodes[key] = node_cost(model, rows, positions)
+        print(f"{key:<22} candidate nodes, us per infer: " + ", ".join(f"{k} {v:.0f}" for k, v in nodes[key].items()),
               flush=True)
     save_result(args.out, "candidates_head", rounds=args.rounds, new_tokens=args.new_tokens, report=model.report,
                 results=results, node_us=nodes)
