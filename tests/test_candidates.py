@@ -173,7 +173,7 @@ def test_block_topk_keeps_the_k_largest_as_a_flat_topk_does(vocab):
     """kernels.graph._block_topk (the candidates over a large vocabulary): ids ascending, values the
     logits at those ids, and the same values as the k largest (a flat TopK's, and NumPy's) - with
     ties at the k-th place, more than k tied maxima, the largest logits in the -inf-padded last
-    block, several rows and positions."""
+    block, several rows and positions; all NaN in a row holding a NaN logit."""
     import openvino as ov
     from openvino import opset11, opset13
 
@@ -196,15 +196,42 @@ def test_block_topk_keeps_the_k_largest_as_a_flat_topk_does(vocab):
             logits[..., rng.integers(0, vocab, 100)] = logits.max() + 1  # ~100 tied maxima: more than k
         if trial % 4 == 3:
             logits[..., -3:] = logits.max() + 2  # the largest in the last block (padded when vocab % BLOCK)
+        if trial % 6 == 5:  # a NaN, which ReduceMax passes over: the row's candidates are all NaN
+            logits[0, 0, rng.integers(0, vocab, 3)] = np.nan
         values, ids = (a.copy() for a in block(logits).values())
         ref = plain(logits)[1]
         for r in range(rows):
             for t in range(positions):
                 row = logits[r, t]
+                if np.isnan(row).any():  # the stage then refuses the candidates (test below)
+                    assert np.isnan(values[r, t]).all()
+                    continue
                 assert (np.diff(ids[r, t]) > 0).all() and ids[r, t].max() < vocab
                 np.testing.assert_array_equal(values[r, t], row[ids[r, t]])
                 np.testing.assert_array_equal(np.sort(values[r, t]), np.sort(row)[-k:])
                 np.testing.assert_array_equal(np.sort(values[r, t]), np.sort(row[ref[r, t]]))
+
+
+@pytest.mark.parametrize("settings", [{"do_sample": False}, *CONFIGS[:2]])
+def test_nan_candidates_leave_the_choice_to_the_whole_row(settings):
+    """A row holding a NaN logit gets NaN candidates from the graph (`_block_topk`): the stage refuses
+    them and meets the NaN on the whole row, as without candidates - the same error, or for greedy
+    np.argmax's token."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal(49152).astype(np.float32)
+    logits[[17, 30000]] = np.nan
+    cfg = GenerationConfig(**settings)
+    history = np.array([1, 2, 3], np.int64)
+    top = (np.full(64, np.nan, np.float32), np.sort(rng.choice(49152, 64, replace=False)))
+    outcomes = []
+    for candidates in (top, None):
+        try:
+            outcomes.append(("token", _choose(cfg, history, logits, candidates, 0).token))
+        except ValueError as e:
+            outcomes.append(("error", str(e)))
+    assert outcomes[0] == outcomes[1]
+    if not cfg.do_sample:
+        assert outcomes[0] == ("token", int(np.argmax(logits)))
 
 
 @pytest.mark.parametrize("settings", CONFIGS + MORE[:2])
