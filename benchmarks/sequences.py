@@ -17,7 +17,9 @@ falls on an edge of the distribution); genai draws from its own generator (other
 list-of-prompts batch (`generate(model, prompts, cfg, batch_size=P * N)`: every prompt's N rows in
 one batch, as genai runs them) against the prompts run one by one (each prompt's N sequences side by side:
 how a list ran them before they joined the other prompts' rows) and openvino-genai's
-`generate([prompts], num_return_sequences=N)`; writes results/sequences_batch.json.
+`generate([prompts], num_return_sequences=N)`, and where each one's time per decode step goes
+(`step_ms`: ovgen's infer and its host time between infers, from the records; genai's infer and
+sampling, from its raw perf metrics); writes results/sequences_batch.json.
 """
 
 from __future__ import annotations
