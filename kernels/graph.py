@@ -178,7 +178,8 @@ def top_candidates(logits, k: int) -> list:
     from openvino import opset11
 
     shape = logits.get_partial_shape()
-    if shape.rank.is_static and shape.rank.get_length() == 3 and -(-shape[-1].get_length() // BLOCK) >= 4 * k:
+    if (shape.rank.is_static and shape.rank.get_length() == 3 and shape[-1].is_static
+            and -(-shape[-1].get_length() // BLOCK) >= 4 * k):
         return _block_topk(logits, k)
     return opset11.topk(logits, np.array(k, np.int64), -1, "max", "index", "i64", stable=False).outputs()
 
@@ -194,11 +195,12 @@ def _block_topk(logits, k: int) -> list:
     from openvino import opset10, opset11, opset13
 
     vocab = logits.get_partial_shape()[-1].get_length()
+    dtype = logits.get_element_type().to_dtype()
     blocks = -(-vocab // BLOCK)
     x = logits
     if blocks * BLOCK != vocab:
         x = opset13.pad(x, np.zeros(3, np.int64), np.array([0, 0, blocks * BLOCK - vocab], np.int64), "constant",
-                        opset13.constant(np.array(-np.inf, logits.get_element_type().to_dtype())))
+                        opset13.constant(np.array(-np.inf, dtype)))
     lead = opset8.slice(opset13.shape_of(x, "i64"), np.array([0], np.int64), np.array([2], np.int64),
                         np.array([1], np.int64))  # [batch, seq]
     tiles = opset13.reshape(x, opset13.concat([lead, opset13.constant(np.array([blocks, BLOCK], np.int64))], 0), False)
@@ -214,5 +216,5 @@ def _block_topk(logits, k: int) -> list:
     # which the token-choice stage refuses (it then meets the NaN on the whole row, as before)
     nan = opset13.reduce_logical_or(opset10.is_nan(tiles), np.array([-2, -1], np.int64), keep_dims=False)
     values = opset13.select(opset13.unsqueeze(nan, np.array([-1], np.int64)),
-                            opset13.constant(np.array(np.nan, logits.get_element_type().to_dtype())), top.output(0))
+                            opset13.constant(np.array(np.nan, dtype)), top.output(0))
     return [values.output(0), ids.output(0)]
