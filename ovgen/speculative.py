@@ -19,7 +19,7 @@ One verify width: a session with `pad_verify_to = W` (the paged one: 4) gets eve
 W positions padded to 1 + k (k the proposer's `num_tokens`), as openvino-genai's prompt lookup pads
 its candidates, up to the last verification (fewer tokens left than k: padded all the same): the
 CPU plugin re-plans the whole graph whenever an input's shape changes (+4-5 ms on a 13 ms infer of
-SmolLM2 on the README's AVX512-BF16 EPYC; +1-3 ms on a 10.5 ms one on a Zen 5 EPYC), more than
+SmolLM2 on benchmarks/FIGURES.md's AVX512-BF16 EPYC; +1-3 ms on a 10.5 ms one on a Zen 5 EPYC), more than
 padding up to 4 positions computes (4 positions cost 1.2-1.35x one on the CPUs measured) but less
 than padding to 11 (~2x).
 Padded positions are never kept (the token after the real drafts is the stage's own choice, as
