@@ -21,7 +21,11 @@ def token_array(token_ids) -> np.ndarray:
     (np.asarray(..., dtype=np.int64) would truncate 5.7 to 5 or fail on its int() of a text)."""
     arr = np.asarray(token_ids)
     if arr.dtype.kind not in "iu" and arr.size:
-        raise TypeError(f"token_ids must be integer token ids, got {arr.dtype} values ({arr.ravel()[0].item()!r})")
+        values = arr.ravel().tolist()
+        if arr.dtype == object and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            big = [v for v in values if not -2 ** 63 <= v < 2 ** 63]  # (NumPy keeps ints past int64 as objects)
+            raise ValueError(f"token ids {big[:5]} are outside the vocabulary (past int64)")
+        raise TypeError(f"token_ids must be integer token ids, got {arr.dtype} values ({values[0]!r})")
     return arr.astype(np.int64, copy=False)
 
 

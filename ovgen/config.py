@@ -106,7 +106,15 @@ class GenerationConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, np.generic) and isinstance(value, (np.bool_, np.integer, np.floating)):
-                setattr(self, f.name, value.item())
+                value = value.item()
+                setattr(self, f.name, value)
+            # an int for a number (frequency_penalty=10**20): a float, as the NumPy stages take it (a Python
+            # int past int64 overflowed in one and was no array type for np.log in another, mid-generation)
+            if f.type in ("float", "float | None") and isinstance(value, int) and not isinstance(value, bool):
+                try:
+                    setattr(self, f.name, float(value))
+                except OverflowError:  # past float's range: infinite, which the range checks then name
+                    setattr(self, f.name, math.inf if value > 0 else -math.inf)
         for name in ("stop_strings", "dry_sequence_breakers"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, [getattr(self, name)])
@@ -166,11 +174,6 @@ class GenerationConfig:
         for name in ("do_sample", "ignore_eos", "include_stop_str_in_output", "prompt_lookup", "truncate_prompt"):
             if not isinstance(getattr(self, name), bool):  # "false" is truthy: it would turn sampling on
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        # pad_token_id fills a finished group's rows in diverse beam search and is unused elsewhere (where a
-        # model's generation_config.json may hold -1)
-        pad = self.pad_token_id
-        if pad is not None and self.num_beam_groups > 1 and not (_is_id(pad) and pad >= 0):
-            raise ValueError(f"pad_token_id must be a token id (an integer >= 0) or None, got {pad!r}")
         _check_int(self, "max_new_tokens", 0)
         _check_int(self, "min_new_tokens", 0)
         _check_int(self, "top_k", 0)
@@ -179,6 +182,11 @@ class GenerationConfig:
         _check_int(self, "num_return_sequences", 1)
         _check_int(self, "num_beam_groups", 1)
         _check_int(self, "top_logprobs", 0)
+        # pad_token_id fills a finished group's rows in diverse beam search and is unused elsewhere (where a
+        # model's generation_config.json may hold -1)
+        pad = self.pad_token_id
+        if pad is not None and self.num_beam_groups > 1 and not (_is_id(pad) and pad >= 0):
+            raise ValueError(f"pad_token_id must be a token id (an integer >= 0) or None, got {pad!r}")
         _check_range(self, "temperature", 0.0, math.inf, low_open=False, rng="[0, inf)")
         _check_range(self, "top_p", 0.0, 1.0, low_open=True, rng="(0, 1]")
         _check_range(self, "typical_p", 0.0, 1.0, low_open=True, rng="(0, 1]")
@@ -217,10 +225,11 @@ class GenerationConfig:
         if self.num_beams == 1 and self.num_return_sequences > 1 and not self.do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True or num_beams > 1 "
                              f"(greedy search gives one sequence), got {self.num_return_sequences}")
-        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+        if not isinstance(self.stop_strings, (list, tuple)) or any(not isinstance(s, str) or not s
+                                                                    for s in self.stop_strings):
             raise ValueError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
         bad = self.bad_words_ids
-        if bad is not None and (isinstance(bad, (str, bytes)) or not all(
+        if bad is not None and (not isinstance(bad, (list, tuple)) or not all(
                 isinstance(seq, (list, tuple)) and seq and all(_is_id(t) for t in seq) for seq in bad)):
             raise ValueError(f"bad_words_ids must hold non-empty token id lists (e.g. [[42], [7, 8]]), got {bad!r}")
         if self.allowed_token_ids is not None and not _id_list("allowed_token_ids", self.allowed_token_ids):
@@ -255,6 +264,9 @@ class GenerationConfig:
                 or self.dry_penalty_last_n < -1:
             raise ValueError(f"dry_penalty_last_n must be an integer >= -1 (-1: the whole sequence), "
                              f"got {self.dry_penalty_last_n!r}")
+        if not isinstance(self.dry_sequence_breakers, (list, tuple)):
+            raise ValueError("dry_sequence_breakers must be a list of non-empty strings or token id lists, "
+                             f"got {self.dry_sequence_breakers!r}")
         for b in self.dry_sequence_breakers:
             if not (isinstance(b, str) and b) and not (isinstance(b, (list, tuple)) and b
                                                         and all(isinstance(t, int) for t in b)):
@@ -382,7 +394,12 @@ def _check_range(cfg, name: str, low: float, high: float, *, low_open: bool, rng
 
 def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> np.ndarray:
     """`ids` as an int64 array, or ValueError naming up to five ids outside [0, vocab_size)."""
-    arr = np.asarray(ids, dtype=np.int64)
+    try:
+        arr = np.asarray(ids, dtype=np.int64)
+    except OverflowError:  # an id past int64 (NumPy's own message names neither the field nor the id)
+        flat = list(_flatten(ids))
+        big = [v for v in flat if isinstance(v, int) and not -2 ** 63 <= v < 2 ** 63]
+        raise ValueError(f"{what} {big[:5]} are outside the vocabulary [0, {vocab_size})") from None
     if arr.size <= 64:  # a decode step's or a verification's few ids: Python's min / max, not two NumPy
         values = arr.ravel().tolist()  # reductions (~30 us right after an infer, whose weights evicted them)
         ok = not values or (min(values) >= 0 and max(values) < vocab_size)
@@ -392,6 +409,15 @@ def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> np.ndarray
         bad = arr[(arr < 0) | (arr >= vocab_size)]
         raise ValueError(f"{what} {bad[:5].tolist()} are outside the vocabulary [0, {vocab_size})")
     return arr
+
+
+def _flatten(ids):
+    """The items of a nested list of ids, in order."""
+    for v in ids:
+        if isinstance(v, (list, tuple, np.ndarray)):
+            yield from _flatten(v)
+        else:
+            yield v
 
 
 def _schema_of(response_format) -> dict | str | None:

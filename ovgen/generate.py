@@ -19,6 +19,7 @@ from .beam import beam_search, check_beam_config
 from .choice import as_chooser, token_choice
 from .config import GenerationConfig
 from .processors import Processor, as_stage
+from .runtime import physical_memory
 from .profiling import Profile, summarize
 from .search import TokenRecord, decode, sequence_records
 from .session import owned
@@ -215,6 +216,7 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
         raise ValueError("configs gives each prompt of a list its settings; one prompt takes config")
     cfg = resolve_config(model, config)
     ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
+    check_rows(model, cfg, len(ids))
     extra = constraint_stages(model, cfg)  # a grammar compiles now: its errors come before any inference
     session = session or model.session()
     proposer = proposer_for(model, session, cfg, assistant, proposer)
@@ -271,6 +273,7 @@ def _batch_stream(model, prompts, config, configs, *, session, processors, chat_
         try:
             cfg = resolve_config(model, _merged(model, config, None if configs is None else configs[i]))
             ids.append(prompt_ids(model, prompt, chat_template=chat_template, config=cfg))
+            check_rows(model, cfg, len(ids[-1]))
             extras.append(constraint_stages(model, cfg))
             cfgs.append(cfg)
         except (ValueError, TypeError, NotImplementedError) as e:
@@ -288,6 +291,27 @@ def _merged(model, config, row) -> GenerationConfig | dict | None:
         return row
     base = resolve_config(model, config)
     return base.replace(**row)
+
+
+def check_rows(model, cfg: GenerationConfig, prompt_tokens: int) -> None:
+    """Before anything runs: the rows a prompt decodes side by side (num_beams, or num_return_sequences
+    sampled as one batch) must have room for their KV cache at the prompt + max_new_tokens, at the
+    least (`Model.kv_bytes_per_token`), in this machine's memory: ValueError naming the field
+    otherwise (a typo such as num_return_sequences=10**6 ran the prompt, then ran out of memory)."""
+    rows = max(cfg.num_beams, cfg.num_return_sequences)
+    per_token = getattr(model, "kv_bytes_per_token", 0)
+    ram = physical_memory()
+    if rows == 1 or not per_token or not ram:
+        return
+    tokens = prompt_tokens + cfg.max_new_tokens
+    if model.max_context:
+        tokens = min(tokens, model.max_context)
+    need = rows * tokens * per_token
+    if need > ram:
+        name = "num_beams" if cfg.num_beams >= cfg.num_return_sequences else "num_return_sequences"
+        raise ValueError(f"{name}={rows}: {rows} rows side by side need at least {need / 2 ** 30:.3g} GiB of KV cache "
+                         f"({tokens} tokens each, {per_token / 1024:.1f} KiB per token), more than this machine's "
+                         f"{ram / 2 ** 30:.3g} GiB of memory; ask for fewer rows or fewer max_new_tokens")
 
 
 def constraint_stages(model, cfg: GenerationConfig) -> list:

@@ -127,10 +127,11 @@ def prepare_row(model, item: dict, base: dict):
         got = f"a list of {type(messages[0]).__name__}" if isinstance(messages, list) else type(messages).__name__
         raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {got}")
     settings = {k: v for k, v in row.items() if k not in PROMPT_KEYS}
-    from .generate import constraint_stages, prompt_ids, resolve_config
+    from .generate import check_rows, constraint_stages, prompt_ids, resolve_config
 
     cfg = resolve_config(model, {**base, **settings})
     ids = prompt_ids(model, row[has[0]], config=cfg)
+    check_rows(model, cfg, len(ids))
     return ids, cfg, constraint_stages(model, cfg)
 
 
@@ -195,13 +196,15 @@ def chunks(items: list, size: int) -> Iterator[list]:
 
 
 class Writer:
-    """Appends whole lines to OUTPUT, flushed and synced per chunk."""
+    """Appends whole lines to OUTPUT, each flushed to the OS as it is written (a kill loses no row that
+    has ended: they were held in Python's buffer until the chunk's end), synced to disk per chunk."""
 
     def __init__(self, output: str | Path):
         self.f = open(output, "a", encoding="utf-8")
 
     def write(self, line: dict) -> None:
         self.f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.f.flush()
 
     def sync(self) -> None:
         self.f.flush()

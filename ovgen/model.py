@@ -52,6 +52,22 @@ class Model(ModelFiles):
     def max_context(self) -> int | None:
         return self.config.get("max_position_embeddings")
 
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """KV-cache bytes one token of one row holds at the least: layers x (K and V) x KV heads x head
+        size in the compiled KV precision, from config.json (0 when it does not tell). The CPU plugin
+        grows its state in larger steps, so a session may hold more."""
+        c = self.config
+        heads = c.get("num_key_value_heads") or c.get("num_attention_heads")
+        size = c.get("head_dim") or (c["hidden_size"] // c["num_attention_heads"]
+                                     if c.get("hidden_size") and c.get("num_attention_heads") else None)
+        layers = c.get("num_hidden_layers")
+        element = {"f32": 4, "f16": 2, "bf16": 2, "u8": 1, "i8": 1, "u4": 0.5}.get(
+            str(self.ov_config.get("KV_CACHE_PRECISION", "f32")).lower(), 4)
+        if not all(isinstance(v, int) and v > 0 for v in (heads, size, layers)):
+            return 0.0
+        return float(layers * 2 * heads * size * element)
+
     def session(self):
         """A new Session (its own InferRequest and KV state) over this compiled model."""
         if self.attention == "paged":

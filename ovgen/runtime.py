@@ -29,6 +29,16 @@ def core() -> ov.Core:
     return ov.Core()
 
 
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")  # devices over other devices ("HETERO:CPU")
 
 

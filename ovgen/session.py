@@ -76,6 +76,9 @@ class TokenHistory:
         """`[length + 1]` int64: row 0's history, then `token` - written into the buffer past the held
         tokens, so no copy (a speculative proposer reads it right after each verification); a
         read-only view, valid until the session changes."""
+        vocab = getattr(getattr(self, "model", None), "vocab_size", None) or 2 ** 63  # (a bare history: no model)
+        if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)) or not 0 <= token < vocab:
+            check_token_ids(token_array([token]), vocab)  # names it
         if self._len + 1 > self._hist.shape[1]:
             self._grow(self._len + 1)
         self._hist[0, self._len] = token
@@ -271,9 +274,18 @@ class Session(TokenHistory):
         """Reset, then run several prompts of any lengths as one batch: left-padded with `pad_id`,
         the padding masked and given no position, so each row computes what it would alone (as
         optimum-intel and openvino-genai batch a stateful IR). Returns [rows, vocab]."""
-        rows = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
+        if isinstance(rows, (str, bytes, int, np.integer)) or not hasattr(rows, "__len__"):
+            raise TypeError(f"prefill_rows takes a list of rows of token ids, got {type(rows).__name__}")
+        rows = [token_array(r).reshape(-1) if np.ndim(r) == 0 else token_array(r) for r in rows]  # (a row of one
+        # token may be given as the id itself) checked before the reset: bad rows change nothing
+        for i, r in enumerate(rows):
+            if r.ndim != 1:
+                raise ValueError(f"prefill_rows: row {i} must be a [T] list of token ids, got shape {list(r.shape)}")
         if not rows or min(r.size for r in rows) == 0:
             raise ValueError("prefill_rows needs at least one row, each with at least one token")
+        for r in rows:
+            check_token_ids(r, self.model.vocab_size)
+        check_token_ids([pad_id], self.model.vocab_size, "pad_id")
         width = max(r.size for r in rows)
         ids = np.full((len(rows), width), pad_id, np.int64)
         for i, r in enumerate(rows):
@@ -301,8 +313,9 @@ class Session(TokenHistory):
         if rows and ids.shape[0] != self.rows and (self.kv or self._beam_idx is not None):
             raise ValueError(f"token_ids has {ids.shape[0]} row(s); the session holds {self.rows} (one row of ids "
                              f"per row)")
-        if not 1 <= logits_to_keep <= ids.shape[1]:
-            raise ValueError(f"logits_to_keep must be in [1, {ids.shape[1]}], got {logits_to_keep}")
+        if (isinstance(logits_to_keep, (bool, np.bool_)) or not isinstance(logits_to_keep, (int, np.integer))
+                or not 1 <= logits_to_keep <= ids.shape[1]):
+            raise ValueError(f"logits_to_keep must be an integer in [1, {ids.shape[1]}], got {logits_to_keep!r}")
         if logits_to_keep > 1 and not self._has_keep:
             raise NotImplementedError("this model has no logits_to_keep input (loaded with last_logits_only=False?): "
                                       "it cannot return several positions' logits")
@@ -311,7 +324,7 @@ class Session(TokenHistory):
     def step(self, token_ids) -> np.ndarray:
         """Run one token per row: `token_ids` is an int (one row) or `[rows]`."""
         self.settle()
-        if isinstance(token_ids, (int, np.integer)) and self._fast_ok():
+        if isinstance(token_ids, (int, np.integer)) and not isinstance(token_ids, bool) and self._fast_ok():
             return self._step_one(int(token_ids))
         ids = self._append_ids(token_array(token_ids).reshape(-1, 1), 1)
         if ids.shape[0] > 1 and self._rows_ok(ids) and self.start_rows(ids):  # its preset tensors, waited for
@@ -728,9 +741,14 @@ class Session(TokenHistory):
         """Make row i continue from current row beam_idx[i] (beam search). The KV gather happens
         inside the next infer (the IR's beam_idx input); the history and mask are reordered now."""
         self.settle()
-        idx = np.asarray(beam_idx, dtype=np.int32).reshape(-1)
-        if idx.size == 0 or idx.min() < 0 or idx.max() >= self.rows:
-            raise ValueError(f"beam_idx values must be in [0, {self.rows}), got {idx.tolist()}")
+        try:
+            idx = token_array(beam_idx)  # integers (no bools, floats or text)
+        except (TypeError, ValueError):
+            idx = None
+        if idx is None or idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= self.rows:
+            raise ValueError(f"beam_idx must be a [rows] vector of integers in [0, {self.rows}), got "
+                             f"{beam_idx.tolist() if isinstance(beam_idx, np.ndarray) else beam_idx!r}")
+        idx = idx.astype(np.int32)
         if not self._has_beam_idx:
             raise NotImplementedError("this IR has no beam_idx input; its KV state cannot be reordered")
         self._changed()

@@ -270,6 +270,39 @@ def test_batch_job_resumes_after_a_kill(model, reference, tmp_path):
     assert again["skipped"] == len(ROWS) and len((tmp_path / "out.jsonl").read_text().splitlines()) == len(ROWS)
 
 
+def test_a_killed_batch_job_keeps_the_lines_of_the_rows_that_had_ended(model, model_dir, tmp_path):
+    """The lines were flushed once per chunk: a kill (SIGKILL, a job scheduler's timeout) lost the rows of
+    the chunk that had already ended - here a quick row and two bad ones beside a long row - and the rerun
+    computed them again. Each line now reaches the file as its row ends. (The row asking for 10**12
+    sequences ran its prompt and then filled the memory; it is that row's error now.)"""
+    import time
+
+    rows = [{"id": "long", "prompt": "Once upon a time", "max_new_tokens": 4000, "ignore_eos": True},
+            {"id": "quick", "prompt": "The capital of France is", "max_new_tokens": 2},
+            {"id": "bad", "prompt": "x", "stop_strings": 5},
+            {"id": "many", "prompt": "x", "do_sample": True, "num_return_sequences": 10**12}]
+    _write(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "ovgen.cli", "batch", "-m", str(model_dir), str(tmp_path / "in.jsonl"),
+           "--output", str(out), "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and {"quick", "bad", "many"} <= set(_lines(out)):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the long row ended before the kill: make it longer"
+    finally:
+        proc.kill()
+        proc.wait()
+    got = _lines(out)
+    assert set(got) == {"quick", "bad", "many"}
+    assert got["quick"]["token_ids"] == _alone(model, "The capital of France is", {"max_new_tokens": 2})
+    assert got["bad"]["error"] == "stop_strings must be non-empty strings, got 5"
+    assert got["many"]["error"].startswith("num_return_sequences=1000000000000: 1000000000000 rows side by side")
+
+
 @pytest.mark.parametrize("content", [b"my notes, no newline", bytes(range(256)), b'{"id": 1}\n\x89PNG\r\n'])
 def test_an_output_file_ovgen_did_not_write_is_left_alone(model, tmp_path, content):
     """--output naming some other file: a last line without a newline was taken for a line cut off by a

@@ -275,6 +275,101 @@ def test_token_id_settings_of_the_wrong_type_are_named(model, setting, message):
         GenerationConfig.from_dict(setting).validate()
 
 
+@pytest.mark.parametrize("setting,message", [
+    ({"num_beam_groups": "abc"}, "num_beam_groups must be an integer >= 1, got 'abc'"),
+    ({"stop_strings": 5}, "stop_strings must be non-empty strings, got 5"),
+    ({"dry_sequence_breakers": 5}, "dry_sequence_breakers must be a list of non-empty strings or token id lists, got 5"),
+    ({"bad_words_ids": 5}, r"bad_words_ids must hold non-empty token id lists \(e.g. \[\[42\], \[7, 8\]\]\), got 5"),
+    ({"eos_token_id": 10**20}, r"eos_token_id: token ids \[100000000000000000000\] are outside the vocabulary"),
+    ({"logit_bias": {10**20: 1.0}}, r"logit_bias: token ids \[100000000000000000000\] are outside the vocabulary"),
+    ({"bad_words_ids": [[3, 10**20]]}, r"bad_words_ids: token ids \[100000000000000000000\] are outside"),
+    ({"allowed_token_ids": [-10**20]}, r"allowed_token_ids: token ids \[-100000000000000000000\] are outside"),
+    ({"num_beams": 2, "num_beam_groups": 2, "pad_token_id": 10**20}, r"pad_token_id: token ids \[10+\] are outside"),
+])
+def test_settings_of_the_wrong_kind_or_past_int64_are_named(model, setting, message):
+    """Found by a fuzz over every setting: these raised TypeError ('>' not supported, 'int' object is
+    not iterable) or OverflowError (Python int too large to convert to C long), naming no setting."""
+    session = model.session()
+    with pytest.raises(ValueError, match=message):
+        ovgen.generate(model, PROMPT, {"max_new_tokens": 2, **setting}, session=session)
+    assert session.length == 0
+
+
+def test_an_integer_for_a_number_setting_is_that_number(model):
+    """frequency_penalty=10**20 raised OverflowError and dry_base=10**20 a TypeError (np.log of an int
+    past int64) mid-generation, after the prompt had run; an int is now the float it stands for."""
+    for setting in ({"frequency_penalty": 10**20}, {"dry_multiplier": 1, "dry_base": 10**20}, {"temperature": 2}):
+        as_float = {k: float(v) for k, v in setting.items()}
+        cfg = {"max_new_tokens": 8, "do_sample": True, "seed": 3}
+        got = ovgen.generate(model, PROMPT, {**cfg, **setting}).sequences[0].token_ids
+        assert got == ovgen.generate(model, PROMPT, {**cfg, **as_float}).sequences[0].token_ids, setting
+    with pytest.raises(ValueError, match=r"max_time must be in \(0, inf\) seconds, got inf"):  # past float's range
+        GenerationConfig.from_dict({"max_time": 10**400}).validate()
+
+
+def test_session_calls_with_bad_arguments_are_named_and_change_nothing(model):
+    """Found by a fuzz over the Session API: logits_to_keep=np.array([1.0]) reached the infer (an
+    OpenVINO shape error, and the session reset); prefill_rows reset the session before finding a bad
+    row; reorder took a [2, 2, 2] array (flattened) and raised OverflowError on 10**20; tokens_then
+    wrote -1 or 1.5 into the history; step(True) ran token 1."""
+    ids = model.tokenizer.encode("The capital of France is")
+    s = model.session()
+    s.prefill(ids)
+    fresh = model.session()
+    fresh.prefill(ids)
+    expected = int(np.argmax(fresh.step(5)))
+    for call, error, message in (
+            (lambda: s.step(True), TypeError, "token_ids must be integer token ids, got bool values"),
+            (lambda: s.append([5, 6], logits_to_keep=np.array([1.0])), ValueError,
+             r"logits_to_keep must be an integer in \[1, 2\], got array\(\[1.\]\)"),
+            (lambda: s.append([5, 6], logits_to_keep=True), ValueError, "logits_to_keep must be an integer"),
+            (lambda: s.reorder(10**20), ValueError, r"beam_idx must be a \[rows\] vector of integers in \[0, 1\)"),
+            (lambda: s.reorder(np.zeros((2, 2, 2), np.int64)), ValueError, r"beam_idx must be a \[rows\] vector"),
+            (lambda: s.prefill_rows([[5, 6], [5, -3]]), ValueError, r"token ids \[-3\] are outside the vocabulary"),
+            (lambda: s.prefill_rows([[5, 6]], pad_id=49152), ValueError, r"pad_id \[49152\] are outside"),
+            (lambda: s.prefill_rows(np.array([1.0])), TypeError, "token_ids must be integer token ids, got float64"),
+            (lambda: s.prefill_rows(np.zeros((2, 2, 2), np.int64)), ValueError, r"row 0 must be a \[T\] list"),
+            (lambda: s.tokens_then(-1), ValueError, r"token ids \[-1\] are outside the vocabulary"),
+            (lambda: s.tokens_then(1.5), TypeError, "got float64 values"),
+    ):
+        with pytest.raises(error, match=message):
+            call()
+        assert s.tokens[0].tolist() == ids and s.rows == 1
+    assert int(np.argmax(s.step(5))) == expected
+
+
+def test_token_ids_past_int64_are_named(model):
+    session = model.session()
+    with pytest.raises(ValueError, match=r"prompt token ids \[100000000000000000000\] are outside the vocabulary"):
+        ovgen.generate(model, [5, 10**20], {"max_new_tokens": 2}, session=session)
+    with pytest.raises(ValueError, match=r"token ids \[100000000000000000000\] are outside the vocabulary"):
+        session.prefill([5, 10**20])
+    assert session.length == 0
+
+
+@pytest.mark.parametrize("setting", [{"num_return_sequences": 10**12, "do_sample": True}, {"num_beams": 10**12}])
+def test_rows_side_by_side_that_no_memory_holds_are_refused_before_inference(model, setting):
+    """num_return_sequences = 10**20 ran the prompt, then filled the memory building its rows (RSS past
+    6 GB when stopped); num_beams = 10**20 ran the prompt, then NumPy raised 'Maximum allowed dimension
+    exceeded'. The rows' KV cache alone (>= 22.5 KiB per token on this model) cannot fit: refused first."""
+    from ovgen.chat import Chat
+
+    name = next(iter(setting))
+    message = rf"{name}=1000000000000: 1000000000000 rows side by side need at least .* GiB of KV cache"
+    session = model.session()
+    with pytest.raises(ValueError, match=message):
+        ovgen.generate(model, PROMPT, {"max_new_tokens": 4, **setting}, session=session)
+    assert session.length == 0
+    with pytest.raises(ValueError, match=r"prompts\[1\]: " + message):
+        ovgen.generate(model, ["hello", PROMPT], {"max_new_tokens": 4, "do_sample": True}, configs=[{}, setting])
+    chat = Chat(model, {"max_new_tokens": 4, **setting})
+    with pytest.raises(ValueError, match=message):
+        list(chat.send("hello"))
+    assert chat.messages == [] and chat.session.length == 0
+    fits = {**setting, name: 3, "num_return_sequences": 3}
+    assert len(ovgen.generate(model, PROMPT, {"max_new_tokens": 4, **fits}).sequences) == 3
+
+
 def test_logit_bias_takes_json_text_keys_and_infinite_biases(model):
     forced = ovgen.generate(model, PROMPT, {"max_new_tokens": 2, "logit_bias": {"30": float("inf")}})
     assert forced.sequences[0].token_ids == [30, 30]
