@@ -36,6 +36,14 @@ def check_rewind(n, length: int) -> int:
     return int(n)
 
 
+def check_reserve(n, limit: int | None, what: str = "the model's context") -> None:
+    """`reserve(n)`'s n: an integer in [0, limit] (a huge one tried to allocate its cache whole)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"reserve n must be an integer >= 0, got {n!r}")
+    if limit and n > limit:
+        raise ValueError(f"{n} tokens exceed {what} ({limit})")
+
+
 TOP_CANDIDATES = 64  # width of the graph's top-k candidate output (see kernels.graph.add_topk_output)
 TOP_GATE = "topk_on"  # the IR input that turns the graph's top-k candidates on per infer (Session.want_top)
 

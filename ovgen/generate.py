@@ -203,7 +203,7 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
     `overlap`: the next token's infer runs while the consumer handles a record (search.decode); the
     consumer must then not call the session itself before asking for the next record."""
     _check_parts(model, session, processors, chooser=chooser, proposer=proposer, prefix_cache=prefix_cache,
-                 configs=configs, batch_size=batch_size)
+                 configs=configs, batch_size=batch_size, chat_template=chat_template)
     if is_batch(prompt):
         given = {"chooser": chooser, "assistant": assistant, "proposer": proposer, "prefix_cache": prefix_cache}
         for name, value in given.items():
@@ -226,9 +226,9 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
 
 
 def _check_parts(model, session, processors, *, chooser=None, proposer=None, prefix_cache=None, configs=None,
-                 batch_size=8) -> None:
+                 batch_size=8, chat_template=None) -> None:
     """The parts a call brings (session, processors, chooser, proposer, prefix cache, a batch's
-    configs and size), checked before anything runs."""
+    configs and size, a chat template), checked before anything runs."""
     from .prefix import PrefixCache
 
     if chooser is not None:
@@ -255,6 +255,8 @@ def _check_parts(model, session, processors, *, chooser=None, proposer=None, pre
         raise TypeError(f"processors must be a list of processors, got {type(processors).__name__}")
     for p in processors:
         as_stage(p)  # TypeError naming what is not a processor
+    if chat_template is not None and not isinstance(chat_template, str):  # (a text prompt ignored any value)
+        raise TypeError(f"chat_template must be a template's text or None, got {type(chat_template).__name__}")
 
 
 def _batch_stream(model, prompts, config, configs, *, session, processors, chat_template, batch_size, overlap

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .config import GenerationConfig
-from .backend import ModelFiles, check_rewind, check_token_ids, generation_defaults, token_array
+from .backend import ModelFiles, check_reserve, check_rewind, check_token_ids, generation_defaults, token_array
 from .runtime import device_info
 from .beam import Hypothesis
 from .search import sequence_records
@@ -163,8 +163,7 @@ class OrtSession(TokenHistory):
         """Make room for `n` tokens in all. The Generator's KV buffer is allocated whole (a full
         context of 8,192 tokens costs ~30 ms and ~380 MB), so it is sized to what is asked for;
         growing it later re-runs the held tokens through a bigger Generator (one prefill)."""
-        if n > self.model.max_length:
-            raise ValueError(f"{n} tokens exceed the generator's max_length {self.model.max_length}")
+        check_reserve(n, self.model.max_length, "the generator's max_length")
         if n <= self.capacity:
             return
         held = self.tokens[0].copy()

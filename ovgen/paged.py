@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
-from .backend import check_token_ids
+from .backend import check_reserve, check_token_ids
 from .session import Session
 
 ATTENTIONS = ("stateful", "paged")
@@ -75,6 +75,7 @@ class PagedSession(Session):
 
     def reserve(self, n: int) -> None:
         """Cache blocks for `n` tokens in all (the held ones are copied into the bigger tensors)."""
+        check_reserve(n, self.model.max_context)
         if n <= self.capacity:
             return
         blocks = -(-max(n, 2 * self.capacity) // self.block_size)

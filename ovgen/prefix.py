@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .backend import token_array
 from .kvstate import interchangeable, model_label
 
 
@@ -48,7 +49,7 @@ class PrefixCache:
     def lookup(self, ids) -> tuple[int, tuple[int, ...], object | None]:
         """(shared length, cached prompt, its snapshot) for the cached prompt sharing the longest
         prefix with `ids` (at least `min_tokens`), or (0, (), None)."""
-        ids = tuple(int(t) for t in ids)
+        ids = tuple(token_array(ids).reshape(-1).tolist())  # (1.5 was taken as 1; a bad type named)
         best, shared = (), 0
         with self._lock:
             for key in self._entries:

@@ -398,13 +398,19 @@ def test_the_parts_a_call_brings_are_checked_before_inference(model, model_dir):
             ({"prefix_cache": {}}, TypeError, "prefix_cache must be an ovgen.prefix.PrefixCache, got dict"),
             ({"batch_size": "2"}, ValueError, "batch_size must be an integer >= 1, got '2'"),
             ({"configs": [None, 5]}, TypeError, r"configs\[1\] must be a dict, a GenerationConfig or None, got int"),
-            ({"configs": {"max_new_tokens": 2}}, TypeError, "configs must be a list .* got dict")):
+            ({"configs": {"max_new_tokens": 2}}, TypeError, "configs must be a list .* got dict"),
+            # a template that is not text was ignored with a text prompt (and failed inside jinja2 with messages)
+            ({"chat_template": ["{{ x }}"]}, TypeError, "chat_template must be a template's text or None, got list")):
         prompt = [PROMPT, PROMPT] if "configs" in kwargs or "batch_size" in kwargs else PROMPT
         with pytest.raises(error, match=message):
             ovgen.generate(model, prompt, {"max_new_tokens": 2}, session=session, **kwargs)
         assert session.length == 0, kwargs
     with pytest.raises(ValueError, match="ov_config must be a dict of OpenVINO properties, got str"):
         ovgen.load(model_dir, ov_config="PERFORMANCE_HINT=LATENCY")
+    from ovgen.prefix import PrefixCache
+
+    with pytest.raises(TypeError, match="got float64 values"):  # 1.5 was looked up as token 1
+        PrefixCache().lookup([1.5, 2.0])
 
 
 def test_chat_message_content_a_template_cannot_render_is_named(model):

@@ -267,3 +267,21 @@ def test_a_verification_with_a_bad_id_is_refused_before_inference(paged):
     fresh = paged.session()
     fresh.prefill(ids)
     np.testing.assert_array_equal(s.append([5, 6, 7, 8], logits_to_keep=4), fresh.append([5, 6, 7, 8], logits_to_keep=4))
+
+
+def test_reserve_takes_a_token_count_within_the_context(paged):
+    """reserve(10**20) tried to allocate cache blocks for it (OpenVINO: 'Cannot allocate memory for type:
+    f16 and shape: [3125000000000000000, 3, 32, 64]'); -1, 1.5 and None went through or failed unnamed."""
+    ids = paged.tokenizer.encode(PROMPTS[2])
+    s = paged.session()
+    s.prefill(ids)
+    for n, message in ((10**20, r"100000000000000000000 tokens exceed the model's context \(8192\)"),
+                       (8193, r"8193 tokens exceed the model's context"), (-1, "reserve n must be an integer >= 0"),
+                       (1.5, "got 1.5"), (None, "got None"), (True, "got True")):
+        with pytest.raises(ValueError, match=message):
+            s.reserve(n)
+    assert s.length == len(ids)
+    s.reserve(8192)  # the whole context is allowed, and the held tokens carry over
+    fresh = paged.session()
+    fresh.prefill(ids)
+    assert int(np.argmax(s.append([7]))) == int(np.argmax(fresh.append([7])))
