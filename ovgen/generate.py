@@ -19,8 +19,8 @@ from .beam import beam_search, check_beam_config
 from .choice import as_chooser, token_choice
 from .config import GenerationConfig
 from .processors import Processor, as_stage
-from .runtime import physical_memory
 from .profiling import Profile, summarize
+from .runtime import physical_memory
 from .search import TokenRecord, decode, sequence_records
 from .session import owned
 from .speculative import DraftModel, PromptLookup, speculative_decode
@@ -300,7 +300,8 @@ def check_rows(model, cfg: GenerationConfig, prompt_tokens: int) -> None:
     sampled as one batch) must have room for their KV cache at the prompt + max_new_tokens, at the
     least (`Model.kv_bytes_per_token`), in this machine's memory: ValueError naming the field
     otherwise (a typo such as num_return_sequences=10**6 ran the prompt, then ran out of memory)."""
-    rows = max(cfg.num_beams, cfg.num_return_sequences)
+    rows = max(cfg.num_beams, cfg.num_return_sequences)  # (where sequences run in turn, their stages are built
+    # at once all the same: a paged session's 10**12 sequences filled the memory too)
     per_token = getattr(model, "kv_bytes_per_token", 0)
     ram = physical_memory()
     if rows == 1 or not per_token or not ram:
@@ -382,10 +383,15 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
         return
     first = np.array(logits, copy=True) if cfg.num_return_sequences > 1 else None
     prefill_ns = session.infer_ns
-    snap = session.snapshot() if cfg.num_return_sequences > 1 else None
+    # a session that takes no snapshots (paged) runs the prompt again for each further sequence: the same
+    # computation (it raised NotImplementedError after the first prefill)
+    snap = session.snapshot() if cfg.num_return_sequences > 1 and session.snapshots else None
     for seq, choice in enumerate(choices):
         if seq:  # the next sequence starts from the prompt again
-            session.restore(snap)
+            if snap is not None:
+                session.restore(snap)
+            else:
+                session.prefill(ids)
             session.infer_ns = prefill_ns
         choice.chain.reset()
         stopping = Stopping(eos_token_ids=cfg.eos_token_id, max_new_tokens=max_new, max_time=cfg.max_time,

@@ -285,3 +285,20 @@ def test_reserve_takes_a_token_count_within_the_context(paged):
     fresh = paged.session()
     fresh.prefill(ids)
     assert int(np.argmax(s.append([7]))) == int(np.argmax(fresh.append([7])))
+
+
+def test_a_prompts_sampled_sequences_run_in_turn(paged):
+    """num_return_sequences > 1 on a paged session (which takes no snapshot and cannot fork its KV row)
+    raised NotImplementedError ('snapshot is not available') after the prompt had run, where the README
+    promised the sequences one after another. Each further sequence now runs the prompt again: every
+    sequence is the one drawn alone from its seed (sequence i: child i of the seed's SeedSequence)."""
+    from ovgen.choice import Sampler
+
+    cfg = {"do_sample": True, "seed": 5, "top_k": 50, "top_p": 0.95, "max_new_tokens": 12, "ignore_eos": True}
+    got = ovgen.generate(paged, PROMPTS[1], {**cfg, "num_return_sequences": 3}).sequences
+    assert len(got) == 3
+    for i, seq in enumerate(got):
+        seed = np.random.SeedSequence(cfg["seed"], spawn_key=(i,)) if i else cfg["seed"]
+        alone = ovgen.generate(paged, PROMPTS[1], cfg, chooser=Sampler(seed)).sequences[0]
+        assert seq.token_ids == alone.token_ids, i
+    assert len({tuple(s.token_ids) for s in got}) == 3
