@@ -62,6 +62,7 @@ class SessionLike(Protocol):
     infer_start_ns: int  # perf_counter_ns() when it started
     reorder_kv: bool  # reorder() works (False: beam search is the runtime's own, see `beam_records`)
     snapshots: bool  # snapshot() / restore() work (a prefix cache needs them)
+    # (optional; True when absent) a snapshot restores into another session of the model, as a prefix cache does
     one_row: str  # why it holds one row only (a list of prompts cannot run as one batch); "" if it can batch
 
     def reserve(self, n: int) -> None: ...

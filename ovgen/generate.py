@@ -356,10 +356,14 @@ def run(model, session, ids: list[int], cfg: GenerationConfig, processors=(), *,
     max_new = cfg.max_new_tokens
     if model.max_context:
         max_new = min(max_new, model.max_context - len(ids))
+    if prefix_cache is not None:
+        prefix_cache.check(session)  # a session it cannot serve, before anything runs
     if cfg.num_beams > 1 and not session.reorder_kv:  # a runtime with its own beam search
         yield from session.beam_records(ids, cfg, max_new, processors)
         return
     if cfg.num_beams > 1:  # BeamSearch checks the beam settings before it runs anything
+        if logits is None and prefix_cache is not None and max_new > 0:  # (beam search ignored the cache)
+            logits = prefix_cache.prefill(session, ids)
         hyps, steps = beam_search(session, ids, cfg, max_new_tokens=max_new, processors=processors, logits=logits,
                                   model=model, extra=extra)
         yield from sequence_records(model.tokenizer, hyps, steps, cfg.stop_strings, cfg.include_stop_str_in_output)

@@ -125,7 +125,8 @@ class OrtSession(TokenHistory):
 
     rows = 1
     reorder_kv = False  # the Generator has no KV gather: beam search is the runtime's own (beam_records)
-    snapshots = True
+    snapshots = True  # restore() goes back to an earlier point of the same sequence (a prompt's sequences)
+    snapshots_travel = False  # ... and only there: not into another session (a prefix cache needs that)
     one_row = f"{RUNTIME} sessions hold one row (the Generator has no KV row gather); use an OpenVINO IR"
     argmax = None  # no graph outputs on this path: the loop scans the logits in NumPy
     top = None

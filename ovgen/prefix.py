@@ -75,12 +75,20 @@ class PrefixCache:
             while self._nbytes() > self.max_bytes:
                 self._entries.popitem(last=False)
 
-    def prefill(self, session, ids) -> np.ndarray:
-        """Run the prompt `ids` on `session` reusing the longest cached prefix, cache the prompt, and
-        return its last logits (what `session.prefill(ids)` returns)."""
+    def check(self, session) -> None:
+        """NotImplementedError unless `session` can take and restore this cache's snapshots."""
         if not session.snapshots:
             raise NotImplementedError(f"a prefix cache keeps snapshots, which {type(session).__name__} cannot take "
                                       "(attention='paged'); load the model with attention='stateful'")
+        if not getattr(session, "snapshots_travel", True):  # (it worked on a miss, then raised on the first hit)
+            raise NotImplementedError(f"a prefix cache restores a prompt's snapshot into other sessions, which "
+                                      f"{type(session).__name__} cannot (it restores only to an earlier point of its "
+                                      "own sequence); use an OpenVINO IR")
+
+    def prefill(self, session, ids) -> np.ndarray:
+        """Run the prompt `ids` on `session` reusing the longest cached prefix, cache the prompt, and
+        return its last logits (what `session.prefill(ids)` returns)."""
+        self.check(session)
         with self._lock:
             if self._model is None:
                 self._model = session.model

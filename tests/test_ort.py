@@ -362,3 +362,18 @@ def test_cli_compare(onnx_dir, model_dir, tmp_path):
     assert all(s["tpot_ms"] is None and s["tpot_ratio"] is None and s["ttft_ratio"] > 0 for s in res["summary"].values())
     assert all(run["tpot_ms"] is None for run in res["prompts"][0]["runs"].values())
     assert "RuntimeWarning" not in one.stderr
+
+
+def test_a_prefix_cache_is_refused_on_the_first_call(onnx_model):
+    """A prefix cache restores a cached prompt's snapshot into the next call's session, which an
+    onnxruntime-genai session cannot (it restores only to an earlier point of its own sequence): the
+    first call ran and cached, the second raised on its hit. Refused from the first call now."""
+    from ovgen.prefix import PrefixCache
+
+    cache = PrefixCache(min_tokens=2)
+    session = onnx_model.session()
+    for _ in range(2):
+        with pytest.raises(NotImplementedError, match="a prefix cache restores a prompt's snapshot into other "
+                                                      "sessions, which OrtSession cannot"):
+            ovgen.generate(onnx_model, [1, 2, 3, 4], {"max_new_tokens": 2}, session=session, prefix_cache=cache)
+        assert session.length == 0 and len(cache) == 0

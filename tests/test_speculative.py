@@ -326,6 +326,22 @@ def test_prefix_cache_reuses_a_shared_system_prompt(model):
     assert ovgen.generate(again, msgs, {"max_new_tokens": 24}, prefix_cache=cache).sequences[0].token_ids == fresh
 
 
+def test_beam_search_reuses_the_prefix_cache(model):
+    """Beam search prefilled the whole prompt and left the cache as it was (no lookup, nothing stored):
+    a prefix_cache passed with num_beams > 1 was silently dropped. The same beams and scores as cold."""
+    cache = PrefixCache()
+    system = {"role": "system", "content": "You are a careful assistant. Answer in one short sentence. " * 3}
+    cfg = {"max_new_tokens": 12, "num_beams": 3, "num_return_sequences": 2}
+    for question in PROMPTS[:3]:
+        msgs = [system, {"role": "user", "content": question}]
+        cold = ovgen.generate(model, msgs, cfg).sequences
+        warm = ovgen.generate(model, msgs, cfg, prefix_cache=cache).sequences
+        assert [s.token_ids for s in warm] == [s.token_ids for s in cold], question
+        # (a chunked prefill computes the last bits differently: scores ~2e-4 apart)
+        assert [s.score for s in warm] == pytest.approx([s.score for s in cold], abs=2e-3)
+    assert cache.misses == 1 and cache.hits == 2
+
+
 def test_prefix_cache_settings_are_checked_and_a_one_token_minimum_works(model):
     # min_tokens=0 failed with a bare KeyError on the first prompt (the "longest" match was the empty prefix)
     for kwargs, message in (({"min_tokens": 0}, "min_tokens must be an integer >= 1"),
