@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .config import GenerationConfig, check_token_ids  # noqa: F401 - part of the backend API
+from .config import GenerationConfig, check_token_ids, past_int64  # noqa: F401 - part of the backend API
 
 def token_array(token_ids) -> np.ndarray:
     """`token_ids` as an int64 array; text, floats, bools or other non-integers are refused by name
@@ -23,8 +23,7 @@ def token_array(token_ids) -> np.ndarray:
     if arr.dtype.kind not in "iu" and arr.size:
         values = arr.ravel().tolist()
         if arr.dtype == object and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            big = [v for v in values if not -2 ** 63 <= v < 2 ** 63]  # (NumPy keeps ints past int64 as objects)
-            raise ValueError(f"token ids {big[:5]} are outside the vocabulary (past int64)")
+            raise ValueError(f"token ids {past_int64(values)[:5]} are outside the vocabulary (past int64)")
         raise TypeError(f"token_ids must be integer token ids, got {arr.dtype} values ({values[0]!r})")
     return arr.astype(np.int64, copy=False)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .config import GenerationConfig
-from .generate import check_rows, constraint_stages, prompt_ids, proposer_for, resolve_config, run
+from .generate import constraint_stages, prompt_ids, proposer_for, resolve_config, run
 from .search import TokenRecord
 from .session import owned
 
@@ -52,7 +52,6 @@ class Chat:
             raise ValueError("message is empty")
         messages = self.messages + [{"role": "user", "content": text}]
         ids = prompt_ids(self.model, messages, chat_template=self.chat_template, config=self.config)
-        check_rows(self.model, self.config, len(ids))
         if self.session.rows != 1:  # the last turn ended on several rows (its sequences, or beams): go on from
             self.session.reorder([0])  # the first row, gathered by the next infer; its prompt prefix is reused
         keep = min(common_prefix(self.session.tokens[0].tolist(), ids), len(ids) - 1)  # run >= 1 token

@@ -397,8 +397,7 @@ def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> np.ndarray
     try:
         arr = np.asarray(ids, dtype=np.int64)
     except OverflowError:  # an id past int64 (NumPy's own message names neither the field nor the id)
-        flat = list(_flatten(ids))
-        big = [v for v in flat if isinstance(v, int) and not -2 ** 63 <= v < 2 ** 63]
+        big = past_int64(np.asarray(ids, dtype=object).ravel().tolist())
         raise ValueError(f"{what} {big[:5]} are outside the vocabulary [0, {vocab_size})") from None
     if arr.size <= 64:  # a decode step's or a verification's few ids: Python's min / max, not two NumPy
         values = arr.ravel().tolist()  # reductions (~30 us right after an infer, whose weights evicted them)
@@ -411,13 +410,9 @@ def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> np.ndarray
     return arr
 
 
-def _flatten(ids):
-    """The items of a nested list of ids, in order."""
-    for v in ids:
-        if isinstance(v, (list, tuple, np.ndarray)):
-            yield from _flatten(v)
-        else:
-            yield v
+def past_int64(values) -> list[int]:
+    """The Python ints among `values` that int64 cannot hold (NumPy keeps them as objects, or overflows)."""
+    return [v for v in values if isinstance(v, int) and not -2 ** 63 <= v < 2 ** 63]
 
 
 def _schema_of(response_format) -> dict | str | None:

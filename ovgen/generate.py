@@ -108,7 +108,8 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
                config: GenerationConfig | None = None) -> list[int]:
     """Token ids of a prompt (text, chat messages or ids), checked against vocab and context. A
     prompt that leaves no room for `config.max_new_tokens` in the model's context is refused, or -
-    with `config.truncate_prompt` - cut to its last tokens that do leave room."""
+    with `config.truncate_prompt` - cut to its last tokens that do leave room; and the config's rows
+    side by side must fit in memory (`check_rows`)."""
     if isinstance(prompt, str):
         if not prompt:
             raise ValueError("prompt is empty")
@@ -142,6 +143,8 @@ def prompt_ids(model, prompt: Prompt, *, chat_template: str | None = None,
             raise ValueError(f"prompt has {len(ids)} tokens; the model's context ({where}) is "
                              f"{limit}; set truncate_prompt=True (CLI --truncate-prompt) to keep its last {keep}")
         ids = ids[len(ids) - keep:]
+    if config is not None:
+        check_rows(model, config, len(ids))
     return ids
 
 
@@ -216,7 +219,6 @@ def stream(model, prompt: Prompt, config: GenerationConfig | dict | None = None,
         raise ValueError("configs gives each prompt of a list its settings; one prompt takes config")
     cfg = resolve_config(model, config)
     ids = prompt_ids(model, prompt, chat_template=chat_template, config=cfg)
-    check_rows(model, cfg, len(ids))
     extra = constraint_stages(model, cfg)  # a grammar compiles now: its errors come before any inference
     session = session or model.session()
     proposer = proposer_for(model, session, cfg, assistant, proposer)
@@ -275,7 +277,6 @@ def _batch_stream(model, prompts, config, configs, *, session, processors, chat_
         try:
             cfg = resolve_config(model, _merged(model, config, None if configs is None else configs[i]))
             ids.append(prompt_ids(model, prompt, chat_template=chat_template, config=cfg))
-            check_rows(model, cfg, len(ids[-1]))
             extras.append(constraint_stages(model, cfg))
             cfgs.append(cfg)
         except (ValueError, TypeError, NotImplementedError) as e:

@@ -127,11 +127,10 @@ def prepare_row(model, item: dict, base: dict):
         got = f"a list of {type(messages[0]).__name__}" if isinstance(messages, list) else type(messages).__name__
         raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {got}")
     settings = {k: v for k, v in row.items() if k not in PROMPT_KEYS}
-    from .generate import check_rows, constraint_stages, prompt_ids, resolve_config
+    from .generate import constraint_stages, prompt_ids, resolve_config
 
     cfg = resolve_config(model, {**base, **settings})
     ids = prompt_ids(model, row[has[0]], config=cfg)
-    check_rows(model, cfg, len(ids))
     return ids, cfg, constraint_stages(model, cfg)
 
 

@@ -276,8 +276,8 @@ class Session(TokenHistory):
         optimum-intel and openvino-genai batch a stateful IR). Returns [rows, vocab]."""
         if isinstance(rows, (str, bytes, int, np.integer)) or not hasattr(rows, "__len__"):
             raise TypeError(f"prefill_rows takes a list of rows of token ids, got {type(rows).__name__}")
-        rows = [token_array(r).reshape(-1) if np.ndim(r) == 0 else token_array(r) for r in rows]  # (a row of one
-        # token may be given as the id itself) checked before the reset: bad rows change nothing
+        rows = [np.atleast_1d(token_array(r)) for r in rows]  # (a row of one token may be the id itself)
+        # checked before the reset: bad rows change nothing
         for i, r in enumerate(rows):
             if r.ndim != 1:
                 raise ValueError(f"prefill_rows: row {i} must be a [T] list of token ids, got shape {list(r.shape)}")
